@@ -1,0 +1,69 @@
+"""Flask application factory of the Redis order service."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, jsonify, request
+
+from hotdeal.config import Settings
+from hotdeal.db import engine_from_settings, table_reachable
+from hotdeal.errors import ApiError
+from hotdeal.redis_client import redis_from_settings
+from hotdeal.schema import order_history
+from hotdeal.validation import OrderRequest, parse_idempotency_key
+from hotdeal.web import ReadinessCheck, install_common, order_from_request
+from hotdeal_order_redis.stock import RedisStock
+
+# The workshop's GET /order-redis: one unit of product 1 to one shared buyer, so the
+# per-user limit does not apply to it.
+WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    client = redis_from_settings(settings)
+    engine = engine_from_settings(settings) if settings.order_write == "inline" else None
+    stock = RedisStock(
+        client,
+        write=settings.order_write,
+        engine=engine,
+        hold_ms=settings.hold_ms,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+
+    app = Flask(__name__)
+    app.config["HOTDEAL"] = settings
+
+    def redis_ready() -> None:
+        client.ping()
+
+    checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
+    if engine is not None:
+        checks["database"] = lambda: table_reachable(engine, order_history)
+    install_common(app, checks)
+
+    @app.get("/order-redis")
+    def workshop_order() -> Response:
+        try:
+            taken = stock.take(WORKSHOP_ORDER, limit=0, idempotency_key=None)
+        except ApiError as err:
+            if err.code == "sold_out":
+                return Response("Out Of Stock", mimetype="text/plain")
+            raise
+        return Response(str(taken.remaining), mimetype="text/plain")
+
+    @app.post("/v1/orders")
+    def create_order() -> tuple[Response, int]:
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+        order = order_from_request(settings.max_per_order)
+        taken = stock.take(order, limit=settings.per_user_limit, idempotency_key=key)
+        response = jsonify(
+            order_id=taken.order_id,
+            product_id=order.product_id,
+            quantity=order.quantity,
+            remaining=taken.remaining,
+        )
+        if taken.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response, 201
+
+    return app

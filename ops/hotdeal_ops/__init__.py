@@ -1,0 +1,1 @@
+"""The ops job: schema, reset between runs, reconciliation of stock against orders."""

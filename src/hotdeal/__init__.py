@@ -1,0 +1,1 @@
+"""Shared code of the hotdeal services: settings, schema, stores, validation, web glue."""

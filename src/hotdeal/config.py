@@ -1,0 +1,106 @@
+"""Settings from environment variables, each also readable from `<NAME>_FILE`.
+
+The `_FILE` form lets Kubernetes mount a Secret as a file instead of exposing the
+value in the pod spec; it wins over the plain variable so a mounted Secret can't be
+shadowed by a stale default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path}: {exc.strerror}") from exc
+    value = os.environ.get(name)
+    return default if value in (None, "") else value
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env(name) or default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def require(name: str) -> str:
+    value = env(name)
+    if value is None:
+        raise ConfigError(f"{name} (or {name}_FILE) is required")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    # Simulated work done while the order's database transaction is open (workshop: 30 ms).
+    hold_ms: int = 30
+    max_per_order: int = 10
+    # Max units one user may buy of one product; 0 = no limit.
+    per_user_limit: int = 1
+    # order-redis: "stream" = write-behind through a Redis Stream (default),
+    # "inline" = insert into the RDBMS inside the request (the workshop's way).
+    order_write: str = "stream"
+    idempotency_ttl_s: int = 86400
+    # legacy: number of stock rows per product (1 = the single hot row).
+    legacy_slots: int = 1
+    db_pool_size: int = 32
+    db_connect_timeout_s: int = 2
+    redis_timeout_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=env("HOTDEAL_DATABASE_URL"),
+            redis_url=env("HOTDEAL_REDIS_URL"),
+            hold_ms=env_int("HOTDEAL_HOLD_MS", 30),
+            max_per_order=env_int("HOTDEAL_MAX_PER_ORDER", 10, minimum=1),
+            per_user_limit=env_int("HOTDEAL_PER_USER_LIMIT", 1),
+            order_write=env_choice("HOTDEAL_ORDER_WRITE", "stream", ("stream", "inline")),
+            idempotency_ttl_s=env_int("HOTDEAL_IDEMPOTENCY_TTL_S", 86400, minimum=1),
+            legacy_slots=env_int("HOTDEAL_LEGACY_SLOTS", 1, minimum=1),
+            db_pool_size=env_int("HOTDEAL_DB_POOL_SIZE", 32, minimum=1),
+            db_connect_timeout_s=env_int("HOTDEAL_DB_CONNECT_TIMEOUT_S", 2, minimum=1),
+        )
+
+    def need_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError("HOTDEAL_DATABASE_URL (or HOTDEAL_DATABASE_URL_FILE) is required")
+        return self.database_url
+
+    def need_redis(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("HOTDEAL_REDIS_URL (or HOTDEAL_REDIS_URL_FILE) is required")
+        return self.redis_url

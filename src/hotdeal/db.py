@@ -1,0 +1,43 @@
+"""Engine construction shared by the services and the ops job."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, Table, create_engine, false, select
+from sqlalchemy.engine import make_url
+
+from hotdeal.config import Settings
+
+
+def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: int = 2) -> Engine:
+    """An engine that fails fast when the database is down instead of hanging a request."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, object] = {}
+    if backend == "postgresql":
+        connect_args["connect_timeout"] = connect_timeout_s
+    elif backend == "oracle":
+        connect_args["tcp_connect_timeout"] = connect_timeout_s
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # A request waiting for a pooled connection longer than this answers 503.
+        pool_timeout=connect_timeout_s * 2,
+        # Detects connections killed by a database restart so the next request recovers.
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def engine_from_settings(settings: Settings) -> Engine:
+    return make_engine(
+        settings.need_database(),
+        pool_size=settings.db_pool_size,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+
+
+def table_reachable(engine: Engine, table: Table) -> None:
+    """Readiness: the database answers and our schema is there (reads no rows)."""
+    with engine.connect() as conn:
+        conn.execute(select(table.c[0]).where(false())).all()

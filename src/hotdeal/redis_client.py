@@ -1,0 +1,23 @@
+"""Redis client construction: short timeouts so a dead Redis is a fast 503."""
+
+from __future__ import annotations
+
+import redis
+
+from hotdeal.config import Settings
+
+
+def make_redis(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> redis.Redis:
+    # rediss:// (TLS, e.g. ElastiCache in-transit encryption) is handled by from_url.
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+        max_connections=max_connections,
+        decode_responses=True,
+    )
+
+
+def redis_from_settings(settings: Settings) -> redis.Redis:
+    return make_redis(settings.need_redis(), timeout_s=settings.redis_timeout_s)

@@ -1,0 +1,1 @@
+"""Runs the whole stack as local processes: for `make up`, `make demo` and the tests."""

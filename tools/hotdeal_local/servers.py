@@ -1,0 +1,314 @@
+"""Throwaway redis-server, PostgreSQL and gunicorn processes on free local ports."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class Missing(RuntimeError):
+    """A prerequisite program is not installed; the message says how to get it."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(what: str, ready: object, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if ready():  # type: ignore[operator]
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def _need(program: str, package: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise Missing(f"{program} not found: install the Debian package {package} (make deps)")
+    return path
+
+
+class RedisServer:
+    """redis-server with a password and AOF on, data in `workdir`; restartable in place."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, appendfsync: str = "everysec"
+    ) -> None:
+        self.binary = _need("redis-server", "redis-server")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password = secrets.token_hex(12)
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The password goes in through stdin (a config file "-"), not argv, so `ps` can't show it.
+        config = "\n".join(
+            [
+                f"port {self.port}",
+                "bind 127.0.0.1",
+                f"dir {self.workdir}",
+                f'requirepass "{self.password}"',
+                "appendonly yes",
+                f"appendfsync {self.appendfsync}",
+                'save ""',
+                "maxmemory-policy noeviction",
+                f"logfile {self.workdir / 'redis.log'}",
+                "daemonize no",
+            ]
+        )
+        self.proc = subprocess.Popen(
+            [self.binary, "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(config.encode())
+        self.proc.stdin.close()
+        _wait("redis-server", self.ping, 15, self.proc)
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _postgres_bindir() -> Path:
+    override = os.environ.get("HOTDEAL_PG_BINDIR")
+    if override:
+        return Path(override)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3])
+    )
+    if not found:
+        raise Missing(
+            "PostgreSQL server not found: install the Debian package postgresql (make deps)"
+        )
+    return Path(found[-1]).parent
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in `workdir` (trust auth on 127.0.0.1 only).
+
+    PostgreSQL refuses to run as root, so as root it runs as the `postgres` user."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        max_connections: int = 400,
+    ) -> None:
+        self.bindir = _postgres_bindir()
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = port or free_port()
+        self.durable = durable
+        self.max_connections = max_connections
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hotdeal"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+
+    def _reachable_by_postgres(self, path: Path) -> bool:
+        probe = subprocess.run([*self.as_user, "test", "-x", str(path)], cwd="/")
+        return probe.returncode == 0
+
+    def start(self) -> PostgresServer:
+        fresh = not (self.data / "PG_VERSION").exists()
+        if fresh:
+            self.workdir.parent.mkdir(parents=True, exist_ok=True)
+            if self.as_user and not self._reachable_by_postgres(self.workdir.parent):
+                # e.g. a checkout under /root: the postgres user can't enter it.
+                self.workdir = Path(tempfile.mkdtemp(prefix="hotdeal-pg-", dir="/var/tmp"))
+                self.data = self.workdir / "data"
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.as_user:
+                shutil.chown(self.workdir, "postgres", "postgres")
+                os.chmod(self.workdir, 0o700)
+            self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            f"-k {self.workdir}",
+            f"-c max_connections={self.max_connections}",
+        ]
+        if not self.durable:  # tests: nothing here has to survive a crash of the machine
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.workdir / "postgres.log"),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
+        if fresh:
+            self._run(
+                str(self.bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "hotdeal",
+            )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return port_taken(self.port)
+
+
+class Process:
+    """A gunicorn service or the writer, with the environment the images get."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        health_url: str | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.health_url = health_url
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> Process:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+        if self.health_url:
+            url = self.health_url
+            _wait(
+                self.name,
+                lambda: urllib.request.urlopen(url, timeout=1).status == 200,
+                timeout,
+                self.proc,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+def gunicorn(service: str, port: int, env: dict[str, str], log: Path | None = None) -> Process:
+    """The service exactly as its image runs it: `gunicorn -c images/<service>/gunicorn.conf.py`."""
+    conf = REPO / "images" / service / "gunicorn.conf.py"
+    return Process(
+        service,
+        [str(BIN / "gunicorn"), "-c", str(conf)],
+        {**env, "HOTDEAL_BIND": f"127.0.0.1:{port}"},
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        log=log,
+    )
+
+
+def writer(env: dict[str, str], log: Path | None = None, name: str = "writer") -> Process:
+    return Process(name, [str(BIN / "hotdeal-writer")], env, log=log)
+
+
+def ops(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "hotdeal-ops"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=check,
+    )

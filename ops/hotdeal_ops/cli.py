@@ -114,6 +114,9 @@ def run(argv: list[str] | None = None) -> int:
             print(f"waiting: {report['redis']['in_flight']} units in flight", file=sys.stderr)
             time.sleep(0.5)
             report = reconcile(engine, client, args.product)
+        if report.get("redis", {}).get("in_flight", 0):
+            report["violations"].append(f"backlog not drained after {args.timeout:g}s")
+            report["ok"] = False
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 

@@ -46,6 +46,8 @@ def reset_redis(
         client.delete(*stale[start : start + 500])
     stream = redis_keys.orders_stream(product_id)
     pipe = client.pipeline(transaction=True)
+    # Again inside the transaction: a writer may have recreated the stream meanwhile.
+    pipe.delete(stream, redis_keys.buyers(product_id), redis_keys.opens_at(product_id))
     pipe.set(redis_keys.quantity(product_id), stock)
     pipe.set(redis_keys.initial(product_id), stock)
     pipe.set(redis_keys.sold(product_id), 0)

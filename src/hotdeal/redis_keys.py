@@ -8,6 +8,8 @@ from __future__ import annotations
 # Set of the order streams the writers must drain (one stream per product).
 STREAMS = "hotdeal:streams"
 WRITER_GROUP = "order-writers"
+# Stream entries no writer could parse, kept for a human to look at.
+DEAD_LETTER = "hotdeal:dead-letter"
 
 
 def prefix(product_id: int) -> str:

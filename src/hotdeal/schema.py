@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    TIMESTAMP,
     BigInteger,
     Column,
-    DateTime,
     Identity,
     Index,
     Integer,
@@ -23,7 +23,7 @@ hotdeal_list = Table(
     Column("prod_id", Integer, primary_key=True, autoincrement=False),
     Column("quantity", BigInteger, nullable=False),
     Column("initial_quantity", BigInteger, nullable=False),
-    Column("opens_at", DateTime(timezone=True), nullable=True),
+    Column("opens_at", TIMESTAMP(timezone=True), nullable=True),
 )
 
 # The DBA's remedy (HOTDEAL_LEGACY_SLOTS=N): the stock of one product spread over N rows
@@ -49,6 +49,6 @@ order_history = Table(
     Column("user_id", String(64), nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("source", String(16), nullable=False),
-    Column("ordered_at", DateTime(timezone=True), nullable=False),
+    Column("ordered_at", TIMESTAMP(timezone=True), nullable=False),
     Index("ix_order_history_prod_user", "prod_id", "user_id"),
 )

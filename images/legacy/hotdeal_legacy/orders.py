@@ -31,10 +31,16 @@ def lock_product_row(product_id: int):  # noqa: ANN201 (SQLAlchemy Select)
     )
 
 
-def lock_slot(product_id: int, slot: int, *, skip_locked: bool):  # noqa: ANN201
+def lock_slot(product_id: int, slot: int, quantity: int, *, skip_locked: bool):  # noqa: ANN201
+    """Locks the slot only if it still covers the order: a buyer never holds the lock of
+    a slot it can't use while it waits for another (that could deadlock)."""
     return (
         select(hotdeal_slot.c.quantity)
-        .where(hotdeal_slot.c.prod_id == product_id, hotdeal_slot.c.slot == slot)
+        .where(
+            hotdeal_slot.c.prod_id == product_id,
+            hotdeal_slot.c.slot == slot,
+            hotdeal_slot.c.quantity >= quantity,
+        )
         .with_for_update(skip_locked=skip_locked)
     )
 
@@ -119,14 +125,17 @@ class LegacyOrders:
     ) -> int | None:
         """SKIP LOCKED over the candidates first, then wait on the ones that were busy."""
         busy: list[int] = []
-        for skip_locked, slots in ((True, candidates), (False, busy)):
-            for slot in list(slots):
-                have = conn.execute(lock_slot(pid, slot, skip_locked=skip_locked)).scalar()
-                if have is None:  # locked by another buyer (SKIP LOCKED returned no row)
-                    busy.append(slot)
-                elif have >= qty:
-                    self._set_slot(conn, pid, slot, have - qty)
-                    return slot
+        for slot in candidates:
+            have = conn.execute(lock_slot(pid, slot, qty, skip_locked=True)).scalar()
+            if have is not None:
+                self._set_slot(conn, pid, slot, have - qty)
+                return slot
+            busy.append(slot)  # locked by another buyer, or emptied since we looked
+        for slot in busy:
+            have = conn.execute(lock_slot(pid, slot, qty, skip_locked=False)).scalar()
+            if have is not None:
+                self._set_slot(conn, pid, slot, have - qty)
+                return slot
         return None
 
     def _take_across_slots(self, conn: Connection, pid: int, qty: int) -> int | None:

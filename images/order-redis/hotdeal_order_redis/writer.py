@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -104,7 +105,7 @@ class OrderWriter:
                 start_id="0-0",
                 count=self.batch_size,
             )
-            claimed += [Entry(stream, mid, _row(f)) for mid, f in messages if f]
+            claimed += self._entries((stream, m) for m in messages if m[1])
         if claimed:
             log.info("claimed %d stale entries", len(claimed))
         return claimed
@@ -114,22 +115,30 @@ class OrderWriter:
         if not streams:
             self.stop.wait(self.block_ms / 1000)
             return []
-        try:
-            reply = self.client.xreadgroup(
-                redis_keys.WRITER_GROUP,
-                self.consumer,
-                dict.fromkeys(streams, ">"),
-                count=self.batch_size,
-                block=self.block_ms,
-            )
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._streams = []  # a reset recreated a stream: make the groups again
-            return []
-        return [
-            Entry(stream, mid, _row(f)) for stream, messages in reply or [] for mid, f in messages
-        ]
+        reply = self.client.xreadgroup(
+            redis_keys.WRITER_GROUP,
+            self.consumer,
+            dict.fromkeys(streams, ">"),
+            count=self.batch_size,
+            block=self.block_ms,
+        )
+        return self._entries((stream, m) for stream, messages in reply or [] for m in messages)
+
+    def _entries(self, messages: Iterable[tuple[str, tuple[str, dict[str, str]]]]) -> list[Entry]:
+        """Parse stream entries; a malformed one goes to the dead-letter stream (kept for a
+        human) instead of blocking the writers forever."""
+        entries: list[Entry] = []
+        for stream, (mid, fields) in messages:
+            try:
+                entries.append(Entry(stream, mid, _row(fields)))
+            except (KeyError, ValueError):
+                log.error("malformed entry %s %s moved to %s", stream, mid, redis_keys.DEAD_LETTER)
+                pipe = self.client.pipeline(transaction=True)
+                pipe.xadd(redis_keys.DEAD_LETTER, {"stream": stream, "id": mid, **fields})
+                pipe.xack(stream, redis_keys.WRITER_GROUP, mid)
+                pipe.xdel(stream, mid)
+                pipe.execute()
+        return entries
 
     # -- writing -------------------------------------------------------------------
     def persist(self, batch: list[Entry]) -> int:
@@ -166,6 +175,12 @@ class OrderWriter:
                     self.acknowledge(batch)
                 pending = []
                 backoff = 0.1
+            except redis.ResponseError as exc:
+                # `hotdeal-ops reset` deleted a stream we were reading: find the groups again.
+                if "NOGROUP" not in str(exc) and "no longer exists" not in str(exc):
+                    raise
+                log.info("stream reset (%s); reloading streams", exc)
+                self._streams, pending = [], []
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise

@@ -1,0 +1,121 @@
+"""Real parts only: every test talks to a redis-server and a PostgreSQL that this
+harness starts on free ports, and to the services as gunicorn runs them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from hotdeal_local.servers import PostgresServer, Process, RedisServer, free_port, gunicorn, ops
+from hotdeal_ops.reset import reset_database, reset_redis
+from sqlalchemy import Engine
+
+from hotdeal.db import make_engine
+
+from .helpers import Service
+
+
+def _workdir(name: str) -> Path:
+    # World-traversable so PostgreSQL, which runs as `postgres` when we are root, can enter.
+    path = Path(tempfile.mkdtemp(prefix=f"hotdeal-{name}-"))
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(_workdir("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(_workdir("pg"), durable=False).start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, pg_server: PostgresServer) -> dict[str, str]:
+    env = {
+        "HOTDEAL_DATABASE_URL": pg_server.url,
+        "HOTDEAL_REDIS_URL": redis_server.url,
+        "HOTDEAL_HOLD_MS": "5",
+        "HOTDEAL_WORKERS": "2",
+    }
+    ops(env, "init-db")
+    return env
+
+
+@pytest.fixture(scope="session")
+def engine(stack_env: dict[str, str]) -> Iterator[Engine]:
+    eng = make_engine(stack_env["HOTDEAL_DATABASE_URL"])
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def rclient(stack_env: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(stack_env["HOTDEAL_REDIS_URL"], decode_responses=True)
+
+
+@pytest.fixture
+def reset(engine: Engine, rclient: redis.Redis):
+    """reset(stock, product=1, slots=8, opens_at=None): both stores, as `hotdeal-ops reset`."""
+
+    def _reset(stock: int, product: int = 1, slots: int = 8, opens_at=None) -> None:
+        reset_database(engine, product, stock, slots=slots, opens_at=opens_at)
+        reset_redis(rclient, product, stock, opens_at=opens_at)
+
+    return _reset
+
+
+@pytest.fixture(scope="session")
+def logs() -> Path:
+    return _workdir("logs")
+
+
+def _service(name: str, env: dict[str, str], logs: Path, **extra: str) -> Iterator[Service]:
+    port = free_port()
+    proc = gunicorn(name, port, {**env, **extra}, log=logs / f"{name}-{port}.log").start()
+    yield Service(name, f"http://127.0.0.1:{port}", proc)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def legacy(stack_env, logs) -> Iterator[Service]:
+    yield from _service("legacy", stack_env, logs)
+
+
+@pytest.fixture(scope="session")
+def legacy_slots(stack_env, logs) -> Iterator[Service]:
+    yield from _service("legacy", stack_env, logs, HOTDEAL_LEGACY_SLOTS="8")
+
+
+@pytest.fixture(scope="session")
+def order_redis(stack_env, logs) -> Iterator[Service]:
+    """Write-behind mode, per-user limit 1 (the defaults)."""
+    yield from _service("order-redis", stack_env, logs)
+
+
+@pytest.fixture(scope="session")
+def order_redis_inline(stack_env, logs) -> Iterator[Service]:
+    yield from _service(
+        "order-redis", stack_env, logs, HOTDEAL_ORDER_WRITE="inline", HOTDEAL_PER_USER_LIMIT="0"
+    )
+
+
+@pytest.fixture(scope="session")
+def writer_proc(stack_env, logs) -> Iterator[Process]:
+    from hotdeal_local.servers import writer
+
+    proc = writer(
+        {**stack_env, "HOTDEAL_WRITER_CLAIM_IDLE_MS": "1000"}, log=logs / "writer.log"
+    ).start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,46 @@
+import pytest
+
+from hotdeal.config import ConfigError, Settings, env
+
+
+def test_file_variant_wins_and_is_stripped(tmp_path, monkeypatch):
+    secret = tmp_path / "url"
+    secret.write_text("redis://:s3cret@db:6379/0\n")
+    monkeypatch.setenv("HOTDEAL_REDIS_URL", "redis://stale")
+    monkeypatch.setenv("HOTDEAL_REDIS_URL_FILE", str(secret))
+    assert env("HOTDEAL_REDIS_URL") == "redis://:s3cret@db:6379/0"
+
+
+def test_unreadable_file_names_the_variable(monkeypatch):
+    monkeypatch.setenv("HOTDEAL_DATABASE_URL_FILE", "/nonexistent/secret")
+    with pytest.raises(ConfigError, match="HOTDEAL_DATABASE_URL_FILE"):
+        Settings.from_env()
+
+
+def test_defaults_follow_the_workshop(monkeypatch):
+    for name in ("HOTDEAL_HOLD_MS", "HOTDEAL_ORDER_WRITE", "HOTDEAL_PER_USER_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.hold_ms, s.order_write, s.per_user_limit, s.legacy_slots) == (30, "stream", 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HOTDEAL_HOLD_MS", "abc"),
+        ("HOTDEAL_HOLD_MS", "-1"),
+        ("HOTDEAL_ORDER_WRITE", "maybe"),
+        ("HOTDEAL_LEGACY_SLOTS", "0"),
+    ],
+)
+def test_bad_values_are_refused_with_the_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env()
+
+
+def test_missing_urls_are_reported():
+    with pytest.raises(ConfigError, match="HOTDEAL_DATABASE_URL"):
+        Settings().need_database()
+    with pytest.raises(ConfigError, match="HOTDEAL_REDIS_URL"):
+        Settings().need_redis()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from hotdeal_local.servers import PostgresServer, Process, RedisServer, free_port, gunicorn, ops
-from hotdeal_ops.reset import reset_database, reset_redis
 from sqlalchemy import Engine
 
 from hotdeal.db import make_engine
+from hotdeal_local.servers import PostgresServer, Process, RedisServer, free_port, gunicorn, ops
+from hotdeal_ops.reset import reset_database, reset_redis
 
 from .helpers import Service
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+
 from hotdeal_local.servers import Process, ops
 
 

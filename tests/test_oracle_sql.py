@@ -3,11 +3,11 @@ queries and schema, so the one SQLAlchemy code path is what Oracle expects."""
 
 import re
 
-from hotdeal_legacy.orders import lock_product_row, lock_slot
 from sqlalchemy.dialects import oracle, postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
+from hotdeal_legacy.orders import lock_product_row, lock_slot
 
 
 def oracle_sql(clause) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from hotdeal.config import Settings
 
@@ -16,6 +18,10 @@ def make_redis(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -
         health_check_interval=30,
         max_connections=max_connections,
         decode_responses=True,
+        # Never resend a command on its own: a take_stock call whose reply was lost may
+        # already have run, and running it twice would take the stock twice. The client
+        # gets a 503 and retries with its Idempotency-Key instead.
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -1,0 +1,209 @@
+"""Faults with real processes: Redis and PostgreSQL stopped and restarted, writers
+killed with SIGKILL in the middle of a load run. Each test gets a private stack."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+import requests
+
+from hotdeal import redis_keys
+from hotdeal_local.servers import (
+    PostgresServer,
+    Process,
+    RedisServer,
+    free_port,
+    gunicorn,
+    ops,
+    writer,
+)
+
+from .conftest import _workdir
+from .helpers import Service, buyers, reconcile, stampede, statuses
+
+# Generous client deadline: a backend that is down must answer long before it.
+FAST = 1.0
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    pg: PostgresServer
+    env: dict[str, str]
+    legacy: Service
+    order_redis: Service
+    writers: list[Process]
+
+    def new_writer(self, name: str) -> Process:
+        proc = writer({**self.env, "HOTDEAL_WRITER_NAME": name}, name=name).start()
+        self.writers.append(proc)
+        return proc
+
+    def redis_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+    def redis_units(self) -> int:
+        return int(self.redis_client().get(redis_keys.quantity(1)))
+
+
+def _service(name: str, env: dict[str, str]) -> Service:
+    port = free_port()
+    return Service(name, f"http://127.0.0.1:{port}", gunicorn(name, port, env).start())
+
+
+@pytest.fixture
+def stack(request) -> Iterator[Stack]:
+    fsync = getattr(request, "param", "everysec")
+    rs = RedisServer(_workdir("fault-redis"), appendfsync=fsync).start()
+    pg = PostgresServer(_workdir("fault-pg"), durable=False).start()
+    env = {
+        "HOTDEAL_DATABASE_URL": pg.url,
+        "HOTDEAL_REDIS_URL": rs.url,
+        "HOTDEAL_HOLD_MS": "5",
+        "HOTDEAL_WORKERS": "2",
+        "HOTDEAL_WRITER_CLAIM_IDLE_MS": "500",
+    }
+    ops(env, "init-db")
+    ops(env, "reset", "--stock", "500")
+    st = Stack(rs, pg, env, _service("legacy", env), _service("order-redis", env), [])
+    yield st
+    for proc in (st.legacy.proc, st.order_redis.proc, *st.writers):
+        proc.stop(signal.SIGKILL)
+    rs.stop(signal.SIGKILL)
+    pg.stop("immediate")
+
+
+def _eventually(check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not recovered within {timeout}s")
+        time.sleep(0.2)
+
+
+def _order(service: Service, user: str, timeout: float = FAST) -> requests.Response:
+    return service.order({"product_id": 1, "user_id": user, "quantity": 1}, timeout=timeout)
+
+
+def test_redis_down_is_a_fast_503_and_recovers(stack):
+    assert _order(stack.order_redis, "before").status_code == 201
+    stack.redis.stop()
+    for i in range(3):  # the pooled connections are dead: every one answers 503, fast
+        r = _order(stack.order_redis, f"down-{i}")
+        assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+    assert stack.order_redis.get("/readyz", timeout=FAST).status_code == 503
+    assert stack.order_redis.get("/healthz", timeout=FAST).status_code == 200
+    stack.redis.start()
+    _eventually(lambda: _order(stack.order_redis, "after").status_code == 201)
+    assert stack.order_redis.get("/readyz").status_code == 200
+    assert stack.redis_units() == 498  # AOF kept the stock across the restart
+
+
+def test_postgres_down_is_a_fast_503_for_legacy_and_recovers(stack):
+    assert _order(stack.legacy, "before").status_code == 201
+    stack.pg.stop()
+    r = _order(stack.legacy, "down")
+    assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+    assert stack.legacy.get("/readyz", timeout=FAST + 2).status_code == 503
+    # Write-behind: the Redis design keeps selling while the RDBMS is down.
+    assert _order(stack.order_redis, "still-selling").status_code == 201
+    stack.pg.start()
+    _eventually(lambda: _order(stack.legacy, "after").status_code == 201)
+
+
+def test_postgres_down_during_load_loses_nothing(stack):
+    stack.new_writer("w1")
+    load = buyers(400)
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(stampede(stack.order_redis, load)))
+    runner.start()
+    time.sleep(0.3)
+    stack.pg.stop("immediate")
+    runner.join()
+    assert statuses(results) == {201: 400}  # accepted on the Redis path throughout
+    # The database is down: the backlog waits in the Redis stream.
+    assert stack.redis_client().xlen(redis_keys.orders_stream(1)) > 0
+    stack.pg.start()
+    code, report = reconcile(stack.env)
+    assert code == 0, report
+    assert report["redis"]["persisted"] == 400 and report["redis"]["in_flight"] == 0
+    assert report["order_history"]["rows"] == 400
+
+
+def test_writer_killed_mid_load_loses_and_duplicates_nothing(stack):
+    ops(stack.env, "reset", "--stock", "1000")
+    doomed = stack.new_writer("doomed")
+    load = buyers(1200)
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(stampede(stack.order_redis, load)))
+    runner.start()
+    time.sleep(0.5)
+    assert runner.is_alive()  # the kill lands in the middle of the run
+    doomed.stop(signal.SIGKILL)
+    runner.join()
+    assert statuses(results) == {201: 1000, 409: 200}
+    stack.new_writer("rescuer")  # takes over the dead writer's pending entries
+    code, report = reconcile(stack.env)
+    assert code == 0, report
+    assert report["redis"]["persisted"] == 1000
+    assert report["order_history"] == {"rows": 1000, "duplicate_order_ids": 0}
+
+
+def test_several_writers_share_the_stream(stack):
+    for name in ("a", "b", "c"):
+        stack.new_writer(name)
+    assert statuses(stampede(stack.order_redis, buyers(300))) == {201: 300}
+    code, report = reconcile(stack.env)
+    assert code == 0, report
+    assert report["order_history"]["rows"] == 300
+
+
+def test_redis_restart_keeps_stock_and_unwritten_orders(stack):
+    # No writer yet: the orders exist only in the Redis stream.
+    assert statuses(stampede(stack.order_redis, buyers(50))) == {201: 50}
+    stack.redis.restart()
+    assert stack.redis_units() == 450
+    stack.new_writer("late")
+    code, report = reconcile(stack.env)
+    assert code == 0, report
+    assert report["redis"]["persisted"] == 50
+
+
+@pytest.mark.parametrize("stack", ["always"], indirect=True)
+def test_appendfsync_always_survives_sigkill(stack):
+    """With `appendfsync always` every acknowledged order is on disk before the 201."""
+    assert statuses(stampede(stack.order_redis, buyers(50))) == {201: 50}
+    stack.redis.stop(signal.SIGKILL)
+    stack.redis.start()
+    assert stack.redis_units() == 450
+    stack.new_writer("late")
+    code, report = reconcile(stack.env)
+    assert code == 0, report
+
+
+def test_inline_mode_gives_the_stock_back_when_the_insert_fails(stack):
+    inline = _service("order-redis", {**stack.env, "HOTDEAL_ORDER_WRITE": "inline"})
+    try:
+        stack.pg.stop()
+        r = _order(inline, "unlucky", timeout=FAST + 4)
+        assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+        assert stack.redis_units() == 500  # nothing sold without its order row
+        assert stack.redis_client().hget(redis_keys.buyers(1), "unlucky") in (None, "0")
+        stack.pg.start()
+        _eventually(lambda: _order(inline, "unlucky").status_code == 201)
+        code, report = reconcile(stack.env)
+        assert code == 0, report
+    finally:
+        inline.proc.stop()

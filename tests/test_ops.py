@@ -1,0 +1,85 @@
+"""`hotdeal-ops` as an operator runs it: a real process against the harness's stores."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import insert, update
+
+from hotdeal import redis_keys
+from hotdeal.history import OrderRow
+from hotdeal.schema import hotdeal_list, order_history
+from hotdeal_local.servers import ops
+from hotdeal_ops.reset import split
+
+from .helpers import reconcile
+
+
+def test_split_spreads_the_stock():
+    assert split(10, 8) == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert sum(split(10_000, 7)) == 10_000
+
+
+def test_init_db_is_idempotent(stack_env):
+    for _ in range(2):
+        out = json.loads(ops(stack_env, "init-db").stdout)
+        assert out["tables"] == ["hotdeal_list", "hotdeal_slot", "order_history"]
+
+
+def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
+    with engine.begin() as conn:
+        conn.execute(insert(order_history), [OrderRow.now(1, "old", 1, "legacy").__dict__])
+    rclient.hset(redis_keys.buyers(1), "old", 1)
+    done = ops(stack_env, "reset", "--product", "1", "--stock", "10000", "--slots", "4")
+    assert json.loads(done.stdout)["stock"] == 10000
+    assert rclient.get("prod-001-quantity") == "10000"  # the workshop's key
+    assert not rclient.exists(redis_keys.buyers(1))
+    code, report = reconcile(stack_env)
+    assert code == 0, report
+    assert report["order_history"]["rows"] == 0
+    assert report["legacy_slots"]["slots"] == 4
+
+
+def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
+    ops(stack_env, "reset", "--stock", "5")
+    with engine.begin() as conn:  # a legacy row the stock never paid for
+        conn.execute(insert(order_history), [OrderRow.now(1, "ghost", 1, "legacy").__dict__])
+    rclient.decr(redis_keys.quantity(1))  # a Redis sale with no order record
+    rclient.incr(redis_keys.sold(1))
+    code, report = reconcile(stack_env, wait=False)
+    assert code == 1
+    joined = " ".join(report["violations"])
+    assert "legacy: initial 5 != remaining 5 + sold 1" in joined
+    assert "an order was lost" in joined
+
+
+def test_reconcile_catches_negative_stock(stack_env, engine):
+    ops(stack_env, "reset", "--stock", "5")
+    with engine.begin() as conn:
+        conn.execute(update(hotdeal_list).values(quantity=-1))
+    code, report = reconcile(stack_env, wait=False)
+    assert code == 1
+    assert "legacy: hotdeal_list.quantity is negative" in report["violations"]
+
+
+def test_opens_at_and_bad_arguments(stack_env, rclient):
+    done = ops(stack_env, "reset", "--stock", "3", "--opens-at", "2030-01-01T09:00:00+09:00")
+    assert json.loads(done.stdout)["opens_at"] == "2030-01-01T09:00:00+09:00"
+    assert rclient.get(redis_keys.opens_at(1)) == str(1893456000000)
+    bad = ops(stack_env, "reset", "--stock", "3", "--opens-at", "tomorrow", check=False)
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+    bad = ops(stack_env, "reset", "--stock", "-1", check=False)
+    assert bad.returncode == 2
+
+
+def test_unreachable_backend_is_a_clear_message(stack_env):
+    env = {**stack_env, "HOTDEAL_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"}
+    done = ops(env, "reconcile", check=False)
+    assert done.returncode == 3
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_configuration_is_a_clear_message():
+    done = ops({"HOTDEAL_DATABASE_URL": ""}, "init-db", check=False)
+    assert done.returncode == 2
+    assert "HOTDEAL_DATABASE_URL" in done.stderr

@@ -1,0 +1,112 @@
+"""The whole event on one machine: Redis, PostgreSQL, both services and a writer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hotdeal_local.servers import (
+    REPO,
+    PostgresServer,
+    Process,
+    RedisServer,
+    gunicorn,
+    ops,
+    port_taken,
+    writer,
+)
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+@dataclass
+class LocalStack:
+    workdir: Path = REPO / ".local"
+    legacy_port: int = int(os.environ.get("HOTDEAL_LEGACY_PORT", "5000"))
+    order_redis_port: int = int(os.environ.get("HOTDEAL_ORDER_REDIS_PORT", "5001"))
+    stock: int = 10_000
+    hold_ms: int = 30
+    service_env: dict[str, str] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    pg: PostgresServer | None = None
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.redis and self.pg
+        return {
+            "HOTDEAL_DATABASE_URL": self.pg.url,
+            "HOTDEAL_REDIS_URL": self.redis.url,
+            "HOTDEAL_HOLD_MS": str(self.hold_ms),
+            **self.service_env,
+        }
+
+    @property
+    def legacy_url(self) -> str:
+        return f"http://127.0.0.1:{self.legacy_port}"
+
+    @property
+    def order_redis_url(self) -> str:
+        return f"http://127.0.0.1:{self.order_redis_port}"
+
+    def check_ports(self) -> None:
+        for name, port in (("legacy", self.legacy_port), ("order-redis", self.order_redis_port)):
+            if port_taken(port):
+                var = "HOTDEAL_LEGACY_PORT" if name == "legacy" else "HOTDEAL_ORDER_REDIS_PORT"
+                raise PortTaken(
+                    f"port {port} for {name} is taken by another program: stop it or set {var}"
+                )
+
+    def start_stores(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(self.workdir / "redis").start()
+        self.pg = PostgresServer(self.workdir / "postgres").start()
+        ops(self.env, "init-db")
+
+    def reset(self, stock: int | None = None, slots: int = 8) -> None:
+        ops(self.env, "reset", "--stock", str(stock or self.stock), "--slots", str(slots))
+
+    def start_service(self, name: str, port: int, **extra: str) -> Process:
+        log = self.workdir / f"{name}-{port}.log"
+        proc = gunicorn(name, port, {**self.env, **extra}, log=log).start()
+        self.processes.append(proc)
+        return proc
+
+    def stop_process(self, proc: Process) -> None:
+        proc.stop()
+        self.processes.remove(proc)
+
+    def start_writer(self) -> Process:
+        proc = writer(self.env, log=self.workdir / "writer.log").start()
+        self.processes.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+        if self.pg:
+            self.pg.stop()
+        if self.redis:
+            self.redis.stop()
+
+
+@contextlib.contextmanager
+def running(stack: LocalStack) -> Iterator[LocalStack]:
+    """Stops everything on exit, also on SIGTERM (turned into KeyboardInterrupt)."""
+
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -28,7 +28,7 @@ def test_init_db_is_idempotent(stack_env):
 
 def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     with engine.begin() as conn:
-        conn.execute(insert(order_history), [OrderRow.now(1, "old", 1, "legacy").__dict__])
+        conn.execute(insert(order_history), [OrderRow.now(1, "old", 1, "legacy").as_params()])
     rclient.hset(redis_keys.buyers(1), "old", 1)
     done = ops(stack_env, "reset", "--product", "1", "--stock", "10000", "--slots", "4")
     assert json.loads(done.stdout)["stock"] == 10000
@@ -43,7 +43,7 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
 def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
     ops(stack_env, "reset", "--stock", "5")
     with engine.begin() as conn:  # a legacy row the stock never paid for
-        conn.execute(insert(order_history), [OrderRow.now(1, "ghost", 1, "legacy").__dict__])
+        conn.execute(insert(order_history), [OrderRow.now(1, "ghost", 1, "legacy").as_params()])
     rclient.decr(redis_keys.quantity(1))  # a Redis sale with no order record
     rclient.incr(redis_keys.sold(1))
     code, report = reconcile(stack_env, wait=False)

@@ -23,6 +23,6 @@ keepalive = 5
 accesslog = os.environ.get("HOTDEAL_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("HOTDEAL_LOG_LEVEL", "info")
-worker_tmp_dir = os.environ.get(
-    "HOTDEAL_WORKER_TMP_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None
+worker_tmp_dir = os.environ.get("HOTDEAL_WORKER_TMP_DIR") or (
+    "/dev/shm" if os.path.isdir("/dev/shm") else None
 )

@@ -62,8 +62,9 @@ def test_workshop_get_endpoint_sells_then_says_out_of_stock(
 ):
     for service, path in ((legacy, "/order"), (order_redis, "/order-redis")):
         reset(2)
-        bodies = [service.get(path).text for _ in range(3)]
-        assert bodies == ["1", "0", "Out Of Stock"]
+        answers = [service.get(path) for _ in range(3)]
+        assert [r.text for r in answers] == ["1", "0", "Out Of Stock"]
+        assert [r.status_code for r in answers] == [200, 200, 409]
 
 
 @pytest.mark.parametrize(("body", "status"), BAD_BODIES)

@@ -22,6 +22,9 @@ worker_class = os.environ.get("HOTDEAL_WORKER_CLASS", "gthread" if inline else "
 workers = int(os.environ.get("HOTDEAL_WORKERS", str(2 * cores)))
 threads = int(os.environ.get("HOTDEAL_THREADS", "32" if inline else "1"))
 os.environ.setdefault("HOTDEAL_DB_POOL_SIZE", str(threads))
+# Workers fork from an app that is already built and warm, so a worker is ready the
+# moment it exists (a flash sale starts at full load, with no time to warm up).
+preload_app = True
 backlog = 2048
 timeout = 30
 graceful_timeout = 30
@@ -32,3 +35,12 @@ loglevel = os.environ.get("HOTDEAL_LOG_LEVEL", "info")
 worker_tmp_dir = os.environ.get("HOTDEAL_WORKER_TMP_DIR") or (
     "/dev/shm" if os.path.isdir("/dev/shm") else None
 )
+
+
+def post_fork(server, worker):  # noqa: ANN001, ANN201
+    # Connections opened before the fork must not be shared between workers. redis-py
+    # resets its pool by itself when it sees a new pid; SQLAlchemy's pool must be told.
+    app = getattr(worker.app, "callable", None)  # the preloaded Flask app
+    engine = app.extensions.get("hotdeal_engine") if app is not None else None
+    if engine is not None:
+        engine.dispose(close=False)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from hotdeal_local.servers import Missing
+from hotdeal_local.demo import DESIGNS, run_demo
+from hotdeal_local.report import picture, table
+from hotdeal_local.servers import REPO, Missing
 from hotdeal_local.stack import LocalStack, PortTaken, running
 
 
@@ -48,15 +52,60 @@ Ctrl-C stops everything.""",
             return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    unknown = set(designs) - set(DESIGNS)
+    if unknown:
+        raise SystemExit(
+            f"hotdeal-local: unknown design(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(DESIGNS)}"
+        )
+    result = run_demo(
+        requests=args.requests,
+        concurrency=args.concurrency,
+        stock=args.stock,
+        hold_ms=args.hold_ms,
+        designs=designs,
+        workdir=args.workdir,
+    )
+    out = Path(args.out)
+    png = out.with_suffix(".png")
+    picture(result, png)
+    for d in result["designs"]:
+        d.pop("_latencies", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n" + table(result))
+    print(f"\nwrote {out} and {png}")
+    if not result["ok"]:
+        print("the books do not balance: see 'violations' in the JSON", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotdeal-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the stack in the foreground")
     p_up.add_argument("--stock", type=int, default=10_000)
     p_up.add_argument("--hold-ms", type=int, default=30)
+    p_demo = sub.add_parser("demo", help="replay the workshop against each design and compare")
+    p_demo.add_argument("--requests", "-n", type=int, default=3000)
+    p_demo.add_argument("--concurrency", "-c", type=int, default=150)
+    p_demo.add_argument("--stock", type=int, default=10_000)
+    p_demo.add_argument("--hold-ms", type=int, default=30)
+    p_demo.add_argument(
+        "--designs",
+        default=",".join(DESIGNS),
+        help=f"comma-separated, in run order (default {','.join(DESIGNS)})",
+    )
+    p_demo.add_argument(
+        "--out", default="results/demo.json", help="JSON results; the PNG goes beside it"
+    )
+    p_demo.add_argument("--workdir", type=Path, default=REPO / ".local" / "demo")
     args = parser.parse_args(argv)
     try:
-        code = up(args)
+        code = up(args) if args.command == "up" else demo(args)
     except (Missing, PortTaken) as exc:
         print(f"hotdeal-local: {exc}", file=sys.stderr)
         code = 2

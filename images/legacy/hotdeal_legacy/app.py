@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             placed = orders.place(WORKSHOP_ORDER)
         except ApiError as err:
             if err.code == "sold_out":
-                return Response("Out Of Stock", mimetype="text/plain")
+                # The workshop's body; 409 so ab's "Non-2xx" counts the sold-out answers.
+                return Response("Out Of Stock", status=409, mimetype="text/plain")
             raise
         return Response(str(placed.remaining), mimetype="text/plain")
 

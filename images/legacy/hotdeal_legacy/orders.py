@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from hotdeal import errors
-from hotdeal.history import OrderRow, insert_new
-from hotdeal.schema import hotdeal_list, hotdeal_slot
+from hotdeal.history import OrderRow
+from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal.validation import OrderRequest
 
 
@@ -68,7 +68,8 @@ class LegacyOrders:
 
     def _finish(self, conn: Connection, order: OrderRequest) -> str:
         row = OrderRow.now(order.product_id, order.user_id, order.quantity, self.source)
-        insert_new(conn, [row])
+        # A fresh UUID can't be stored yet: a plain INSERT, one round trip under the lock.
+        conn.execute(insert(order_history), [row.as_params()])
         time.sleep(self.hold_s)  # the workshop's ~30 ms of work, done holding the lock
         return row.order_id
 

@@ -30,8 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         idempotency_ttl_s=settings.idempotency_ttl_s,
     )
 
+    stock.warm_up()
+
     app = Flask(__name__)
     app.config["HOTDEAL"] = settings
+    app.extensions["hotdeal_engine"] = engine
 
     def redis_ready() -> None:
         client.ping()
@@ -47,7 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             taken = stock.take(WORKSHOP_ORDER, limit=0, idempotency_key=None)
         except ApiError as err:
             if err.code == "sold_out":
-                return Response("Out Of Stock", mimetype="text/plain")
+                # The workshop's body; 409 so ab's "Non-2xx" counts the sold-out answers.
+                return Response("Out Of Stock", status=409, mimetype="text/plain")
             raise
         return Response(str(taken.remaining), mimetype="text/plain")
 

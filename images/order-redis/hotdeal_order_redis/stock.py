@@ -54,6 +54,15 @@ class RedisStock:
         self._take = client.register_script(_script("take_stock.lua"))
         self._give_back = client.register_script(_script("give_back.lua"))
 
+    def warm_up(self) -> None:
+        """Load the scripts and open a connection now, not on the first buyer's request.
+        Best effort: a Redis that is down at start-up is /readyz's business."""
+        try:
+            for script in (self._take, self._give_back):
+                script.sha = self.client.script_load(script.script)
+        except redis.RedisError:
+            pass
+
     def take(self, order: OrderRequest, *, limit: int, idempotency_key: str | None) -> Taken:
         pid, user = order.product_id, order.user_id
         idem = redis_keys.idempotency(pid, user, idempotency_key) if idempotency_key else ""

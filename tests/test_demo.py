@@ -1,0 +1,95 @@
+"""`make demo` end to end on a small run: the JSON has the promised shape and the
+books balance for every design. (Its speed is reported by `make bench`, not asserted.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from hotdeal_local.servers import BIN, free_port
+
+from .conftest import _workdir
+
+DESIGN_KEYS = {
+    "name",
+    "requests",
+    "concurrency",
+    "seconds",
+    "requests_per_second",
+    "latency_ms",
+    "failed",
+    "non_2xx",
+    "sold",
+    "orders_persisted",
+    "oversold",
+}
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo.json"
+    env = {
+        **os.environ,
+        "HOTDEAL_LEGACY_PORT": str(free_port()),
+        "HOTDEAL_ORDER_REDIS_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [
+            str(BIN / "hotdeal-local"),
+            "demo",
+            "-n",
+            "120",
+            "-c",
+            "30",
+            "--stock",
+            "100",
+            "--hold-ms",
+            "5",
+            "--out",
+            str(out),
+            "--workdir",
+            str(_workdir("demo")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Completed 100 requests" in done.stderr  # ab's progress reaches the user
+    assert "requests/s" in done.stdout and "speed-up vs legacy" in done.stdout
+
+    result = json.loads(out.read_text())
+    assert result["hold_ms"] == 5
+    assert [d["name"] for d in result["designs"]] == ["legacy", "order-redis", "legacy-slots-8"]
+    for d in result["designs"]:
+        assert set(d) >= DESIGN_KEYS, d["name"]
+        assert set(d["latency_ms"]) == {"mean", "p50", "p95", "p99"}
+        assert (d["requests"], d["concurrency"]) == (120, 30)
+        assert d["latency_ms"]["p50"] <= d["latency_ms"]["p95"] <= d["latency_ms"]["p99"]
+        # Sold out after exactly the stock: 100 sold, 20 refused, nothing lost or oversold.
+        assert (d["sold"], d["non_2xx"], d["failed"]) == (100, 20, 0), d
+        assert d["orders_persisted"] == 100 and not d["oversold"]
+        assert d["counts_agree"] and d["reconcile_ok"]
+    assert result["designs"][1]["orders_in_redis"] == 100
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_demo_says_clearly_when_a_port_is_taken(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "HOTDEAL_LEGACY_PORT": str(port)}
+        done = subprocess.run(
+            [str(BIN / "hotdeal-local"), "demo", "--out", str(tmp_path / "x")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"port {port} for legacy is taken" in done.stderr
+    assert "HOTDEAL_LEGACY_PORT" in done.stderr

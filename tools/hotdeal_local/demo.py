@@ -1,0 +1,207 @@
+"""`make demo`: the workshop's event replayed against each design, side by side.
+
+For each design: reset the stock, start its service, `ab -c 150 -n 3000` against the
+workshop's GET endpoint, then check the books (`hotdeal-ops reconcile --wait`) and that
+2xx answers, orders in Redis and rows in order_history agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hotdeal_local.ab import AbRun, run_ab
+from hotdeal_local.servers import ops
+from hotdeal_local.stack import LocalStack, running
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str
+    service: str
+    path: str
+    env: dict[str, str]
+    slots: int = 8
+
+
+DESIGNS = {
+    "legacy": Design("legacy", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "1"}),
+    "order-redis": Design("order-redis", "order-redis", "/order-redis", {}),
+    "legacy-slots-8": Design(
+        "legacy-slots-8", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "8"}, slots=8
+    ),
+}
+
+
+def percentile(sorted_ms: list[int], pct: float) -> float:
+    """Nearest-rank percentile, as ab reports its own."""
+    if not sorted_ms:
+        return 0.0
+    rank = max(1, round(pct / 100 * len(sorted_ms)))
+    return float(sorted_ms[min(rank, len(sorted_ms)) - 1])
+
+
+def books(report: dict[str, Any], design: Design) -> tuple[int, int | None]:
+    """(units the design's store says it sold, orders Redis says it took)."""
+    if design.name == "order-redis":
+        return report["redis"]["persisted"], report["redis"]["sold"]
+    key = "legacy" if design.name == "legacy" else "legacy_slots"
+    return report[key]["sold"], None
+
+
+def summarize(
+    design: Design,
+    run: AbRun,
+    report: dict[str, Any],
+    code: int,
+    stock: int,
+    requests: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    totals = sorted(ms for _, ms in run.samples)
+    persisted, in_redis = books(report, design)
+    sold = run.complete - run.non_2xx - run.failed
+    counts = [sold, persisted] + ([in_redis] if in_redis is not None else [])
+    return {
+        "name": design.name,
+        "requests": requests,
+        "concurrency": concurrency,
+        "seconds": run.seconds,
+        "requests_per_second": round(run.complete / run.seconds, 2) if run.seconds else 0.0,
+        "latency_ms": {
+            "mean": round(statistics.fmean(totals), 1) if totals else 0.0,
+            "p50": percentile(totals, 50),
+            "p95": percentile(totals, 95),
+            "p99": percentile(totals, 99),
+        },
+        "failed": run.failed,
+        "non_2xx": run.non_2xx,
+        "sold": sold,
+        "orders_persisted": persisted,
+        "orders_in_redis": in_redis,
+        "oversold": persisted > stock or (in_redis or 0) > stock,
+        "counts_agree": len(set(counts)) == 1,
+        "reconcile_ok": code == 0,
+        "violations": report.get("violations", []),
+        "timeline": timeline(run),
+        "_latencies": totals,  # for the picture; not written to the JSON
+    }
+
+
+def timeline(run: AbRun) -> list[int]:
+    """Answers completed in each second of the run (from ab -g start times + totals)."""
+    if not run.samples:
+        return []
+    start = min(s for s, _ in run.samples)
+    done = [s - start + ms / 1000 for s, ms in run.samples]
+    counts = [0] * (int(max(done)) + 1)
+    for t in done:
+        counts[int(t)] += 1
+    return counts
+
+
+def run_design(
+    stack: LocalStack, design: Design, *, requests: int, concurrency: int, stock: int, workdir: Path
+) -> dict[str, Any]:
+    print(
+        f"\n=== {design.name}: ab -c {concurrency} -n {requests} {design.path} "
+        f"(stock {stock}, hold {stack.hold_ms} ms)",
+        flush=True,
+    )
+    stack.reset(stock, slots=design.slots)
+    port = stack.legacy_port if design.service == "legacy" else stack.order_redis_port
+    proc = stack.start_service(design.service, port, **design.env)
+    try:
+        run = run_ab(
+            f"http://127.0.0.1:{port}{design.path}",
+            requests=requests,
+            concurrency=concurrency,
+            gnuplot=workdir / f"{design.name}.tsv",
+        )
+    finally:
+        stack.stop_process(proc)
+    done = ops(stack.env, "reconcile", "--wait", "--timeout", "120", check=False)
+    report = json.loads(done.stdout) if done.stdout else {"violations": [done.stderr]}
+    return summarize(design, run, report, done.returncode, stock, requests, concurrency)
+
+
+def speed_bar(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's bar, as measured; informational (speed lives in benchmarks)."""
+    by = {d["name"]: d for d in result["designs"]}
+    checks = []
+    legacy = by.get("legacy")
+    hold_s = result["hold_ms"] / 1000
+    if legacy and hold_s:
+        limit = 1 / hold_s
+        checks.append(
+            {
+                "check": f"legacy >= 85% of 1/hold ({0.85 * limit:.1f}/s)",
+                "value": legacy["requests_per_second"],
+                "ok": legacy["requests_per_second"] >= 0.85 * limit,
+            }
+        )
+    redis = by.get("order-redis")
+    if legacy and redis:
+        ratio = redis["requests_per_second"] / max(legacy["requests_per_second"], 1e-9)
+        checks.append(
+            {"check": "order-redis >= 60x legacy", "value": round(ratio, 1), "ok": ratio >= 60}
+        )
+    if redis:
+        checks.append(
+            {
+                "check": "order-redis p99 < 250 ms",
+                "value": redis["latency_ms"]["p99"],
+                "ok": redis["latency_ms"]["p99"] < 250,
+            }
+        )
+        checks.append(
+            {
+                "check": "order-redis: zero failed requests",
+                "value": redis["failed"],
+                "ok": redis["failed"] == 0,
+            }
+        )
+    return checks
+
+
+def run_demo(
+    *, requests: int, concurrency: int, stock: int, hold_ms: int, designs: list[str], workdir: Path
+) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(workdir=workdir, stock=stock, hold_ms=hold_ms)
+    stack.check_ports()
+    with running(stack):
+        print("starting redis-server and PostgreSQL ...", flush=True)
+        stack.start_stores()
+        stack.start_writer()
+        results = [
+            run_design(
+                stack,
+                DESIGNS[name],
+                requests=requests,
+                concurrency=concurrency,
+                stock=stock,
+                workdir=workdir,
+            )
+            for name in designs
+        ]
+    result: dict[str, Any] = {
+        "hold_ms": hold_ms,
+        "stock": stock,
+        "machine": {"cores": os.cpu_count()},
+        "designs": results,
+    }
+    legacy_rps = next((d["requests_per_second"] for d in results if d["name"] == "legacy"), None)
+    if legacy_rps:
+        result["speedup_vs_legacy"] = {
+            d["name"]: round(d["requests_per_second"] / legacy_rps, 1) for d in results
+        }
+    result["speed_bar"] = speed_bar(result)
+    result["ok"] = all(
+        d["reconcile_ok"] and d["counts_agree"] and not d["oversold"] for d in results
+    )
+    return result

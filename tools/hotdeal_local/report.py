@@ -1,0 +1,87 @@
+"""The demo's table (terminal) and picture (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    ("time taken (s)", lambda d: f"{d['seconds']:.2f}"),
+    ("requests/s", lambda d: f"{d['requests_per_second']:.1f}"),
+    ("latency mean (ms)", lambda d: f"{d['latency_ms']['mean']:.0f}"),
+    ("latency p50 (ms)", lambda d: f"{d['latency_ms']['p50']:.0f}"),
+    ("latency p95 (ms)", lambda d: f"{d['latency_ms']['p95']:.0f}"),
+    ("latency p99 (ms)", lambda d: f"{d['latency_ms']['p99']:.0f}"),
+    ("failed", lambda d: str(d["failed"])),
+    ("non-2xx (sold out)", lambda d: str(d["non_2xx"])),
+    ("sold (2xx)", lambda d: str(d["sold"])),
+    ("orders persisted", lambda d: str(d["orders_persisted"])),
+    (
+        "orders in redis",
+        lambda d: "-" if d["orders_in_redis"] is None else str(d["orders_in_redis"]),
+    ),
+    ("counts agree", lambda d: "yes" if d["counts_agree"] else "NO"),
+    ("reconcile", lambda d: "pass" if d["reconcile_ok"] else "FAIL"),
+    ("oversold", lambda d: "YES" if d["oversold"] else "no"),
+]
+
+
+def table(result: dict[str, Any]) -> str:
+    designs = result["designs"]
+    first = max(len(label) for label, _ in COLUMNS) + 2
+    width = max(14, *(len(d["name"]) + 2 for d in designs))
+    lines = [" " * first + "".join(d["name"].rjust(width) for d in designs)]
+    for label, cell in COLUMNS:
+        lines.append(label.ljust(first) + "".join(cell(d).rjust(width) for d in designs))
+    if "speedup_vs_legacy" in result:
+        lines.append(
+            "speed-up vs legacy".ljust(first)
+            + "".join(
+                f"{result['speedup_vs_legacy'][d['name']]:.1f}x".rjust(width) for d in designs
+            )
+        )
+    lines.append("")
+    for check in result.get("speed_bar", []):
+        mark = "met " if check["ok"] else "MISS"
+        lines.append(f"  [{mark}] {check['check']}: {check['value']}")
+    return "\n".join(lines)
+
+
+def picture(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    for d in result["designs"]:
+        rate.plot(range(len(d["timeline"])), d["timeline"], marker="o", label=d["name"])
+    rate.set_yscale("log")
+    rate.set_xlabel("seconds since the first request")
+    rate.set_ylabel("answers per second (log)")
+    rate.set_title("Throughput over time")
+    rate.legend()
+    rate.grid(True, which="both", alpha=0.3)
+
+    for d in result["designs"]:
+        ms = sorted(max(v, 1) for v in d.get("_latencies", [])) or [1]
+        share = [(i + 1) / len(ms) * 100 for i in range(len(ms))]
+        latency.plot(ms, share, label=f"{d['name']} (p99 {d['latency_ms']['p99']:.0f} ms)")
+    latency.set_xscale("log")
+    latency.set_xlabel("latency per request, ms (log)")
+    latency.set_ylabel("% of requests answered within")
+    latency.set_title("Latency distribution (from ab -g)")
+    latency.legend()
+    latency.grid(True, which="both", alpha=0.3)
+
+    stock, hold = result["stock"], result["hold_ms"]
+    n = result["designs"][0]["requests"] if result["designs"] else 0
+    c = result["designs"][0]["concurrency"] if result["designs"] else 0
+    fig.suptitle(
+        f"hotdeal: ab -c {c} -n {n}, stock {stock}, hold {hold} ms, "
+        f"{result['machine']['cores']} cores"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

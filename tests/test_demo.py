@@ -65,13 +65,13 @@ def test_demo_runs_end_to_end(tmp_path):
     for d in result["designs"]:
         assert set(d) >= DESIGN_KEYS, d["name"]
         assert set(d["latency_ms"]) == {"mean", "p50", "p95", "p99"}
-        assert (d["requests"], d["concurrency"]) == (120, 30)
+        assert (d["requests"], d["concurrency"]) == (200, 30)
         assert d["latency_ms"]["p50"] <= d["latency_ms"]["p95"] <= d["latency_ms"]["p99"]
-        # Sold out after exactly the stock: 100 sold, 20 refused, nothing lost or oversold.
-        assert (d["sold"], d["non_2xx"], d["failed"]) == (100, 20, 0), d
-        assert d["orders_persisted"] == 100 and not d["oversold"]
+        # Sold out after exactly the stock: 160 sold, 40 refused, nothing lost or oversold.
+        assert (d["sold"], d["non_2xx"], d["failed"]) == (160, 40, 0), d
+        assert d["orders_persisted"] == 160 and not d["oversold"]
         assert d["counts_agree"] and d["reconcile_ok"]
-    assert result["designs"][1]["orders_in_redis"] == 100
+    assert result["designs"][1]["orders_in_redis"] == 160
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 

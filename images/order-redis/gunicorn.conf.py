@@ -13,11 +13,14 @@ HOTDEAL_WORKERS from the pod's CPU request.
 
 import os
 
+from hotdeal import gunicorn_setup
+
+globals().update(gunicorn_setup.common())
+
 inline = os.environ.get("HOTDEAL_ORDER_WRITE", "stream").lower() == "inline"
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 wsgi_app = "hotdeal_order_redis.app:create_app()"
-bind = os.environ.get("HOTDEAL_BIND", "0.0.0.0:8080")
 worker_class = os.environ.get("HOTDEAL_WORKER_CLASS", "gthread" if inline else "sync")
 workers = int(os.environ.get("HOTDEAL_WORKERS", str(2 * cores)))
 threads = int(os.environ.get("HOTDEAL_THREADS", "32" if inline else "1"))
@@ -25,16 +28,7 @@ os.environ.setdefault("HOTDEAL_DB_POOL_SIZE", str(threads))
 # Workers fork from an app that is already built and warm, so a worker is ready the
 # moment it exists (a flash sale starts at full load, with no time to warm up).
 preload_app = True
-backlog = 2048
 timeout = 30
-graceful_timeout = 30
-keepalive = 5
-accesslog = os.environ.get("HOTDEAL_ACCESS_LOG") or None
-errorlog = "-"
-loglevel = os.environ.get("HOTDEAL_LOG_LEVEL", "info")
-worker_tmp_dir = os.environ.get("HOTDEAL_WORKER_TMP_DIR") or (
-    "/dev/shm" if os.path.isdir("/dev/shm") else None
-)
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201

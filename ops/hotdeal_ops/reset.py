@@ -57,4 +57,5 @@ def reset_redis(
     # before any writer was running.
     pipe.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
     pipe.sadd(redis_keys.STREAMS, stream)
+    pipe.sadd(redis_keys.PRODUCTS, product_id)
     pipe.execute()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 # Set of the order streams the writers must drain (one stream per product).
 STREAMS = "hotdeal:streams"
+# Set of the product ids `hotdeal-ops reset` has set up (for the stock gauges).
+PRODUCTS = "hotdeal:products"
 WRITER_GROUP = "order-writers"
 # Stream entries no writer could parse, kept for a human to look at.
 DEAD_LETTER = "hotdeal:dead-letter"

@@ -1,22 +1,33 @@
-"""Flask glue both services share: JSON errors, health endpoints, the order body."""
+"""Flask glue both services share: JSON errors, health endpoints, /metrics, and the
+accounting of every order request (outcome, latency)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import Metric
 from werkzeug.exceptions import HTTPException
 
+from hotdeal import metrics
 from hotdeal.errors import ApiError, is_unavailable
 from hotdeal.validation import OrderRequest, parse_order
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], None]
+Reader = Callable[[], Iterable[Metric]]
+
+# ApiError codes that are an outcome of their own in hotdeal_orders_total; every other
+# 4xx is "rejected" (bad input, unknown product, reused idempotency key).
+OUTCOMES = {"sold_out", "limit_exceeded", "not_open", "unavailable", "error"}
 
 
 def error_response(err: ApiError) -> tuple[Response, int]:
+    g.order_result = err.code if err.code in OUTCOMES else "rejected"
     return jsonify(err.body()), err.status
 
 
@@ -29,11 +40,40 @@ def order_from_request(max_per_order: int) -> OrderRequest:
     body = request.get_json(silent=True)
     if body is None:
         raise ApiError(400, "invalid_request", "body must be JSON (Content-Type: application/json)")
-    return parse_order(body, max_per_order)
+    order = parse_order(body, max_per_order)
+    g.product = order.product_id
+    return order
 
 
-def install_common(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
-    """Health endpoints and error handlers that turn every failure into JSON."""
+def sold(service: str, order: OrderRequest) -> None:
+    """Count the units an order took (not for idempotent replays: nothing was taken)."""
+    metrics.DECREMENTS.labels(service, str(order.product_id)).inc(order.quantity)
+
+
+def install_common(
+    app: Flask,
+    *,
+    service: str,
+    checks: dict[str, ReadinessCheck],
+    order_endpoints: set[str],
+    readers: Iterable[Reader] = (),
+) -> None:
+    """Health, /metrics, error handlers that turn every failure into JSON, and the
+    outcome/latency accounting of the endpoints in `order_endpoints`."""
+    registry = metrics.scrape_registry(lambda: metrics.backend_up(service, checks), *readers)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def account(response: Response) -> Response:
+        if request.endpoint in order_endpoints:
+            result = g.get("order_result") or ("ok" if response.status_code < 400 else "rejected")
+            product = str(g.get("product", "none"))
+            metrics.ORDERS.labels(service, product, result).inc()
+            metrics.ORDER_DURATION.labels(service).observe(time.perf_counter() - g.started)
+        return response
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -51,12 +91,17 @@ def install_common(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
             return jsonify(status="unavailable", failed=failed), 503
         return jsonify(status="ok"), 200
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     @app.errorhandler(ApiError)
     def api_error(err: ApiError) -> tuple[Response, int]:
         return error_response(err)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> tuple[Response, int]:
+        g.order_result = "rejected"
         code = (err.name or "error").lower().replace(" ", "_")
         return jsonify(error=code, message=err.description), err.code or 500
 

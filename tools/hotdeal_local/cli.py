@@ -17,20 +17,23 @@ from hotdeal_local.stack import LocalStack, PortTaken, running
 
 def up(args: argparse.Namespace) -> int:
     stack = LocalStack(stock=args.stock, hold_ms=args.hold_ms)
-    stack.check_ports()
+    stack.check_ports(prometheus=True)
     with running(stack):
         print("starting redis-server and PostgreSQL (data under .local/) ...", flush=True)
         stack.start_stores()
         stack.reset()
         stack.start_service("legacy", stack.legacy_port)
         stack.start_service("order-redis", stack.order_redis_port)
-        stack.start_writer()
+        writer = stack.start_writer()
+        stack.start_prometheus(stack.prometheus_port, writer)
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in stack.env.items())
         print(
             f"""
 hotdeal is up (stock {args.stock} of product 1, hold {args.hold_ms} ms):
   legacy        {stack.legacy_url}/order        POST {stack.legacy_url}/v1/orders
   order-redis   {stack.order_redis_url}/order-redis  POST {stack.order_redis_url}/v1/orders
+  prometheus    http://127.0.0.1:{stack.prometheus_port}  (alerts: /alerts)
+  writer        http://127.0.0.1:{writer.metrics_port}/metrics
   redis         {stack.redis.url if stack.redis else ""}
   postgresql    {stack.pg.url if stack.pg else ""}
   logs          .local/*.log

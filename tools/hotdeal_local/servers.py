@@ -254,6 +254,7 @@ class Process:
         self.env = env
         self.health_url = health_url
         self.log = log
+        self.metrics_port: int | None = None
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> Process:
@@ -300,8 +301,26 @@ def gunicorn(service: str, port: int, env: dict[str, str], log: Path | None = No
     )
 
 
-def writer(env: dict[str, str], log: Path | None = None, name: str = "writer") -> Process:
-    return Process(name, [str(BIN / "hotdeal-writer")], env, log=log)
+def writer(
+    env: dict[str, str],
+    log: Path | None = None,
+    name: str = "writer",
+    metrics_port: int | None = None,
+) -> Process:
+    port = metrics_port or free_port()
+    proc = Process(
+        name,
+        [str(BIN / "hotdeal-writer")],
+        {
+            **env,
+            "HOTDEAL_WRITER_METRICS_PORT": str(port),
+            "HOTDEAL_WRITER_METRICS_ADDR": "127.0.0.1",
+        },
+        health_url=f"http://127.0.0.1:{port}/metrics",
+        log=log,
+    )
+    proc.metrics_port = port
+    return proc
 
 
 def ops(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hotdeal_local.prometheus import prometheus
 from hotdeal_local.servers import (
     REPO,
     PostgresServer,
@@ -30,6 +31,7 @@ class LocalStack:
     workdir: Path = REPO / ".local"
     legacy_port: int = int(os.environ.get("HOTDEAL_LEGACY_PORT", "5000"))
     order_redis_port: int = int(os.environ.get("HOTDEAL_ORDER_REDIS_PORT", "5001"))
+    prometheus_port: int = int(os.environ.get("HOTDEAL_PROMETHEUS_PORT", "9090"))
     stock: int = 10_000
     hold_ms: int = 30
     service_env: dict[str, str] = field(default_factory=dict)
@@ -55,10 +57,15 @@ class LocalStack:
     def order_redis_url(self) -> str:
         return f"http://127.0.0.1:{self.order_redis_port}"
 
-    def check_ports(self) -> None:
-        for name, port in (("legacy", self.legacy_port), ("order-redis", self.order_redis_port)):
+    def check_ports(self, prometheus: bool = False) -> None:
+        wanted = [
+            ("legacy", self.legacy_port, "HOTDEAL_LEGACY_PORT"),
+            ("order-redis", self.order_redis_port, "HOTDEAL_ORDER_REDIS_PORT"),
+        ]
+        if prometheus:
+            wanted.append(("prometheus", self.prometheus_port, "HOTDEAL_PROMETHEUS_PORT"))
+        for name, port, var in wanted:
             if port_taken(port):
-                var = "HOTDEAL_LEGACY_PORT" if name == "legacy" else "HOTDEAL_ORDER_REDIS_PORT"
                 raise PortTaken(
                     f"port {port} for {name} is taken by another program: stop it or set {var}"
                 )
@@ -84,6 +91,19 @@ class LocalStack:
 
     def start_writer(self) -> Process:
         proc = writer(self.env, log=self.workdir / "writer.log").start()
+        self.processes.append(proc)
+        return proc
+
+    def start_prometheus(self, port: int, writer_proc: Process) -> Process:
+        proc = prometheus(
+            self.workdir / "prometheus",
+            port,
+            {
+                "hotdeal-legacy": [f"127.0.0.1:{self.legacy_port}"],
+                "hotdeal-order-redis": [f"127.0.0.1:{self.order_redis_port}"],
+                "hotdeal-writer": [f"127.0.0.1:{writer_proc.metrics_port}"],
+            },
+        ).start()
         self.processes.append(proc)
         return proc
 

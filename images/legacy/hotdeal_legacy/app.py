@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, g, jsonify
 
+from hotdeal import metrics
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
+from hotdeal.db_waits import read_db_waits
 from hotdeal.errors import ApiError
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest
-from hotdeal.web import install_common, order_from_request
-from hotdeal_legacy.orders import LegacyOrders
+from hotdeal.web import install_common, order_from_request, sold
+from hotdeal_legacy.orders import LegacyOrders, Placed
+from hotdeal_legacy.stock_metrics import read_stock
 
+SERVICE = "legacy"
 # The workshop's GET /order sells one unit of product 1 to one shared buyer.
 WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
@@ -25,14 +29,35 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["HOTDEAL"] = settings
     app.extensions["hotdeal_orders"] = orders
 
-    install_common(app, {"database": lambda: table_reachable(engine, hotdeal_list)})
+    install_common(
+        app,
+        service=SERVICE,
+        checks={"database": lambda: table_reachable(engine, hotdeal_list)},
+        order_endpoints={"workshop_order", "create_order"},
+        readers=[
+            lambda: read_stock(engine, SERVICE, settings.legacy_slots),
+            lambda: read_db_waits(engine),
+        ],
+    )
+    design = "hot-row" if settings.legacy_slots == 1 else "slots"
+    lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
+    lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)
+
+    def place(order: OrderRequest) -> Placed:
+        g.product = order.product_id
+        placed = orders.place(order)
+        lock_wait.observe(placed.lock_wait_s)
+        lock_hold.observe(placed.lock_hold_s)
+        sold(SERVICE, order)
+        return placed
 
     @app.get("/order")
     def workshop_order() -> Response:
         try:
-            placed = orders.place(WORKSHOP_ORDER)
+            placed = place(WORKSHOP_ORDER)
         except ApiError as err:
             if err.code == "sold_out":
+                g.order_result = "sold_out"
                 # The workshop's body; 409 so ab's "Non-2xx" counts the sold-out answers.
                 return Response("Out Of Stock", status=409, mimetype="text/plain")
             raise
@@ -41,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/v1/orders")
     def create_order() -> tuple[Response, int]:
         order = order_from_request(current_app.config["HOTDEAL"].max_per_order)
-        placed = orders.place(order)
+        placed = place(order)
         return jsonify(
             order_id=placed.order_id,
             product_id=order.product_id,

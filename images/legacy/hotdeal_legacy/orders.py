@@ -20,6 +20,7 @@ class Placed:
     order_id: str
     remaining: int
     lock_wait_s: float
+    lock_hold_s: float
 
 
 def lock_product_row(product_id: int):  # noqa: ANN201 (SQLAlchemy Select)
@@ -90,7 +91,8 @@ class LegacyOrders:
                 .values(quantity=remaining)
             )
             order_id = self._finish(conn, order)
-        return Placed(order_id, remaining, waited)
+            locked_at = started + waited
+        return Placed(order_id, remaining, waited, time.perf_counter() - locked_at)
 
     def _place_in_slot(self, order: OrderRequest) -> Placed:
         pid, qty = order.product_id, order.quantity
@@ -119,7 +121,8 @@ class LegacyOrders:
             if taken is None:
                 raise errors.sold_out(remaining)
             order_id = self._finish(conn, order)
-        return Placed(order_id, remaining, waited)
+            locked_at = started + waited
+        return Placed(order_id, remaining, waited, time.perf_counter() - locked_at)
 
     def _take_one_slot(
         self, conn: Connection, pid: int, qty: int, candidates: list[int]

@@ -21,16 +21,19 @@ from datetime import UTC, datetime
 
 import redis
 import sqlalchemy.exc
+from prometheus_client import REGISTRY, start_http_server
 from sqlalchemy import Engine, insert
 
-from hotdeal import redis_keys
+from hotdeal import metrics, redis_keys
 from hotdeal.config import ConfigError, Settings, env_int
 from hotdeal.db import make_engine
 from hotdeal.errors import is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
 from hotdeal.redis_client import make_redis
 from hotdeal.schema import order_history
+from hotdeal_order_redis import writer_metrics
 from hotdeal_order_redis.stock import SOURCE
+from hotdeal_order_redis.stock_metrics import read_backlog
 
 log = logging.getLogger("hotdeal.writer")
 
@@ -186,8 +189,12 @@ class OrderWriter:
                 batch = pending or self._claim_stale() or self._read_new()
                 pending = batch
                 if batch:
-                    self.persist(batch)
+                    started = time.perf_counter()
+                    inserted = self.persist(batch)
                     self.acknowledge(batch)
+                    writer_metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+                    writer_metrics.BATCH_SIZE.observe(len(batch))
+                    writer_metrics.PERSISTED.inc(inserted)
                 pending = []
                 backoff = 0.1
             except redis.ResponseError as exc:
@@ -222,6 +229,17 @@ def build_writer(settings: Settings | None = None) -> OrderWriter:
     )
 
 
+def serve_metrics(writer: OrderWriter) -> None:
+    """The writer's /metrics (one process: the default registry), with the backlog read
+    from Redis at scrape time. HOTDEAL_WRITER_METRICS_PORT=0 turns it off."""
+    port = env_int("HOTDEAL_WRITER_METRICS_PORT", 9102)
+    if port == 0:
+        return
+    REGISTRY.register(metrics.ScrapeCollector(lambda: read_backlog(writer.client)))
+    REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_persisted(writer.engine)))
+    start_http_server(port, addr=os.environ.get("HOTDEAL_WRITER_METRICS_ADDR", "0.0.0.0"))
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("HOTDEAL_LOG_LEVEL", "INFO").upper(),
@@ -231,6 +249,7 @@ def main() -> None:
         writer = build_writer()
     except ConfigError as exc:
         raise SystemExit(f"hotdeal-writer: {exc}") from None
+    serve_metrics(writer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: writer.stop.set())
     writer.run()

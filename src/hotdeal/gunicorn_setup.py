@@ -1,0 +1,54 @@
+"""What both gunicorn configs share: multi-process metrics and the common settings.
+
+Imported by images/*/gunicorn.conf.py before the app, so PROMETHEUS_MULTIPROC_DIR is set
+before prometheus_client is first imported (it picks its storage at import time).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def metrics_dir() -> Path:
+    """The directory where every worker writes its samples (a fresh one if unset)."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="hotdeal-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+METRICS_DIR = metrics_dir()
+
+
+def on_starting(server: Any) -> None:
+    # Samples of a previous run in the same directory would be summed into this one's.
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def common() -> dict[str, Any]:
+    """Settings both services use; each config adds its worker model."""
+    return {
+        "bind": os.environ.get("HOTDEAL_BIND", "0.0.0.0:8080"),
+        "backlog": 2048,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": os.environ.get("HOTDEAL_ACCESS_LOG") or None,
+        "errorlog": "-",
+        "loglevel": os.environ.get("HOTDEAL_LOG_LEVEL", "info"),
+        # Heartbeat files in memory, not on a (possibly read-only) root filesystem.
+        "worker_tmp_dir": os.environ.get("HOTDEAL_WORKER_TMP_DIR")
+        or ("/dev/shm" if os.path.isdir("/dev/shm") else None),
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+    }

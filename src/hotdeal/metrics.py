@@ -1,0 +1,118 @@
+"""Prometheus metrics of the services and the writer.
+
+Under gunicorn every worker is a process: the gunicorn configs point
+PROMETHEUS_MULTIPROC_DIR at a fresh directory *before* prometheus_client is imported,
+and a scrape of any worker aggregates all of them. Gauges that describe the world
+(stock remaining, database lock waits, backend up) are not kept per process: a
+collector reads them from the store of record at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# From a 1 ms Redis round trip to a 100 s queue on the hot row.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
+)  # fmt: skip
+
+ORDERS = Counter(
+    "hotdeal_orders_total",
+    "Order requests by outcome: ok, sold_out, limit_exceeded, not_open, rejected (bad "
+    "input), unavailable (503), error.",
+    ["service", "product", "result"],
+)
+DECREMENTS = Counter(
+    "hotdeal_stock_decrements_total", "Units taken from stock.", ["service", "product"]
+)
+ORDER_DURATION = Histogram(
+    "hotdeal_order_duration_seconds",
+    "Order request latency, as the service saw it.",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
+LOCK_WAIT = Histogram(
+    "hotdeal_lock_wait_seconds",
+    "legacy: time an order waited for its stock row lock (SELECT ... FOR UPDATE).",
+    ["service", "design"],
+    buckets=LATENCY_BUCKETS,
+)
+LOCK_HOLD = Histogram(
+    "hotdeal_lock_hold_seconds",
+    "legacy: time an order held its stock row lock (lock to commit).",
+    ["service", "design"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ScrapeCollector(Collector):
+    """Runs `read` on every scrape; a failing backend yields no sample, not an error."""
+
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            yield from self.read()
+        except Exception:  # a scrape must not fail because a backend is down
+            return
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # don't run `read` at registration time
+
+
+def backend_up(service: str, checks: dict[str, Callable[[], None]]) -> Iterable[Metric]:
+    family = GaugeMetricFamily(
+        "hotdeal_backend_up",
+        "1 if the service reaches this backend.",
+        labels=["service", "backend"],
+    )
+    for name, check in checks.items():
+        try:
+            check()
+            up = 1.0
+        except Exception:
+            up = 0.0
+        family.add_metric([service, name], up)
+    yield family
+
+
+def scrape_registry(*collectors: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
+    """The registry /metrics serves: every worker's samples plus the scrape-time readers."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Default())
+    for read in collectors:
+        registry.register(ScrapeCollector(read))
+    return registry
+
+
+class _Default(Collector):
+    """The process-local default registry (no gunicorn, e.g. the writer or tests)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

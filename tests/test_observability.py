@@ -1,0 +1,217 @@
+"""Metrics, alert rules and the dashboard, checked with the real tools: promtool, and a
+real Prometheus scraping the services during a short load run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from hotdeal_local.prometheus import RULES, prometheus, query
+from hotdeal_local.servers import REPO, free_port
+
+from .conftest import _workdir
+from .helpers import buyers, stampede
+
+DASHBOARD = REPO / "charts" / "hotdeal" / "files" / "dashboard.json"
+RULE_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yaml"
+# Exposed only when the database is Oracle (v$system_event), which can't run here.
+ORACLE_ONLY = {"hotdeal_db_wait_seconds_total", "hotdeal_db_wait_events_total"}
+
+
+@pytest.fixture(scope="module")
+def scraped(legacy, order_redis, writer_proc, reset_module):
+    """Each process's /metrics after a short load on both designs."""
+    reset_module(100)
+    stampede(legacy, buyers(20), concurrency=20)  # 20 buyers queue on the hot row
+    stampede(order_redis, buyers(60), concurrency=30)
+    order_redis.order({"product_id": 1, "user_id": "user-0", "quantity": 1})  # limit_exceeded
+    legacy.order({"product_id": 1, "user_id": "x", "quantity": 0})  # rejected
+    time.sleep(0.5)  # let the writer persist
+    urls = {
+        "legacy": f"{legacy.url}/metrics",
+        "order-redis": f"{order_redis.url}/metrics",
+        "writer": f"http://127.0.0.1:{writer_proc.metrics_port}/metrics",
+    }
+    return {name: requests.get(url, timeout=5).text for name, url in urls.items()}
+
+
+@pytest.fixture(scope="module")
+def reset_module(engine, rclient):
+    from hotdeal_ops.reset import reset_database, reset_redis
+
+    def _reset(stock: int) -> None:
+        reset_database(engine, 1, stock, slots=8, opens_at=None)
+        reset_redis(rclient, 1, stock, opens_at=None)
+
+    return _reset
+
+
+def samples(text: str) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    matching = [
+        s.value
+        for s in samples(text).get(name, [])
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert matching, f"no {name}{labels}"
+    return sum(matching)
+
+
+def test_promtool_accepts_every_metrics_page(scraped):
+    for name, text in scraped.items():
+        check = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=text,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
+
+
+def test_all_gunicorn_workers_are_counted(scraped):
+    """Multi-process mode: one scrape sees the orders every worker served."""
+    assert value(scraped["order-redis"], "hotdeal_orders_total", result="ok") == 60
+    assert value(scraped["order-redis"], "hotdeal_stock_decrements_total") == 60
+    assert value(scraped["order-redis"], "hotdeal_orders_total", result="limit_exceeded") == 1
+    assert value(scraped["legacy"], "hotdeal_orders_total", result="ok") == 20
+    assert value(scraped["legacy"], "hotdeal_orders_total", result="rejected") == 1
+    assert value(scraped["order-redis"], "hotdeal_order_duration_seconds_count") == 61
+
+
+def test_gauges_come_from_the_stores(scraped):
+    assert value(scraped["order-redis"], "hotdeal_stock_remaining", service="order-redis") == 40
+    assert value(scraped["legacy"], "hotdeal_stock_remaining", service="legacy") == 80
+    assert value(scraped["writer"], "hotdeal_orders_persisted", source="redis") == 60
+    assert value(scraped["writer"], "hotdeal_writer_backlog") == 0
+    assert value(scraped["order-redis"], "hotdeal_backend_up", backend="redis") == 1
+    assert "hotdeal_db_lock_waiting_sessions" in samples(scraped["legacy"])
+
+
+def test_the_hot_row_shows_as_lock_waits(scraped):
+    text = scraped["legacy"]
+    waited = value(text, "hotdeal_lock_wait_seconds_count")
+    quick = value(text, "hotdeal_lock_wait_seconds_bucket", le="0.01")
+    assert waited == 20
+    assert quick < waited  # with 20 buyers at once, most had to queue behind the others
+
+
+def _expressions() -> list[str]:
+    rules = yaml.safe_load(RULES.read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dash = json.loads(DASHBOARD.read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    return exprs
+
+
+def test_rules_and_dashboard_name_only_metrics_that_exist(scraped):
+    live = set().union(*(samples(text) for text in scraped.values()))
+    referenced = set()
+    for expr in _expressions():
+        without_labels = re.sub(r"\{[^}]*\}", "", expr)
+        referenced |= set(re.findall(r"\bhotdeal_[a-z0-9_]+", without_labels))
+        # Prometheus's own `up` must be narrowed to our jobs.
+        assert not re.search(r"(?<![a-z_])up\{", expr) or 'job=~"hotdeal-' in expr
+    assert referenced, "no metric found in the expressions"
+    missing = referenced - live - ORACLE_ONLY
+    assert not missing, f"not exposed by any service: {sorted(missing)}"
+
+
+def test_alert_rules_pass_promtool():
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tested = subprocess.run(
+        ["promtool", "test", "rules", str(RULE_TESTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=RULE_TESTS.parent,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_a_unit_test():
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    tested = {a["alertname"] for c in cases for a in c.get("alert_rule_test", [])}
+    assert alerts == tested
+
+
+def test_real_prometheus_sees_the_event(legacy, order_redis, writer_proc, reset_module):
+    port = free_port()
+    workdir: Path = _workdir("prometheus")
+    prom = prometheus(
+        workdir,
+        port,
+        {
+            "hotdeal-legacy": [legacy.url.removeprefix("http://")],
+            "hotdeal-order-redis": [order_redis.url.removeprefix("http://")],
+            "hotdeal-writer": [f"127.0.0.1:{writer_proc.metrics_port}"],
+        },
+        interval="1s",
+    ).start()
+
+    def eventually(expr: str, check) -> list:
+        deadline = time.monotonic() + 30
+        while True:
+            result = query(port, expr)
+            if result and check(result):
+                return result
+            assert time.monotonic() < deadline, f"{expr}: {result}"
+            time.sleep(0.5)
+
+    try:
+        reset_module(300)
+        # Targets are scraped only after discovery settles (a few seconds after start).
+        eventually(
+            'up{job=~"hotdeal-.*"}',
+            lambda r: len(r) == 3 and all(float(x["value"][1]) == 1 for x in r),
+        )
+        stampede(legacy, buyers(30), concurrency=30)
+        stampede(order_redis, buyers(200), concurrency=100)
+        # The decrement rate during the last minute peaked above zero.
+        eventually(
+            'max_over_time(sum(rate(hotdeal_stock_decrements_total{service="order-redis"}[5s]))'
+            "[1m:1s])",
+            lambda r: float(r[0]["value"][1]) > 0,
+        )
+        eventually(
+            'hotdeal_stock_remaining{service="order-redis",product="1"}',
+            lambda r: float(r[0]["value"][1]) == 100,
+        )
+        eventually(
+            'hotdeal_stock_remaining{service="legacy",product="1"}',
+            lambda r: float(r[0]["value"][1]) == 270,
+        )
+        # Orders that waited longer than 10 ms for the row lock: the hot row under load.
+        eventually(
+            "sum(increase(hotdeal_lock_wait_seconds_count[1m]))"
+            ' - sum(increase(hotdeal_lock_wait_seconds_bucket{le="0.01"}[1m]))',
+            lambda r: float(r[0]["value"][1]) > 0,
+        )
+        rules = requests.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()
+        loaded = [r for g in rules["data"]["groups"] for r in g["rules"]]
+        assert len(loaded) == 10 and all(r["health"] == "ok" for r in loaded)
+        eventually(
+            'up{job=~"hotdeal-.*"}',
+            lambda r: len(r) == 3 and all(float(x["value"][1]) == 1 for x in r),
+        )
+    finally:
+        prom.stop()

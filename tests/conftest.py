@@ -35,7 +35,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    server = PostgresServer(_workdir("pg"), durable=False).start()
+    server = PostgresServer(_workdir("pg")).start()
     yield server
     server.stop("immediate")
 

@@ -90,7 +90,7 @@ def test_stampede_of_1000_users_with_retries(order_redis, reset, stack_env, engi
     unique_orders = {r.json()["order_id"] for r in ok}
     assert len(unique_orders) == stock  # sold out exactly; replays reuse the first order id
     code, report = reconcile(stack_env)
-    assert code == 0, report
+    assert code == 0, report["violations"]
     with engine.connect() as conn:
         rows = conn.execute(
             select(order_history.c.order_id, order_history.c.user_id).where(

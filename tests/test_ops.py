@@ -35,7 +35,7 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     assert rclient.get("prod-001-quantity") == "10000"  # the workshop's key
     assert not rclient.exists(redis_keys.buyers(1))
     code, report = reconcile(stack_env)
-    assert code == 0, report
+    assert code == 0, report["violations"]
     assert report["order_history"]["rows"] == 0
     assert report["legacy_slots"]["slots"] == 4
 

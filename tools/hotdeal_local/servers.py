@@ -144,14 +144,12 @@ class PostgresServer:
         workdir: Path,
         port: int | None = None,
         *,
-        durable: bool = True,
         max_connections: int = 400,
     ) -> None:
         self.bindir = _postgres_bindir()
         self.workdir = workdir
         self.data = workdir / "data"
         self.port = port or free_port()
-        self.durable = durable
         self.max_connections = max_connections
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
@@ -201,8 +199,9 @@ class PostgresServer:
             f"-k {self.workdir}",
             f"-c max_connections={self.max_connections}",
         ]
-        if not self.durable:  # tests: nothing here has to survive a crash of the machine
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        # Always durable: the write-behind writer deletes an order from the Redis stream
+        # once its commit returns, so a commit that a crash can undo would lose orders
+        # (the fault tests crash PostgreSQL on purpose).
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",

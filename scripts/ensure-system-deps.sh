@@ -9,6 +9,12 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 command -v ab >/dev/null || need+=(apache2-utils)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v runuser >/dev/null || need+=(util-linux)
+if [ "${1:-}" = --images ]; then
+  # Building and running the images without a Docker engine or a registry.
+  command -v podman >/dev/null || need+=(podman)
+  [ -x /usr/sbin/runc ] || need+=(runc)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -49,6 +49,9 @@ def common() -> dict[str, Any]:
         # Heartbeat files in memory, not on a (possibly read-only) root filesystem.
         "worker_tmp_dir": os.environ.get("HOTDEAL_WORKER_TMP_DIR")
         or ("/dev/shm" if os.path.isdir("/dev/shm") else None),
+        # gunicorn's runtime control socket lives under $HOME: unused here, and it would
+        # need a writable home on a read-only root filesystem.
+        "control_socket_disable": True,
         "on_starting": on_starting,
         "child_exit": child_exit,
     }

@@ -1,0 +1,162 @@
+{{/* Names, labels, images and the shared pod plumbing of the hotdeal chart. */}}
+
+{{- define "hotdeal.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "hotdeal.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: hotdeal.component (dict "root" $ "component" "legacy") */}}
+{{- define "hotdeal.component" -}}
+{{- printf "%s-%s" (include "hotdeal.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "hotdeal.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hotdeal.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "hotdeal.labels" -}}
+{{ include "hotdeal.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: hotdeal
+{{- end -}}
+
+{{/* Pod labels that the NetworkPolicies of Redis and Oracle admit. */}}
+{{- define "hotdeal.clientLabels" -}}
+hotdeal.dev/redis-client: "true"
+hotdeal.dev/database-client: "true"
+{{- end -}}
+
+{{/* A hotdeal image: hotdeal.image (dict "root" $ "image" .Values.legacy.image) */}}
+{{- define "hotdeal.image" -}}
+{{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- if .root.Values.image.registry -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A third-party image: repository:tag */}}
+{{- define "hotdeal.thirdPartyImage" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{- define "hotdeal.databaseSecret" -}}
+{{- .Values.database.existingSecret | default (printf "%s-database" (include "hotdeal.fullname" .)) -}}
+{{- end -}}
+
+{{- define "hotdeal.redisSecret" -}}
+{{- .Values.redis.existingSecret | default (printf "%s-redis" (include "hotdeal.fullname" .)) -}}
+{{- end -}}
+
+{{- define "hotdeal.pullSecrets" -}}
+{{- with .Values.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Connection settings: the URLs are read from the mounted Secrets (*_FILE), never
+     put in the pod spec. */}}
+{{- define "hotdeal.connectionEnv" -}}
+- name: HOTDEAL_DATABASE_URL_FILE
+  value: /var/run/secrets/hotdeal/database/database-url
+- name: HOTDEAL_REDIS_URL_FILE
+  value: /var/run/secrets/hotdeal/redis/redis-url
+- name: HOTDEAL_HOLD_MS
+  value: {{ .Values.event.holdMs | quote }}
+- name: HOTDEAL_MAX_PER_ORDER
+  value: {{ .Values.event.maxPerOrder | quote }}
+{{- end -}}
+
+{{- define "hotdeal.secretVolumes" -}}
+- name: database-secret
+  secret:
+    secretName: {{ include "hotdeal.databaseSecret" . }}
+    items: [{key: database-url, path: database-url}]
+- name: redis-secret
+  secret:
+    secretName: {{ include "hotdeal.redisSecret" . }}
+    items: [{key: redis-url, path: redis-url}]
+- name: tmp
+  emptyDir: {medium: Memory, sizeLimit: 64Mi}
+{{- end -}}
+
+{{- define "hotdeal.secretMounts" -}}
+- name: database-secret
+  mountPath: /var/run/secrets/hotdeal/database
+  readOnly: true
+- name: redis-secret
+  mountPath: /var/run/secrets/hotdeal/redis
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{- define "hotdeal.podSecurity" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "hotdeal.containerSecurity" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* A random password that survives upgrades: reuse the key of the live Secret. */}}
+{{- define "hotdeal.password" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret -}}
+{{- if and $existing (hasKey $existing.data .key) -}}
+{{- index $existing.data .key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 24 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod of an ops command: hotdeal.opsPodSpec (dict "root" $ "args" (list ...)
+     "apiAccess" true) - only the event runner gets a Kubernetes API token. */}}
+{{- define "hotdeal.opsPodSpec" -}}
+{{- $root := .root -}}
+serviceAccountName: {{ include "hotdeal.component" (dict "root" $root "component" "ops") }}
+automountServiceAccountToken: {{ .apiAccess | default false }}
+restartPolicy: Never
+{{- include "hotdeal.pullSecrets" $root }}
+{{- include "hotdeal.podSecurity" $root | nindent 0 }}
+containers:
+  - name: ops
+    image: {{ include "hotdeal.image" (dict "root" $root "image" $root.Values.orderRedis.image) }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    command: ["hotdeal-ops"]
+    args: {{ toJson .args }}
+    env:
+      {{- include "hotdeal.connectionEnv" $root | nindent 6 }}
+      - name: HOTDEAL_LEGACY_SLOTS
+        value: {{ $root.Values.legacy.slots | quote }}
+      - name: HOTDEAL_NAMESPACE
+        valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    {{- include "hotdeal.containerSecurity" $root | nindent 4 }}
+    resources:
+      {{- toYaml $root.Values.ops.resources | nindent 6 }}
+    volumeMounts:
+      {{- include "hotdeal.secretMounts" $root | nindent 6 }}
+volumes:
+  {{- include "hotdeal.secretVolumes" $root | nindent 2 }}
+{{- end -}}

@@ -1,0 +1,129 @@
+{{/* One Deployment of a hotdeal process (legacy, order-redis, writer):
+     hotdeal.deployment (dict "root" $ "component" "legacy" "values" .Values.legacy
+       "image" .Values.legacy.image "env" (list ...) "command" (list ...) "port" 8080
+       "probe" "http" | "metrics") */}}
+{{- define "hotdeal.deployment" -}}
+{{- $root := .root -}}
+{{- $v := .values -}}
+{{- $ctx := dict "root" $root "component" .component -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "hotdeal.component" $ctx }}
+  labels:
+    {{- include "hotdeal.labels" $ctx | nindent 4 }}
+spec:
+  {{- if not (and (eq .component "order-redis") $v.hpa.enabled) }}
+  replicas: {{ $v.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "hotdeal.selectorLabels" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "hotdeal.labels" $ctx | nindent 8 }}
+        {{- include "hotdeal.clientLabels" $root | nindent 8 }}
+      annotations:
+        checksum/config: {{ toJson $v | sha256sum | trunc 16 }}
+    spec:
+      automountServiceAccountToken: false
+      {{- include "hotdeal.pullSecrets" $root | nindent 6 }}
+      {{- include "hotdeal.podSecurity" $root | nindent 6 }}
+      terminationGracePeriodSeconds: 40
+      containers:
+        - name: {{ .component }}
+          image: {{ include "hotdeal.image" (dict "root" $root "image" .image) }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          {{- with .command }}
+          command: {{ toJson . }}
+          {{- end }}
+          env:
+            {{- include "hotdeal.connectionEnv" $root | nindent 12 }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: {{ if eq .probe "http" }}http{{ else }}metrics{{ end }}
+              containerPort: {{ .port }}
+              protocol: TCP
+          {{- if eq .probe "http" }}
+          startupProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 2
+            failureThreshold: 30
+          livenessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 10
+            timeoutSeconds: 2
+            failureThreshold: 3
+          readinessProbe:
+            httpGet: {path: /readyz, port: http}
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 2
+          {{- else }}
+          livenessProbe:
+            httpGet: {path: /metrics, port: metrics}
+            periodSeconds: 15
+            timeoutSeconds: 5
+          {{- end }}
+          {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          volumeMounts:
+            {{- include "hotdeal.secretMounts" $root | nindent 12 }}
+      volumes:
+        {{- include "hotdeal.secretVolumes" $root | nindent 8 }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* The Service and PodDisruptionBudget of a component. */}}
+{{- define "hotdeal.service" -}}
+{{- $ctx := dict "root" .root "component" .component -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "hotdeal.component" $ctx }}
+  labels:
+    {{- include "hotdeal.labels" $ctx | nindent 4 }}
+spec:
+  type: {{ .type | default "ClusterIP" }}
+  selector:
+    {{- include "hotdeal.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: {{ .portName }}
+      port: {{ .port }}
+      targetPort: {{ .portName }}
+      protocol: TCP
+{{- end -}}
+
+{{- define "hotdeal.pdb" -}}
+{{- $ctx := dict "root" .root "component" .component -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "hotdeal.component" $ctx }}
+  labels:
+    {{- include "hotdeal.labels" $ctx | nindent 4 }}
+spec:
+  minAvailable: {{ .values.pdb.minAvailable }}
+  selector:
+    matchLabels:
+      {{- include "hotdeal.selectorLabels" $ctx | nindent 6 }}
+{{- end -}}

@@ -1,0 +1,366 @@
+"""The Helm chart, verified offline: lint and render under helm 3 and 4, validate every
+rendered manifest for the Kubernetes versions the README claims, and check what the
+objects contain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hotdeal_local.servers import REPO
+
+CHART = REPO / "charts" / "hotdeal"
+TOOLS = Path(sys.prefix) / "tools"
+HELMS = ["helm3", "helm4"]
+KUBE_VERSIONS = ["1.29.0", "1.33.0"]
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "TestRun"}
+PROFILES = {
+    "default": {},
+    "external": {
+        "database": {"oracle": {"enabled": False}, "existingSecret": "rds-oracle"},
+        "redis": {"enabled": False, "existingSecret": "elasticache"},
+    },
+    "external-urls": {
+        "database": {
+            "oracle": {"enabled": False},
+            "externalUrl": "oracle+oracledb://u:p@rds.example:1521/?service_name=ORCL",
+        },
+        "redis": {"enabled": False, "externalUrl": "rediss://:t@cache.example:6379/0"},
+    },
+    "monitoring": {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True},
+        },
+        "redis": {"exporter": {"enabled": True}},
+    },
+    "load": {
+        "load": {"enabled": True, "k6": {"testRun": {"enabled": True}}},
+        "orderRedis": {"hpa": {"enabled": True}},
+    },
+    "legacy-only": {
+        "orderRedis": {"enabled": False},
+        "writer": {"enabled": False},
+        "legacy": {"slots": 8},
+    },
+    "redis-only": {"legacy": {"enabled": False}},
+}
+
+
+def helm(binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TOOLS / binary), *args], capture_output=True, text=True, check=check)
+
+
+@cache
+def render(profile: str, binary: str = "helm4") -> str:
+    values = Path(f"/tmp/hotdeal-chart-{profile}.yaml")
+    values.write_text(yaml.safe_dump(PROFILES[profile]))
+    done = helm(binary, "template", "ev", str(CHART), "-n", "games", "-f", str(values))
+    return done.stdout
+
+
+def objects(profile: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render(profile)) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict]) -> dict[str, dict]:
+    """Every pod template, by owner name."""
+    specs = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            specs[d["metadata"]["name"]] = d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            specs[d["metadata"]["name"]] = d["spec"]["jobTemplate"]["spec"]["template"]
+        elif d["kind"] == "Pod":
+            specs[d["metadata"]["name"]] = {"metadata": d["metadata"], "spec": d["spec"]}
+    return specs
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_lint_strict(binary):
+    done = helm(binary, "lint", "--strict", str(CHART), check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_renders_and_validates(binary, profile, tmp_path):
+    out = tmp_path / "manifests.yaml"
+    out.write_text(render(profile, binary))
+    kinds = {d["kind"] for d in yaml.safe_load_all(out.read_text()) if d}
+    assert "Deployment" in kinds or "StatefulSet" in kinds
+    for version in KUBE_VERSIONS:
+        done = subprocess.run(
+            [
+                str(Path(sys.prefix) / "bin" / "kubernetes-validate"),
+                "-k",
+                version,
+                "--strict",
+                "--quiet",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        problems = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and not any(f"kind {k} " in line for k in CRD_KINDS)
+        ]
+        assert done.returncode == 0 and not problems, "\n".join(problems)
+
+
+def test_helm3_and_helm4_render_the_same():
+    for profile in PROFILES:
+        strip = [d for d in yaml.safe_load_all(render(profile, "helm3")) if d]
+        four = [d for d in yaml.safe_load_all(render(profile, "helm4")) if d]
+        # Generated passwords differ per render; compare everything else.
+        for docs in (strip, four):
+            for d in docs:
+                if d["kind"] == "Secret":
+                    d["stringData"] = sorted(d["stringData"])
+        assert strip == four, profile
+
+
+def test_values_schema_rejects_nonsense():
+    for bad in (
+        "legacy.slots=0",
+        "orderRedis.orderWrite=maybe",
+        "redis.appendfsync=sometimes",
+        "load.target=everything",
+        "writer.batch=5000",
+        "unknownKey=1",
+    ):
+        done = helm("helm4", "template", "x", str(CHART), "--set", bad, check=False)
+        assert done.returncode != 0, bad
+        assert "values don't meet the specifications" in done.stderr or "schema" in done.stderr
+
+
+def test_hotdeal_pods_are_hardened():
+    for profile in PROFILES:
+        for name, tpl in pod_specs(objects(profile)).items():
+            spec = tpl["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True, name
+            assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+                assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+                if not name.endswith("-oracle"):  # Oracle XE writes all over its root fs
+                    assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+
+
+def test_services_get_secrets_as_files_and_probes():
+    docs = objects("default")
+    deployments = by_kind(docs, "Deployment")
+    assert set(deployments) == {"ev-hotdeal-legacy", "ev-hotdeal-order-redis", "ev-hotdeal-writer"}
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["HOTDEAL_DATABASE_URL_FILE"] == "/var/run/secrets/hotdeal/database/database-url"
+        assert env["HOTDEAL_REDIS_URL_FILE"] == "/var/run/secrets/hotdeal/redis/redis-url"
+        assert "HOTDEAL_DATABASE_URL" not in env and "HOTDEAL_REDIS_URL" not in env
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets == {"ev-hotdeal-database", "ev-hotdeal-redis"}, name
+        assert pod["automountServiceAccountToken"] is False
+        if name != "ev-hotdeal-writer":
+            c = pod["containers"][0]
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # No password in clear anywhere but the Secrets themselves.
+    for d in docs:
+        if d["kind"] != "Secret":
+            assert "redis://:" not in json.dumps(d) and "oracle+oracledb://" not in json.dumps(d)
+
+
+def test_generated_secrets_and_urls():
+    secrets = by_kind(objects("default"), "Secret")
+    db = secrets["ev-hotdeal-database"]["stringData"]
+    assert set(db) == {"oracle-password", "app-password", "database-url"}
+    assert db["database-url"] == (
+        f"oracle+oracledb://hotdeal:{db['app-password']}@ev-hotdeal-oracle:1521/"
+        "?service_name=XEPDB1"
+    )
+    redis = secrets["ev-hotdeal-redis"]["stringData"]
+    assert redis["redis-url"] == f"redis://:{redis['redis-password']}@ev-hotdeal-redis:6379/0"
+
+
+def test_existing_secrets_replace_the_stores():
+    docs = objects("external")
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "StatefulSet")
+    assert not by_kind(docs, "NetworkPolicy")
+    for name, tpl in pod_specs(docs).items():
+        secrets = {
+            v["secret"]["secretName"] for v in tpl["spec"].get("volumes", []) if "secret" in v
+        }
+        assert secrets <= {"rds-oracle", "elasticache"}, name
+    urls = by_kind(objects("external-urls"), "Secret")
+    assert urls["ev-hotdeal-redis"]["stringData"] == {
+        "redis-url": "rediss://:t@cache.example:6379/0"
+    }
+
+
+def test_external_store_without_url_or_secret_is_refused():
+    done = helm("helm4", "template", "x", str(CHART), "--set", "redis.enabled=false", check=False)
+    assert done.returncode != 0
+    assert "redis.externalUrl or redis.existingSecret is required" in done.stderr
+
+
+def test_redis_and_oracle_statefulsets():
+    sts = by_kind(objects("default"), "StatefulSet")
+    redis = sts["ev-hotdeal-redis"]["spec"]
+    args = redis["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert "--appendonly" in args and args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    oracle = sts["ev-hotdeal-oracle"]["spec"]["template"]["spec"]["containers"][0]
+    assert oracle["image"].startswith("docker.io/gvenzl/oracle-xe:")
+    assert oracle["readinessProbe"]["exec"]["command"] == ["healthcheck.sh"]
+    env = {e["name"]: e.get("value") for e in oracle["env"]}
+    assert env["ORACLE_PASSWORD_FILE"].startswith("/var/run/secrets/oracle/")
+    job = by_kind(objects("default"), "Job")["ev-hotdeal-schema"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["init-db", "--wait"]
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_network_policies_admit_exactly_the_hotdeal_pods():
+    docs = objects("load")
+    policies = by_kind(docs, "NetworkPolicy")
+    pods = {name: tpl["metadata"]["labels"] for name, tpl in pod_specs(docs).items()}
+    stores = {"ev-hotdeal-redis": 6379, "ev-hotdeal-oracle": 1521}
+    assert set(policies) == set(stores)
+    clients = {
+        "ev-hotdeal-legacy",
+        "ev-hotdeal-order-redis",
+        "ev-hotdeal-writer",
+        "ev-hotdeal-schema",
+        "ev-hotdeal-reset",
+        "ev-hotdeal-reconcile",
+        "ev-hotdeal-event",
+    }
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert _matches(spec["podSelector"]["matchLabels"], pods[name])  # guards the store
+        rule = spec["ingress"][0]
+        assert rule["ports"] == [{"protocol": "TCP", "port": stores[name]}]
+        admitted = {
+            p
+            for p, labels in pods.items()
+            if _matches(rule["from"][0]["podSelector"]["matchLabels"], labels)
+        }
+        assert admitted == clients, name  # load generators and the stores are not clients
+
+
+def test_ops_and_load_jobs_are_suspended_cronjobs():
+    docs = objects("load")
+    cron = by_kind(docs, "CronJob")
+    assert set(cron) == {
+        "ev-hotdeal-reset",
+        "ev-hotdeal-reconcile",
+        "ev-hotdeal-event",
+        "ev-hotdeal-load-k6",
+        "ev-hotdeal-load-ab",
+    }
+    assert all(c["spec"]["suspend"] is True for c in cron.values())
+    ab = cron["ev-hotdeal-load-ab"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert ab["containers"][0]["args"] == [
+        "-l",
+        "-r",
+        "-c",
+        "150",
+        "-n",
+        "3000",
+        "http://ev-hotdeal-order-redis:80/order-redis",
+    ]
+    k6 = cron["ev-hotdeal-load-k6"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert k6["containers"][0]["args"] == ["run", "--no-usage-report", "/scripts/workshop.js"]
+    scripts = by_kind(docs, "ConfigMap")["ev-hotdeal-load-k6"]["data"]
+    assert set(scripts) == {"lib.js", "workshop.js", "spike.js"}
+    assert scripts["workshop.js"] == (REPO / "k6" / "workshop.js").read_text().rstrip("\n")
+    event = cron["ev-hotdeal-event"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert event["automountServiceAccountToken"] is True  # the only pod with an API token
+    assert event["containers"][0]["args"][:3] == ["event", "--load-cronjob", "ev-hotdeal-load-k6"]
+    reset = cron["ev-hotdeal-reset"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert reset["automountServiceAccountToken"] is False
+    role = by_kind(docs, "Role")["ev-hotdeal-ops"]
+    verbs = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
+    assert verbs == {
+        ("batch", "cronjobs"): ["get"],
+        ("batch", "jobs"): ["create", "get"],
+        ("", "pods"): ["list"],
+        ("", "pods/log"): ["get"],
+    }
+    run = by_kind(docs, "TestRun")["ev-hotdeal-load-k6"]
+    assert run["spec"]["script"]["configMap"]["file"] == "workshop.js"
+
+
+def test_monitoring_objects_use_the_shared_files():
+    docs = objects("monitoring")
+    rule = by_kind(docs, "PrometheusRule")["ev-hotdeal"]
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    dash = by_kind(docs, "ConfigMap")["ev-hotdeal-dashboard"]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["hotdeal.json"])["uid"] == "hotdeal-event"
+    monitors = by_kind(docs, "ServiceMonitor")
+    services = by_kind(docs, "Service")
+    for name, sm in monitors.items():
+        assert sm["spec"]["endpoints"][0]["relabelings"][0]["replacement"] == (
+            "hotdeal-" + name.removeprefix("ev-hotdeal-")
+        )
+        svc = services[name]
+        assert _matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+        assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+
+
+def test_profiles_switch_parts_off():
+    assert set(by_kind(objects("legacy-only"), "Deployment")) == {"ev-hotdeal-legacy"}
+    legacy = by_kind(objects("legacy-only"), "Deployment")["ev-hotdeal-legacy"]
+    env = {
+        e["name"]: e.get("value")
+        for e in legacy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["HOTDEAL_LEGACY_SLOTS"] == "8"
+    assert "ev-hotdeal-legacy" not in by_kind(objects("redis-only"), "Deployment")
+    hpa = by_kind(objects("load"), "HorizontalPodAutoscaler")["ev-hotdeal-order-redis"]
+    assert (
+        "replicas" not in by_kind(objects("load"), "Deployment")["ev-hotdeal-order-redis"]["spec"]
+    )
+    assert hpa["spec"]["maxReplicas"] == 10
+
+
+def test_helm_test_hook_checks_readiness():
+    pod = by_kind(objects("default"), "Pod")["ev-hotdeal-helm-test"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["containers"][0]["args"] == [
+        "http://ev-hotdeal-legacy:80/readyz",
+        "http://ev-hotdeal-order-redis:80/readyz",
+    ]
+
+
+def test_notes_tell_how_to_run_the_event():
+    values = Path("/tmp/hotdeal-chart-load.yaml")
+    values.write_text(yaml.safe_dump(PROFILES["load"]))
+    done = helm(
+        "helm4", "install", "ev", str(CHART), "--dry-run=client", "-n", "games", "-f", str(values)
+    )
+    notes = done.stdout.split("NOTES:")[1]
+    assert "kubectl -n games create job --from=cronjob/ev-hotdeal-reset" in notes
+    assert "--from=cronjob/ev-hotdeal-load-ab" in notes
+    assert "--from=cronjob/ev-hotdeal-event" in notes

@@ -1,0 +1,58 @@
+"""The k6 scripts the chart ships, run with the real k6 binary against the services."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hotdeal_local.servers import REPO
+
+from .helpers import reconcile
+
+K6 = Path(sys.prefix) / "tools" / "k6"
+
+
+def k6(script: str, base_url: str, **env: str) -> subprocess.CompletedProcess:
+    args = [str(K6), "run", "--no-usage-report", "--quiet"]
+    for key, value in {"BASE_URL": base_url, **env}.items():
+        args += ["-e", f"{key}={value}"]
+    return subprocess.run(
+        [*args, str(REPO / "k6" / script)], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "target"), [("legacy", "legacy"), ("order_redis", "order-redis")]
+)
+def test_workshop_script_sells_exactly_the_stock(
+    request, fixture, target, reset, stack_env, writer_proc
+):
+    service = request.getfixturevalue(fixture)
+    reset(40)
+    done = k6("workshop.js", service.url, TARGET=target, VUS="20", ITERATIONS="60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"hotdeal k6 summary: target={target}" in done.stdout
+    assert "sold=40 sold_out=20 server_errors=0" in done.stdout
+    assert "thresholds: all passed" in done.stdout
+    code, report = reconcile(stack_env)
+    assert code == 0, report["violations"]
+
+
+def test_spike_script_at_a_constant_rate(order_redis, reset, stack_env, writer_proc):
+    reset(100)
+    done = k6("spike.js", order_redis.url, RATE="100", DURATION="2s", VUS="20")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sold=100 sold_out=" in done.stdout and "server_errors=0" in done.stdout
+    code, report = reconcile(stack_env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted"] == 100
+
+
+def test_thresholds_fail_the_run_on_server_errors(tmp_path):
+    # Nothing listens there: every request fails, and k6 must say so with its exit code.
+    done = k6("workshop.js", "http://127.0.0.1:9", VUS="2", ITERATIONS="4")
+    assert done.returncode != 0
+    assert "thresholds: FAILED" in done.stdout

@@ -63,3 +63,25 @@ def test_identifiers_fit_oracle_limits():
 def test_postgresql_gets_the_same_statement_shape():
     sql = str(lock_product_row(1).compile(dialect=postgresql.dialect()))
     assert sql.rstrip().endswith("FOR UPDATE")
+
+
+def test_lock_wait_views_compile_for_oracle():
+    from hotdeal.db_waits import oracle_system_events, oracle_waiting_sessions
+
+    assert oracle_sql(oracle_system_events()) == (
+        "SELECT v$system_event.event, v$system_event.total_waits, "
+        "v$system_event.time_waited_micro FROM v$system_event "
+        "WHERE v$system_event.event IN (__[POSTCOMPILE_event_1])"
+    )
+    literal = " ".join(
+        str(
+            oracle_waiting_sessions().compile(
+                dialect=oracle.dialect(), compile_kwargs={"literal_binds": True}
+            )
+        ).split()
+    )
+    assert literal == (
+        "SELECT v$session.event, count(*) AS count_1 FROM v$session "
+        "WHERE v$session.state = 'WAITING' AND v$session.event IN "
+        "('enq: TX - row lock contention', 'buffer busy waits') GROUP BY v$session.event"
+    )

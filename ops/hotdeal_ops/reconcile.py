@@ -80,6 +80,18 @@ def _stream_orders(client: redis.Redis, pid: int) -> list[dict[str, str]]:
         start = "(" + batch[-1][0]
 
 
+def _stock_books(
+    design: str, initial: int, rows: list[int], sold: int, violations: list[str], *, negative: str
+) -> dict[str, int]:
+    """initial = remaining (over the design's stock rows) + units its orders took."""
+    remaining = sum(rows)
+    if min(rows) < 0:
+        violations.append(f"{design}: {negative}")
+    if initial != remaining + sold:
+        violations.append(f"{design}: initial {initial} != remaining {remaining} + sold {sold}")
+    return {"initial": initial, "remaining": remaining, "sold": sold}
+
+
 def reconcile(engine: Engine, client: redis.Redis | None, product_id: int) -> dict[str, Any]:
     violations: list[str] = []
     db = _database_books(engine, product_id)
@@ -88,30 +100,24 @@ def reconcile(engine: Engine, client: redis.Redis | None, product_id: int) -> di
         violations.append(f"product {product_id} is not in hotdeal_list (run reset)")
     else:
         initial, sold = db["initial"], db["sold"]
-        legacy = {"initial": initial, "remaining": db["remaining"], "sold": sold.get("legacy", 0)}
-        if legacy["remaining"] < 0:
-            violations.append("legacy: hotdeal_list.quantity is negative")
-        if initial != legacy["remaining"] + legacy["sold"]:
-            violations.append(
-                f"legacy: initial {initial} != remaining {legacy['remaining']} "
-                f"+ sold {legacy['sold']}"
-            )
-        report["legacy"] = legacy
+        report["legacy"] = _stock_books(
+            "legacy",
+            initial,
+            [db["remaining"]],
+            sold.get("legacy", 0),
+            violations,
+            negative="hotdeal_list.quantity is negative",
+        )
         if db["slots"]:
-            slots = {
-                "initial": initial,
-                "slots": len(db["slots"]),
-                "remaining": sum(db["slots"]),
-                "sold": sold.get("legacy-slots", 0),
-            }
-            if min(db["slots"]) < 0:
-                violations.append("legacy-slots: a slot quantity is negative")
-            if initial != slots["remaining"] + slots["sold"]:
-                violations.append(
-                    f"legacy-slots: initial {initial} != remaining {slots['remaining']} "
-                    f"+ sold {slots['sold']}"
-                )
-            report["legacy_slots"] = slots
+            report["legacy_slots"] = _stock_books(
+                "legacy-slots",
+                initial,
+                db["slots"],
+                sold.get("legacy-slots", 0),
+                violations,
+                negative="a slot quantity is negative",
+            )
+            report["legacy_slots"]["slots"] = len(db["slots"])
     if db["duplicate_order_ids"]:
         violations.append(f"{db['duplicate_order_ids']} duplicate order ids in order_history")
     report["order_history"] = {"rows": db["rows"], "duplicate_order_ids": db["duplicate_order_ids"]}

@@ -78,6 +78,21 @@ class ScrapeCollector(Collector):
         return []  # don't run `read` at registration time
 
 
+def stock_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    """(remaining, initial): what each design reads from its store of record."""
+    labels = ["service", "product"]
+    return (
+        GaugeMetricFamily(
+            "hotdeal_stock_remaining", "Units left, read from the store of record.", labels=labels
+        ),
+        GaugeMetricFamily(
+            "hotdeal_stock_initial",
+            "Units the event started with (hotdeal-ops reset).",
+            labels=labels,
+        ),
+    )
+
+
 def backend_up(service: str, checks: dict[str, Callable[[], None]]) -> Iterable[Metric]:
     family = GaugeMetricFamily(
         "hotdeal_backend_up",

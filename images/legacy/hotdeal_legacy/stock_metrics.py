@@ -5,23 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from sqlalchemy import Engine, func, select
 
+from hotdeal.metrics import stock_families
 from hotdeal.schema import hotdeal_list, hotdeal_slot
 
 
 def read_stock(engine: Engine, service: str, slots: int) -> Iterable[Metric]:
-    remaining = GaugeMetricFamily(
-        "hotdeal_stock_remaining",
-        "Units left, read from the store of record.",
-        labels=["service", "product"],
-    )
-    initial = GaugeMetricFamily(
-        "hotdeal_stock_initial",
-        "Units the event started with (hotdeal-ops reset).",
-        labels=["service", "product"],
-    )
+    remaining, initial = stock_families()
     with engine.connect() as conn:
         heads = conn.execute(
             select(hotdeal_list.c.prod_id, hotdeal_list.c.quantity, hotdeal_list.c.initial_quantity)

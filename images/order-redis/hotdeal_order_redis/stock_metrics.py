@@ -9,6 +9,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hotdeal import redis_keys
+from hotdeal.metrics import stock_families
 
 
 def _products(client: redis.Redis) -> list[int]:
@@ -16,16 +17,7 @@ def _products(client: redis.Redis) -> list[int]:
 
 
 def read_stock(client: redis.Redis, service: str) -> Iterable[Metric]:
-    remaining = GaugeMetricFamily(
-        "hotdeal_stock_remaining",
-        "Units left, read from the store of record.",
-        labels=["service", "product"],
-    )
-    initial = GaugeMetricFamily(
-        "hotdeal_stock_initial",
-        "Units the event started with (hotdeal-ops reset).",
-        labels=["service", "product"],
-    )
+    remaining, initial = stock_families()
     products = _products(client)
     pipe = client.pipeline(transaction=False)
     for pid in products:

@@ -54,10 +54,18 @@ def scraped(pages):
     return pages[1]
 
 
+def total(text: str, name: str, **labels: str) -> float:
+    """Sum of the matching samples; 0 when the series does not exist (yet)."""
+    return sum(
+        s.value
+        for s in samples(text).get(name, [])
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def grew(pages, service: str, name: str, **labels: str) -> float:
     before, after = pages
-    old = value(before[service], name, **labels) if name in samples(before[service]) else 0.0
-    return value(after[service], name, **labels) - old
+    return value(after[service], name, **labels) - total(before[service], name, **labels)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ class LocalStack:
     prometheus_port: int = int(os.environ.get("HOTDEAL_PROMETHEUS_PORT", "9090"))
     stock: int = 10_000
     hold_ms: int = 30
-    service_env: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
     pg: PostgresServer | None = None
     processes: list[Process] = field(default_factory=list)
@@ -46,7 +45,6 @@ class LocalStack:
             "HOTDEAL_DATABASE_URL": self.pg.url,
             "HOTDEAL_REDIS_URL": self.redis.url,
             "HOTDEAL_HOLD_MS": str(self.hold_ms),
-            **self.service_env,
         }
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, g, jsonify
+from flask import Flask, Response, g, jsonify
 
 from hotdeal import metrics
 from hotdeal.config import Settings
@@ -27,7 +27,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config["HOTDEAL"] = settings
-    app.extensions["hotdeal_orders"] = orders
 
     install_common(
         app,
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/v1/orders")
     def create_order() -> tuple[Response, int]:
-        order = order_from_request(current_app.config["HOTDEAL"].max_per_order)
+        order = order_from_request(settings.max_per_order)
         placed = place(order)
         return jsonify(
             order_id=placed.order_id,

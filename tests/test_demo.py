@@ -57,7 +57,7 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Completed 100 requests" in done.stderr  # ab's progress reaches the user
-    assert "requests/s" in done.stdout and "speed-up vs legacy" in done.stdout
+    assert "requests/s" in done.stdout and "speed-up (orders/s)" in done.stdout
 
     result = json.loads(out.read_text())
     assert result["hold_ms"] == 5
@@ -71,6 +71,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (d["sold"], d["non_2xx"], d["failed"]) == (160, 40, 0), d
         assert d["orders_persisted"] == 160 and not d["oversold"]
         assert d["counts_agree"] and d["reconcile_ok"]
+        assert d["orders_per_second"] > 0
     assert result["designs"][1]["orders_in_redis"] == 160
     assert out.with_suffix(".png").stat().st_size > 10_000
 

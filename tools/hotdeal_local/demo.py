@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
+from hotdeal.db import make_engine
+from hotdeal.schema import order_history
 from hotdeal_local.ab import AbRun, run_ab
 from hotdeal_local.servers import ops
 from hotdeal_local.stack import LocalStack, running
@@ -25,16 +29,36 @@ class Design:
     service: str
     path: str
     env: dict[str, str]
+    source: str  # order_history.source of its orders
     slots: int = 8
 
 
 DESIGNS = {
-    "legacy": Design("legacy", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "1"}),
-    "order-redis": Design("order-redis", "order-redis", "/order-redis", {}),
+    "legacy": Design("legacy", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "1"}, "legacy"),
+    "order-redis": Design("order-redis", "order-redis", "/order-redis", {}, "redis"),
     "legacy-slots-8": Design(
-        "legacy-slots-8", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "8"}, slots=8
+        "legacy-slots-8", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "8"}, "legacy-slots"
     ),
 }
+
+
+def orders_per_second(database_url: str, source: str) -> float:
+    """Orders per second while the stock lasted, from the orders' own timestamps (first
+    to last), so fast sold-out answers after the sale don't inflate it."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            n, first, last = conn.execute(
+                select(
+                    func.count(),
+                    func.min(order_history.c.ordered_at),
+                    func.max(order_history.c.ordered_at),
+                ).where(order_history.c.source == source)
+            ).one()
+    finally:
+        engine.dispose()
+    span = (last - first).total_seconds() if n > 1 else 0.0
+    return round((n - 1) / span, 2) if span > 0 else 0.0
 
 
 def percentile(sorted_ms: list[int], pct: float) -> float:
@@ -126,11 +150,16 @@ def run_design(
         stack.stop_process(proc)
     done = ops(stack.env, "reconcile", "--wait", "--timeout", "120", check=False)
     report = json.loads(done.stdout) if done.stdout else {"violations": [done.stderr]}
-    return summarize(design, run, report, done.returncode, stock, requests, concurrency)
+    result = summarize(design, run, report, done.returncode, stock, requests, concurrency)
+    result["orders_per_second"] = orders_per_second(
+        stack.env["HOTDEAL_DATABASE_URL"], design.source
+    )
+    return result
 
 
 def speed_bar(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's bar, as measured; informational (speed lives in benchmarks)."""
+    """The issue's bar, on orders/s while the stock lasted; informational (speed lives
+    in benchmarks, not in tests)."""
     by = {d["name"]: d for d in result["designs"]}
     checks = []
     legacy = by.get("legacy")
@@ -140,13 +169,13 @@ def speed_bar(result: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(
             {
                 "check": f"legacy >= 85% of 1/hold ({0.85 * limit:.1f}/s)",
-                "value": legacy["requests_per_second"],
-                "ok": legacy["requests_per_second"] >= 0.85 * limit,
+                "value": legacy["orders_per_second"],
+                "ok": legacy["orders_per_second"] >= 0.85 * limit,
             }
         )
     redis = by.get("order-redis")
     if legacy and redis:
-        ratio = redis["requests_per_second"] / max(legacy["requests_per_second"], 1e-9)
+        ratio = redis["orders_per_second"] / max(legacy["orders_per_second"], 1e-9)
         checks.append(
             {"check": "order-redis >= 60x legacy", "value": round(ratio, 1), "ok": ratio >= 60}
         )
@@ -195,10 +224,11 @@ def run_demo(
         "machine": {"cores": os.cpu_count()},
         "designs": results,
     }
-    legacy_rps = next((d["requests_per_second"] for d in results if d["name"] == "legacy"), None)
-    if legacy_rps:
+    # Speed-up in orders sold per second while the stock lasted.
+    legacy_ops = next((d["orders_per_second"] for d in results if d["name"] == "legacy"), None)
+    if legacy_ops:
         result["speedup_vs_legacy"] = {
-            d["name"]: round(d["requests_per_second"] / legacy_rps, 1) for d in results
+            d["name"]: round(d["orders_per_second"] / legacy_ops, 1) for d in results
         }
     result["speed_bar"] = speed_bar(result)
     result["ok"] = all(

@@ -8,6 +8,7 @@ from typing import Any
 COLUMNS = [
     ("time taken (s)", lambda d: f"{d['seconds']:.2f}"),
     ("requests/s", lambda d: f"{d['requests_per_second']:.1f}"),
+    ("orders/s (while stock lasted)", lambda d: f"{d['orders_per_second']:.1f}"),
     ("latency mean (ms)", lambda d: f"{d['latency_ms']['mean']:.0f}"),
     ("latency p50 (ms)", lambda d: f"{d['latency_ms']['p50']:.0f}"),
     ("latency p95 (ms)", lambda d: f"{d['latency_ms']['p95']:.0f}"),
@@ -35,7 +36,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(label.ljust(first) + "".join(cell(d).rjust(width) for d in designs))
     if "speedup_vs_legacy" in result:
         lines.append(
-            "speed-up vs legacy".ljust(first)
+            "speed-up (orders/s)".ljust(first)
             + "".join(
                 f"{result['speedup_vs_legacy'][d['name']]:.1f}x".rjust(width) for d in designs
             )

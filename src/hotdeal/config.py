@@ -47,20 +47,6 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def env_bool(name: str, default: bool) -> bool:
-    raw = env(name)
-    if raw is None:
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
-
-
-def require(name: str) -> str:
-    value = env(name)
-    if value is None:
-        raise ConfigError(f"{name} (or {name}_FILE) is required")
-    return value
-
-
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None

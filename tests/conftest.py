@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from hotdeal.db import make_engine
 from hotdeal_local.servers import PostgresServer, Process, RedisServer, free_port, gunicorn, ops
-from hotdeal_ops.reset import reset_database, reset_redis
+from hotdeal_ops.reset import reset as reset_both
 
 from .helpers import Service
 
@@ -69,8 +69,7 @@ def reset(engine: Engine, rclient: redis.Redis):
     """reset(stock, product=1, slots=8, opens_at=None): both stores, as `hotdeal-ops reset`."""
 
     def _reset(stock: int, product: int = 1, slots: int = 8, opens_at=None) -> None:
-        reset_database(engine, product, stock, slots=slots, opens_at=opens_at)
-        reset_redis(rclient, product, stock, opens_at=opens_at)
+        reset_both(engine, rclient, product, stock, slots=slots, opens_at=opens_at)
 
     return _reset
 

@@ -7,6 +7,7 @@ from collections import Counter
 
 from sqlalchemy import select
 
+from hotdeal import redis_keys
 from hotdeal.schema import order_history
 
 from .helpers import reconcile, stampede, statuses
@@ -33,7 +34,7 @@ def test_idempotency_key_replays_the_first_answer(order_redis, reset, rclient, w
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
     assert second.headers["Idempotent-Replayed"] == "true"
-    assert rclient.get("prod-001-quantity") == "9"
+    assert rclient.hget(redis_keys.books(1), "quantity") == "9"
     # The same key for a different order is a client bug: refuse it, sell nothing.
     other = order_redis.order(_body("carol", 2), headers=headers)
     assert (other.status_code, other.json()["error"]) == (422, "idempotency_key_reused")
@@ -54,7 +55,7 @@ def test_idempotency_keys_expire(stack_env, logs, reset, rclient, writer_proc):
     try:
         reset(10)
         service.order(_body("erin"), headers={"Idempotency-Key": "k"})
-        ttl = rclient.ttl("prod-001-idem:erin:k")
+        ttl = rclient.ttl(redis_keys.idempotency(1, "erin", "k"))
         assert 0 < ttl <= 7
     finally:
         next(gen, None)

@@ -49,7 +49,7 @@ class Stack:
         return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def redis_units(self) -> int:
-        return int(self.redis_client().get(redis_keys.quantity(1)))
+        return int(self.redis_client().hget(redis_keys.books(1), "quantity"))
 
 
 def _service(name: str, env: dict[str, str]) -> Service:
@@ -59,7 +59,7 @@ def _service(name: str, env: dict[str, str]) -> Service:
 
 @pytest.fixture
 def stack(request) -> Iterator[Stack]:
-    fsync = getattr(request, "param", "everysec")
+    fsync = getattr(request, "param", "always")
     rs = RedisServer(_workdir("fault-redis"), appendfsync=fsync).start()
     pg = PostgresServer(_workdir("fault-pg")).start()
     env = {

@@ -70,11 +70,10 @@ def grew(pages, service: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def reset_module(engine, rclient):
-    from hotdeal_ops.reset import reset_database, reset_redis
+    from hotdeal_ops.reset import reset
 
     def _reset(stock: int) -> None:
-        reset_database(engine, 1, stock, slots=8, opens_at=None)
-        reset_redis(rclient, 1, stock, opens_at=None)
+        reset(engine, rclient, 1, stock, slots=8, opens_at=None)
 
     return _reset
 

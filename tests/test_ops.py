@@ -28,11 +28,11 @@ def test_init_db_is_idempotent(stack_env):
 
 def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     with engine.begin() as conn:
-        conn.execute(insert(order_history), [OrderRow.now(1, "old", 1, "legacy").as_params()])
+        conn.execute(insert(order_history), [OrderRow.now(1, 1, "old", 1, "legacy").as_params()])
     rclient.hset(redis_keys.buyers(1), "old", 1)
     done = ops(stack_env, "reset", "--product", "1", "--stock", "10000", "--slots", "4")
     assert json.loads(done.stdout)["stock"] == 10000
-    assert rclient.get("prod-001-quantity") == "10000"  # the workshop's key
+    assert rclient.hget(redis_keys.books(1), "quantity") == "10000"
     assert not rclient.exists(redis_keys.buyers(1))
     code, report = reconcile(stack_env)
     assert code == 0, report["violations"]
@@ -42,10 +42,15 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
 
 def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
     ops(stack_env, "reset", "--stock", "5")
+    generation = int(rclient.hget(redis_keys.books(1), "generation"))
     with engine.begin() as conn:  # a legacy row the stock never paid for
-        conn.execute(insert(order_history), [OrderRow.now(1, "ghost", 1, "legacy").as_params()])
-    rclient.decr(redis_keys.quantity(1))  # a Redis sale with no order record
-    rclient.incr(redis_keys.sold(1))
+        conn.execute(
+            insert(order_history),
+            [OrderRow.now(1, generation, "ghost", 1, "legacy").as_params()],
+        )
+    # A Redis sale with no order record.
+    rclient.hincrby(redis_keys.books(1), "quantity", -1)
+    rclient.hincrby(redis_keys.books(1), "sold", 1)
     code, report = reconcile(stack_env, wait=False)
     assert code == 1
     joined = " ".join(report["violations"])
@@ -65,7 +70,7 @@ def test_reconcile_catches_negative_stock(stack_env, engine):
 def test_opens_at_and_bad_arguments(stack_env, rclient):
     done = ops(stack_env, "reset", "--stock", "3", "--opens-at", "2030-01-01T09:00:00+09:00")
     assert json.loads(done.stdout)["opens_at"] == "2030-01-01T09:00:00+09:00"
-    assert rclient.get(redis_keys.opens_at(1)) == str(1893456000000)
+    assert rclient.hget(redis_keys.books(1), "opens_at") == str(1893456000000)
     bad = ops(stack_env, "reset", "--stock", "3", "--opens-at", "tomorrow", check=False)
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
     bad = ops(stack_env, "reset", "--stock", "-1", check=False)

@@ -1,19 +1,26 @@
-"""`hotdeal-ops`: init-db, reset, reconcile. Connection settings come from the
-environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL, or their *_FILE variants)."""
+"""`hotdeal-ops`: init-db, reset, reconcile, repair, event. Connection settings come from
+the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL, or their *_FILE variants).
+
+Exit codes: 0 done / books clean, 1 a violation (reconcile, event), 2 usage or
+configuration, 3 a backend unreachable, 4 an internal error (a bug: please report it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from sqlalchemy import Engine
 
+from hotdeal import fence
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.errors import is_unavailable
@@ -21,7 +28,15 @@ from hotdeal.redis_client import make_redis
 from hotdeal.schema import metadata
 from hotdeal_ops.event import EventError, run_event
 from hotdeal_ops.reconcile import reconcile
-from hotdeal_ops.reset import reset_database, reset_redis
+from hotdeal_ops.reset import reset
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+# How long `init-db --wait` sleeps between tries while the database comes up.
+INIT_RETRY_S = 3.0
+
+
+class UsageError(RuntimeError):
+    """The command can't run as asked (exit 2); the message says what is missing."""
 
 
 def _opens_at(raw: str) -> datetime:
@@ -46,10 +61,146 @@ def _non_negative(raw: str) -> int:
     return value
 
 
+def _emit(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+class Context:
+    """What the sub-commands share: settings, and the stores made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+        self._redis: redis.Redis | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(
+                self.settings.need_database(),
+                pool_size=2,
+                connect_timeout_s=self.settings.db_connect_timeout_s,
+            )
+        return self._engine
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = make_redis(self.settings.need_redis(), timeout_s=5.0)
+        return self._redis
+
+    def slots(self, asked: int | None) -> int:
+        configured = self.settings.legacy_slots
+        return asked or (configured if configured > 1 else 8)
+
+
+def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
+    """Create the tables (idempotent; safe from several pods at once)."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            metadata.create_all(ctx.engine)
+            break
+        except Exception as exc:
+            if not is_unavailable(exc) or time.monotonic() > deadline:
+                raise
+            print(f"waiting for the database: {exc.__class__.__name__}", file=sys.stderr)
+            time.sleep(INIT_RETRY_S)
+    print(json.dumps({"init_db": "ok", "tables": sorted(metadata.tables)}))
+    return EXIT_OK
+
+
+def _reset(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
+    slots = ctx.slots(args.slots)
+    fresh = reset(
+        ctx.engine,
+        ctx.redis,
+        args.product,
+        args.stock,
+        slots=slots,
+        opens_at=getattr(args, "opens_at", None),
+    )
+    opens = getattr(args, "opens_at", None)
+    return {
+        "reset": "ok",
+        "product": args.product,
+        "stock": args.stock,
+        "slots": slots,
+        "generation": fresh.generation,
+        "opens_at": opens.isoformat() if opens else None,
+    }
+
+
+def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
+    """Start a new event for the product in both stores."""
+    print(json.dumps(_reset(ctx, args)))
+    return EXIT_OK
+
+
+def _reconcile(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
+    if args.no_redis:
+        client = None
+    elif not ctx.settings.redis_url:
+        raise UsageError(
+            "reconcile needs HOTDEAL_REDIS_URL (or _FILE) to check order-redis's books; "
+            "pass --no-redis to check the database's books only"
+        )
+    else:
+        client = ctx.redis
+    wait_s = args.timeout if args.wait else 0.0
+    report = reconcile(ctx.engine, client, args.product, wait_s=wait_s)
+    if client is not None and report.get("redis", {}).get("in_flight") and args.wait:
+        report["violations"].append(f"backlog not drained after {args.timeout:g}s")
+        report["ok"] = False
+    return report
+
+
+def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
+    """Check each design's books; exit 1 on a violation."""
+    report = _reconcile(ctx, args)
+    _emit(report)
+    return EXIT_OK if report["ok"] else EXIT_VIOLATION
+
+
+def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
+    """Rebuild a product's Redis books from order_history and resume selling."""
+    try:
+        report = fence.repair(
+            ctx.engine,
+            ctx.redis,
+            args.product,
+            idempotency_ttl_s=ctx.settings.idempotency_ttl_s,
+            drain_timeout_s=args.timeout,
+        )
+    except fence.RepairError as exc:
+        print(f"hotdeal-ops repair: {exc}", file=sys.stderr)
+        return EXIT_VIOLATION
+    _emit(report)
+    return EXIT_OK
+
+
+def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
+    """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
+    args.no_redis, args.wait = False, True
+
+    def do_reset() -> None:
+        _reset(ctx, args)
+
+    return run_event(args, do_reset, lambda: _reconcile(ctx, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotdeal-ops", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotdeal-ops", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init-db", help="create the tables (idempotent)")
+
+    def command(name: str, run: Callable[[Context, argparse.Namespace], int]) -> Any:
+        p = sub.add_parser(name, help=run.__doc__)
+        p.set_defaults(run=run)
+        return p
+
+    init = command("init-db", cmd_init_db)
     init.add_argument(
         "--wait",
         type=float,
@@ -58,34 +209,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep retrying this long while the database is not up yet",
     )
 
-    reset = sub.add_parser("reset", help="set a product's stock in both stores, purge its orders")
-    reset.add_argument("--product", type=_positive, default=1)
-    reset.add_argument("--stock", type=_non_negative, required=True)
-    reset.add_argument(
+    rst = command("reset", cmd_reset)
+    rst.add_argument("--product", type=_positive, default=1)
+    rst.add_argument("--stock", type=_non_negative, required=True)
+    rst.add_argument(
         "--slots",
         type=_positive,
         default=None,
         help="stock rows for the legacy slot design (default HOTDEAL_LEGACY_SLOTS or 8)",
     )
-    reset.add_argument(
+    rst.add_argument(
         "--opens-at",
         type=_opens_at,
         default=None,
         help="ISO 8601 opening time; orders before it get 409 not_open",
     )
 
-    rec = sub.add_parser("reconcile", help="check stock against orders; exit 1 on a violation")
+    rec = command("reconcile", cmd_reconcile)
     rec.add_argument("--product", type=_positive, default=1)
     rec.add_argument(
         "--wait",
         action="store_true",
-        help="first wait until no order is in flight (write-behind backlog drained)",
+        help="first wait until the writer has persisted every order of the Redis picture",
     )
     rec.add_argument("--timeout", type=float, default=120.0, help="seconds --wait may take")
-
-    ev = sub.add_parser(
-        "event", help="in-cluster: reset, run the load Job, wait, summarize, reconcile"
+    rec.add_argument(
+        "--no-redis", action="store_true", help="check the database's books only (legacy)"
     )
+
+    rep = command("repair", cmd_repair)
+    rep.add_argument("--product", type=_positive, default=1)
+    rep.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the stream to drain"
+    )
+
+    ev = command("event", cmd_event)
     ev.add_argument("--load-cronjob", required=True, help="the chart's suspended load CronJob")
     ev.add_argument("--namespace", default=os.environ.get("HOTDEAL_NAMESPACE"))
     ev.add_argument("--job-name", default=None)
@@ -96,102 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(settings: Settings) -> Engine:
-    return make_engine(
-        settings.need_database(), pool_size=2, connect_timeout_s=settings.db_connect_timeout_s
-    )
-
-
-def _init_db(engine: Engine, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            metadata.create_all(engine)
-            return
-        except Exception as exc:
-            if not is_unavailable(exc) or time.monotonic() > deadline:
-                raise
-            print(
-                f"waiting for the database: {exc.__class__.__name__}", file=sys.stderr, flush=True
-            )
-            time.sleep(3)
-
-
-def _reconcile(
-    engine: Engine, client: redis.Redis | None, product: int, wait: bool, timeout: float
-) -> dict[str, Any]:
-    report = reconcile(engine, client, product)
-    if wait:
-        deadline = time.monotonic() + timeout
-        while report.get("redis", {}).get("in_flight", 0) and time.monotonic() < deadline:
-            print(f"waiting: {report['redis']['in_flight']} units in flight", file=sys.stderr)
-            time.sleep(0.5)
-            report = reconcile(engine, client, product)
-        if report.get("redis", {}).get("in_flight", 0):
-            report["violations"].append(f"backlog not drained after {timeout:g}s")
-            report["ok"] = False
-    return report
-
-
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
-    engine = _engine(settings)
-    if args.command == "init-db":
-        _init_db(engine, args.wait)
-        print(json.dumps({"init_db": "ok", "tables": sorted(metadata.tables)}))
-        return 0
-    client = make_redis(settings.redis_url) if settings.redis_url else None
-    if args.command in ("reset", "event"):
-        if client is None:
-            settings.need_redis()
-        slots = args.slots or (settings.legacy_slots if settings.legacy_slots > 1 else 8)
-
-        def reset() -> None:
-            reset_database(
-                engine,
-                args.product,
-                args.stock,
-                slots=slots,
-                opens_at=getattr(args, "opens_at", None),
-            )
-            reset_redis(client, args.product, args.stock, opens_at=getattr(args, "opens_at", None))
-
-        if args.command == "event":
-            return run_event(
-                args, reset, lambda: _reconcile(engine, client, args.product, True, 600)
-            )
-        reset()
-        print(
-            json.dumps(
-                {
-                    "reset": "ok",
-                    "product": args.product,
-                    "stock": args.stock,
-                    "slots": slots,
-                    "opens_at": args.opens_at and args.opens_at.isoformat(),
-                }
-            )
-        )
-        return 0
-    report = _reconcile(engine, client, args.product, args.wait, args.timeout)
-    print(json.dumps(report, indent=2))
-    return 0 if report["ok"] else 1
+    return args.run(Context(Settings.from_env()), args)
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = run(argv)
-    except (ConfigError, EventError) as exc:
+    except (ConfigError, UsageError, EventError) as exc:
         print(f"hotdeal-ops: {exc}", file=sys.stderr)
-        code = 2
+        code = EXIT_USAGE
     except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        print(
-            f"hotdeal-ops: a backend is unreachable: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0]}",
-            file=sys.stderr,
-        )
-        code = 3
+        if is_unavailable(exc) or isinstance(exc, redis.RedisError):
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(
+                f"hotdeal-ops: a backend is unreachable: {exc.__class__.__name__}: {first}",
+                file=sys.stderr,
+            )
+            code = EXIT_UNREACHABLE
+        else:
+            print(f"hotdeal-ops: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+            code = EXIT_INTERNAL
     sys.exit(code)

@@ -1,48 +1,143 @@
 """`hotdeal-ops reconcile`: do the books of each design add up?
 
-Each design keeps its own books, told apart by order_history.source:
+Each design keeps its own books, told apart by order_history.source, and only the
+product's current event (generation) counts:
 - legacy (one hot row):   initial = hotdeal_list.quantity + units sold by "legacy"
 - legacy-slots:           initial = sum(hotdeal_slot.quantity) + units sold by "legacy-slots"
-- redis:                  initial = prod-NNN-quantity + prod-NNN-sold, and
-                          prod-NNN-sold = units persisted by "redis" + units in flight
-                          (in the stream, not yet in order_history)
+- redis:                  initial = remaining + sold in Redis's books, and
+                          sold = units persisted + units in flight (+ inline in progress)
+
+One consistent picture, also during live traffic: Redis is read in one transaction
+(its books, buyers and the stream's last id); then we wait until the writer has
+persisted every order up to that stream position; then the database is read in one
+snapshot (SERIALIZABLE) and only orders up to the Redis picture's (epoch, seq) count.
+Orders sold after the picture was taken are in neither side.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from hotdeal import redis_keys
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
 
-def _database_books(engine: Engine, pid: int) -> dict[str, Any]:
-    with engine.connect() as conn:
-        head = conn.execute(
-            select(hotdeal_list.c.quantity, hotdeal_list.c.initial_quantity).where(
-                hotdeal_list.c.prod_id == pid
+def _in_event(conn: Connection, pid: int, generation: int, source: str) -> int:
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(order_history.c.quantity), 0)).where(
+                order_history.c.prod_id == pid,
+                order_history.c.generation == generation,
+                order_history.c.source == source,
             )
+        ).scalar_one()
+    )
+
+
+def _stock_books(
+    design: str, initial: int, rows: list[int], sold: int, violations: list[str], *, negative: str
+) -> dict[str, int]:
+    """initial = remaining (over the design's stock rows) + units its orders took."""
+    remaining = sum(rows)
+    if rows and min(rows) < 0:
+        violations.append(f"{design}: {negative}")
+    if initial != remaining + sold:
+        violations.append(f"{design}: initial {initial} != remaining {remaining} + sold {sold}")
+    return {"initial": initial, "remaining": remaining, "sold": sold}
+
+
+def _redis_picture(client: redis.Redis, pid: int) -> dict[str, Any]:
+    stream = redis_keys.orders_stream(pid)
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(redis_keys.books(pid))
+    pipe.hgetall(redis_keys.buyers(pid))
+    pipe.xrevrange(stream, count=1)
+    books, buyers, last = pipe.execute()
+    return {"books": books, "buyers": buyers, "last_id": last[0][0] if last else None}
+
+
+def _in_flight(client: redis.Redis, pid: int, last_id: str | None) -> list[dict[str, str]]:
+    """Entries up to `last_id` still in the stream (persisted ones are deleted)."""
+    if last_id is None:
+        return []
+    stream = redis_keys.orders_stream(pid)
+    entries: list[dict[str, str]] = []
+    start = "-"
+    while True:
+        batch = client.xrange(stream, min=start, max=last_id, count=5000)
+        if not batch:
+            return entries
+        entries.extend(fields for _, fields in batch)
+        start = "(" + batch[-1][0]
+
+
+def _wait_for_writer(client: redis.Redis, pid: int, last_id: str | None, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    stream = redis_keys.orders_stream(pid)
+    while last_id and time.monotonic() < deadline:
+        if not client.xrange(stream, max=last_id, count=1):
+            return
+        time.sleep(0.2)
+
+
+def reconcile(
+    engine: Engine, client: redis.Redis | None, product_id: int, *, wait_s: float = 0
+) -> dict[str, Any]:
+    """The report; `client=None` checks the database's books only. With `wait_s`, waits
+    up to that long for the writer to persist the orders of the Redis picture."""
+    violations: list[str] = []
+    report: dict[str, Any] = {"product_id": product_id}
+    picture = None
+    if client is not None:
+        picture = _redis_picture(client, product_id)
+        _wait_for_writer(client, product_id, picture["last_id"], wait_s)
+        picture["in_flight"] = _in_flight(client, product_id, picture["last_id"])
+    with engine.connect().execution_options(isolation_level="SERIALIZABLE") as conn:
+        head = conn.execute(
+            select(
+                hotdeal_list.c.quantity,
+                hotdeal_list.c.initial_quantity,
+                hotdeal_list.c.generation,
+            ).where(hotdeal_list.c.prod_id == product_id)
         ).first()
+        if head is None:
+            violations.append(f"product {product_id} is not in hotdeal_list (run reset)")
+            report.update(violations=violations, ok=False)
+            return report
+        gen = head.generation
+        report["generation"] = gen
+        report["legacy"] = _stock_books(
+            "legacy",
+            head.initial_quantity,
+            [head.quantity],
+            _in_event(conn, product_id, gen, "legacy"),
+            violations,
+            negative="hotdeal_list.quantity is negative",
+        )
         slots = (
-            conn.execute(select(hotdeal_slot.c.quantity).where(hotdeal_slot.c.prod_id == pid))
+            conn.execute(
+                select(hotdeal_slot.c.quantity).where(
+                    hotdeal_slot.c.prod_id == product_id, hotdeal_slot.c.generation == gen
+                )
+            )
             .scalars()
             .all()
         )
-        sold = {
-            source: int(units)
-            for source, units in conn.execute(
-                select(order_history.c.source, func.sum(order_history.c.quantity))
-                .where(order_history.c.prod_id == pid)
-                .group_by(order_history.c.source)
+        if slots:
+            report["legacy_slots"] = _stock_books(
+                "legacy-slots",
+                head.initial_quantity,
+                list(slots),
+                _in_event(conn, product_id, gen, "legacy-slots"),
+                violations,
+                negative="a slot quantity is negative",
             )
-        }
-        rows = conn.execute(
-            select(func.count()).select_from(order_history).where(order_history.c.prod_id == pid)
-        ).scalar_one()
+            report["legacy_slots"]["slots"] = len(slots)
         duplicates = conn.execute(
             select(func.count()).select_from(
                 select(order_history.c.order_id)
@@ -51,124 +146,89 @@ def _database_books(engine: Engine, pid: int) -> dict[str, Any]:
                 .subquery()
             )
         ).scalar_one()
-        redis_rows = conn.execute(
-            select(
-                order_history.c.order_id, order_history.c.user_id, order_history.c.quantity
-            ).where(order_history.c.prod_id == pid, order_history.c.source == "redis")
-        ).all()
-    return {
-        "found": head is not None,
-        "initial": int(head.initial_quantity) if head else None,
-        "remaining": int(head.quantity) if head else None,
-        "slots": [int(q) for q in slots],
-        "sold": sold,
-        "rows": int(rows),
-        "duplicate_order_ids": int(duplicates),
-        "redis_rows": redis_rows,
-    }
-
-
-def _stream_orders(client: redis.Redis, pid: int) -> list[dict[str, str]]:
-    stream = redis_keys.orders_stream(pid)
-    entries: list[dict[str, str]] = []
-    start = "-"
-    while True:
-        batch = client.xrange(stream, min=start, count=5000)
-        if not batch:
-            return entries
-        entries.extend(fields for _, fields in batch)
-        start = "(" + batch[-1][0]
-
-
-def _stock_books(
-    design: str, initial: int, rows: list[int], sold: int, violations: list[str], *, negative: str
-) -> dict[str, int]:
-    """initial = remaining (over the design's stock rows) + units its orders took."""
-    remaining = sum(rows)
-    if min(rows) < 0:
-        violations.append(f"{design}: {negative}")
-    if initial != remaining + sold:
-        violations.append(f"{design}: initial {initial} != remaining {remaining} + sold {sold}")
-    return {"initial": initial, "remaining": remaining, "sold": sold}
-
-
-def reconcile(engine: Engine, client: redis.Redis | None, product_id: int) -> dict[str, Any]:
-    violations: list[str] = []
-    db = _database_books(engine, product_id)
-    report: dict[str, Any] = {"product_id": product_id}
-    if not db["found"]:
-        violations.append(f"product {product_id} is not in hotdeal_list (run reset)")
-    else:
-        initial, sold = db["initial"], db["sold"]
-        report["legacy"] = _stock_books(
-            "legacy",
-            initial,
-            [db["remaining"]],
-            sold.get("legacy", 0),
-            violations,
-            negative="hotdeal_list.quantity is negative",
-        )
-        if db["slots"]:
-            report["legacy_slots"] = _stock_books(
-                "legacy-slots",
-                initial,
-                db["slots"],
-                sold.get("legacy-slots", 0),
-                violations,
-                negative="a slot quantity is negative",
+        rows = conn.execute(
+            select(func.count())
+            .select_from(order_history)
+            .where(order_history.c.prod_id == product_id, order_history.c.generation == gen)
+        ).scalar_one()
+        if duplicates:
+            violations.append(f"{duplicates} duplicate order ids in order_history")
+        report["order_history"] = {"rows": int(rows), "duplicate_order_ids": int(duplicates)}
+        if picture is not None:
+            report["redis"] = _redis_books(
+                conn, product_id, gen, head.initial_quantity, picture, violations
             )
-            report["legacy_slots"]["slots"] = len(db["slots"])
-    if db["duplicate_order_ids"]:
-        violations.append(f"{db['duplicate_order_ids']} duplicate order ids in order_history")
-    report["order_history"] = {"rows": db["rows"], "duplicate_order_ids": db["duplicate_order_ids"]}
-
-    if client is not None:
-        report["redis"] = _redis_books(client, product_id, db, violations)
     report["violations"] = violations
     report["ok"] = not violations
     return report
 
 
 def _redis_books(
-    client: redis.Redis, pid: int, db: dict[str, Any], violations: list[str]
+    conn: Connection,
+    pid: int,
+    gen: int,
+    initial_db: int,
+    picture: dict[str, Any],
+    violations: list[str],
 ) -> dict[str, Any]:
-    pipe = client.pipeline(transaction=True)
-    pipe.get(redis_keys.initial(pid))
-    pipe.get(redis_keys.quantity(pid))
-    pipe.get(redis_keys.sold(pid))
-    pipe.hgetall(redis_keys.buyers(pid))
-    initial, remaining, sold, buyers = pipe.execute()
-    if initial is None or remaining is None:
-        violations.append(f"redis: no stock keys for product {pid} (run reset)")
+    books, buyers = picture["books"], picture["buyers"]
+    if not books:
+        violations.append(f"redis: no books for product {pid} (run reset)")
         return {"found": False}
-    initial, remaining, sold = int(initial), int(remaining), int(sold or 0)
-
-    persisted_ids = {r.order_id for r in db["redis_rows"]}
+    if int(books[redis_keys.GENERATION]) != gen:
+        violations.append(
+            f"redis: books are of generation {books[redis_keys.GENERATION]}, the database's "
+            f"of {gen} (a reset is under way, or did not reach Redis: run reset)"
+        )
+        return {"found": True, "generation": int(books[redis_keys.GENERATION])}
+    initial, remaining, sold = (
+        int(books[k]) for k in (redis_keys.INITIAL, redis_keys.QUANTITY, redis_keys.SOLD)
+    )
+    epoch, seq = int(books[redis_keys.EPOCH]), int(books[redis_keys.SEQ])
+    inline_pending = int(books.get(redis_keys.INLINE_PENDING, 0))
+    upto = or_(
+        order_history.c.take_epoch < epoch,
+        and_(order_history.c.take_epoch == epoch, order_history.c.take_seq <= seq),
+    )
+    rows = conn.execute(
+        select(order_history.c.order_id, order_history.c.user_id, order_history.c.quantity).where(
+            order_history.c.prod_id == pid,
+            order_history.c.generation == gen,
+            order_history.c.source == "redis",
+            upto,
+        )
+    ).all()
+    everything = _in_event(conn, pid, gen, "redis")
+    persisted_ids = {r.order_id for r in rows}
     by_user: Counter[str] = Counter()
-    for r in db["redis_rows"]:
+    for r in rows:
         by_user[r.user_id] += int(r.quantity)
     persisted = sum(by_user.values())
-    in_flight = [o for o in _stream_orders(client, pid) if o["order_id"] not in persisted_ids]
-    in_flight_ids = {o["order_id"] for o in in_flight}
+    in_flight = [o for o in picture["in_flight"] if o["order_id"] not in persisted_ids]
     for o in in_flight:
         by_user[o["user_id"]] += int(o["quantity"])
     in_flight_units = sum(int(o["quantity"]) for o in in_flight)
 
+    if books.get(redis_keys.PAUSED):
+        violations.append(f"redis: selling is paused: {books[redis_keys.PAUSED]}")
+    if initial != initial_db:
+        violations.append(f"redis: initial {initial} != the database's {initial_db}")
     if remaining < 0:
         violations.append("redis: stock is negative")
     if initial != remaining + sold:
         violations.append(f"redis: initial {initial} != remaining {remaining} + sold {sold}")
-    if sold != persisted + in_flight_units:
+    if sold != persisted + in_flight_units + inline_pending:
         violations.append(
-            f"redis: sold {sold} != persisted {persisted} + in flight {in_flight_units} "
-            "(an order was lost or duplicated)"
+            f"redis: sold {sold} != persisted {persisted} + in flight {in_flight_units}"
+            + (f" + inline in progress {inline_pending}" if inline_pending else "")
+            + " (an order was lost or duplicated)"
         )
-    if persisted > initial:
-        violations.append(f"redis: {persisted} units persisted, above the initial {initial}")
-    if len(in_flight_ids) != len(in_flight):
+    if everything > initial:
+        violations.append(f"redis: {everything} units persisted, above the initial {initial}")
+    if len({o["order_id"] for o in in_flight}) != len(in_flight):
         violations.append("redis: the same order id is queued twice")
     mismatched = {u for u in set(by_user) | set(buyers) if by_user[u] != int(buyers.get(u, 0))}
-    if mismatched:
+    if mismatched and not inline_pending:
         violations.append(
             f"redis: per-user counts disagree with orders for {len(mismatched)} users"
         )
@@ -177,7 +237,12 @@ def _redis_books(
         "remaining": remaining,
         "sold": sold,
         "persisted": persisted,
+        "persisted_total": everything,
         "in_flight": in_flight_units,
         "in_flight_orders": len(in_flight),
+        "inline_pending": inline_pending,
         "buyers": len(buyers),
+        "epoch": epoch,
+        "seq": seq,
+        "paused": books.get(redis_keys.PAUSED),
     }

@@ -1,11 +1,19 @@
-"""`hotdeal-ops reset`: the workshop's @purge plus `set prod-001-quantity`, for both stores."""
+"""`hotdeal-ops reset`: the workshop's @purge plus `set prod-001-quantity`, for both stores.
+
+Safe at any moment, also while orders are sold or a writer drains a backlog: reset starts
+a new *generation* of the product (hotdeal_list.generation). Every order row carries the
+generation it was sold in and every book counts only its own, so an order of the old
+event that lands after the reset (a writer's batch read before it, a legacy transaction
+that held the row lock) stays in the old event and is purged by the next reset.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import redis
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, select, update
 
 from hotdeal import redis_keys
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
@@ -17,45 +25,131 @@ def split(stock: int, slots: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(slots)]
 
 
+@dataclass(frozen=True)
+class Fresh:
+    """What a reset starts: the event's generation and the books' first epoch."""
+
+    generation: int
+    epoch: int
+
+
+def redis_marks(client: redis.Redis | None, product_id: int) -> tuple[int, int]:
+    """(generation, epoch) Redis's books are at, 0 when it has none."""
+    if client is None:
+        return 0, 0
+    gen, epoch = client.hmget(redis_keys.books(product_id), redis_keys.GENERATION, redis_keys.EPOCH)
+    return int(gen or 0), int(epoch or 0)
+
+
 def reset_database(
-    engine: Engine, product_id: int, stock: int, *, slots: int, opens_at: datetime | None
-) -> None:
+    engine: Engine,
+    product_id: int,
+    stock: int,
+    *,
+    slots: int,
+    opens_at: datetime | None,
+    at_least: tuple[int, int] = (0, 0),
+) -> Fresh:
+    """New generation and epoch, above both the database's and `at_least` (Redis's)."""
     with engine.begin() as conn:
+        head = conn.execute(
+            select(hotdeal_list.c.generation, hotdeal_list.c.fence_epoch)
+            .where(hotdeal_list.c.prod_id == product_id)
+            .with_for_update()
+        ).first()
+        fresh = Fresh(
+            max(head.generation if head else 0, at_least[0]) + 1,
+            max(head.fence_epoch if head else 0, at_least[1]) + 1,
+        )
+        values = {
+            "quantity": stock,
+            "initial_quantity": stock,
+            "opens_at": opens_at,
+            "generation": fresh.generation,
+            "fence_epoch": fresh.epoch,
+        }
+        if head:
+            conn.execute(
+                update(hotdeal_list).where(hotdeal_list.c.prod_id == product_id).values(values)
+            )
+        else:
+            conn.execute(insert(hotdeal_list).values(prod_id=product_id, **values))
         conn.execute(delete(order_history).where(order_history.c.prod_id == product_id))
         conn.execute(delete(hotdeal_slot).where(hotdeal_slot.c.prod_id == product_id))
-        conn.execute(delete(hotdeal_list).where(hotdeal_list.c.prod_id == product_id))
-        conn.execute(
-            insert(hotdeal_list).values(
-                prod_id=product_id, quantity=stock, initial_quantity=stock, opens_at=opens_at
-            )
-        )
         conn.execute(
             insert(hotdeal_slot),
             [
-                {"prod_id": product_id, "slot": i, "quantity": q}
+                {"prod_id": product_id, "slot": i, "quantity": q, "generation": fresh.generation}
                 for i, q in enumerate(split(stock, slots))
             ],
         )
+    return fresh
 
 
 def reset_redis(
-    client: redis.Redis, product_id: int, stock: int, *, opens_at: datetime | None
+    client: redis.Redis,
+    product_id: int,
+    stock: int,
+    *,
+    opens_at: datetime | None,
+    fresh: Fresh,
 ) -> None:
-    stale = list(client.scan_iter(match=redis_keys.all_of(product_id), count=1000))
+    # The books stay until the transaction below replaces them: a take meanwhile gets the
+    # old event's answer, never "unknown product".
+    keep = redis_keys.books(product_id)
+    stale = [
+        k for k in client.scan_iter(match=redis_keys.all_of(product_id), count=1000) if k != keep
+    ]
     for start in range(0, len(stale), 500):
         client.delete(*stale[start : start + 500])
     stream = redis_keys.orders_stream(product_id)
-    pipe = client.pipeline(transaction=True)
-    # Again inside the transaction: a writer may have recreated the stream meanwhile.
-    pipe.delete(stream, redis_keys.buyers(product_id), redis_keys.opens_at(product_id))
-    pipe.set(redis_keys.quantity(product_id), stock)
-    pipe.set(redis_keys.initial(product_id), stock)
-    pipe.set(redis_keys.sold(product_id), 0)
+    books = {
+        redis_keys.QUANTITY: stock,
+        redis_keys.INITIAL: stock,
+        redis_keys.SOLD: 0,
+        redis_keys.SEQ: 0,
+        redis_keys.EPOCH: fresh.epoch,
+        redis_keys.GENERATION: fresh.generation,
+        redis_keys.INLINE_PENDING: 0,
+    }
     if opens_at is not None:
-        pipe.set(redis_keys.opens_at(product_id), int(opens_at.timestamp() * 1000))
+        books[redis_keys.OPENS_AT] = int(opens_at.timestamp() * 1000)
+    pipe = client.pipeline(transaction=True)
+    # Again inside the transaction: a writer or a take may have recreated some meanwhile.
+    pipe.delete(
+        stream,
+        redis_keys.books(product_id),
+        redis_keys.buyers(product_id),
+        redis_keys.buyer_orders(product_id),
+        redis_keys.orders(product_id),
+    )
+    pipe.hset(redis_keys.books(product_id), mapping=books)
     # The group starts at id 0 so writers read every order, even ones enqueued
     # before any writer was running.
     pipe.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
     pipe.sadd(redis_keys.STREAMS, stream)
     pipe.sadd(redis_keys.PRODUCTS, product_id)
     pipe.execute()
+
+
+def reset(
+    engine: Engine,
+    client: redis.Redis | None,
+    product_id: int,
+    stock: int,
+    *,
+    slots: int,
+    opens_at: datetime | None,
+) -> Fresh:
+    """Both stores: the database first (it decides the generation), then Redis."""
+    fresh = reset_database(
+        engine,
+        product_id,
+        stock,
+        slots=slots,
+        opens_at=opens_at,
+        at_least=redis_marks(client, product_id),
+    )
+    if client is not None:
+        reset_redis(client, product_id, stock, opens_at=opens_at, fresh=fresh)
+    return fresh

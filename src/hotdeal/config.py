@@ -64,7 +64,20 @@ class Settings:
     legacy_slots: int = 1
     db_pool_size: int = 32
     db_connect_timeout_s: int = 2
-    redis_timeout_s: float = 1.0
+    redis_timeout_ms: int = 1000
+    # order-redis and writer: how durable a take is before it is answered 201 (see
+    # hotdeal.durability): "fsync" (default), "replica" or "none" (unsafe).
+    redis_durability: str = "fsync"
+    redis_durability_timeout_ms: int = 500
+    # hotdeal-writer
+    writer_batch: int = 500  # at most 1000: Oracle's IN-list cap
+    writer_max_wait_ms: int = 200
+    writer_claim_idle_ms: int = 10_000
+    writer_metrics_port: int = 9102
+    writer_metrics_addr: str = "0.0.0.0"
+    writer_name: str | None = None
+    writer_check_ms: int = 2000
+    writer_auto_repair: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,6 +92,22 @@ class Settings:
             legacy_slots=env_int("HOTDEAL_LEGACY_SLOTS", 1, minimum=1),
             db_pool_size=env_int("HOTDEAL_DB_POOL_SIZE", 32, minimum=1),
             db_connect_timeout_s=env_int("HOTDEAL_DB_CONNECT_TIMEOUT_S", 2, minimum=1),
+            redis_timeout_ms=env_int("HOTDEAL_REDIS_TIMEOUT_MS", 1000, minimum=50),
+            redis_durability=env_choice(
+                "HOTDEAL_REDIS_DURABILITY", "fsync", ("fsync", "replica", "none")
+            ),
+            redis_durability_timeout_ms=env_int(
+                "HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS", 500, minimum=1
+            ),
+            writer_batch=min(env_int("HOTDEAL_WRITER_BATCH", 500, minimum=1), 1000),
+            writer_max_wait_ms=env_int("HOTDEAL_WRITER_MAX_WAIT_MS", 200, minimum=1),
+            writer_claim_idle_ms=env_int("HOTDEAL_WRITER_CLAIM_IDLE_MS", 10_000, minimum=100),
+            writer_metrics_port=env_int("HOTDEAL_WRITER_METRICS_PORT", 9102),
+            writer_metrics_addr=env("HOTDEAL_WRITER_METRICS_ADDR") or "0.0.0.0",
+            writer_name=env("HOTDEAL_WRITER_NAME"),
+            writer_check_ms=env_int("HOTDEAL_WRITER_CHECK_MS", 2000, minimum=100),
+            writer_auto_repair=env_choice("HOTDEAL_WRITER_AUTO_REPAIR", "true", ("true", "false"))
+            == "true",
         )
 
     def need_database(self) -> str:

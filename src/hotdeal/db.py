@@ -25,6 +25,8 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: int = 2) -> 
         pool_timeout=connect_timeout_s * 2,
         # Detects connections killed by a database restart so the next request recovers.
         pool_pre_ping=True,
+        # Errors and logs must not carry order parameters (user ids) into log files.
+        hide_parameters=True,
         connect_args=connect_args,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import redis.exceptions
 import sqlalchemy.exc
 
@@ -9,11 +11,20 @@ import sqlalchemy.exc
 class ApiError(Exception):
     """An answer with a 4xx/5xx status and a JSON body `{"error": code, "message": ...}`."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
     def body(self) -> dict[str, object]:
@@ -24,8 +35,10 @@ def sold_out(remaining: int) -> ApiError:
     return ApiError(409, "sold_out", "not enough stock for this order", remaining=remaining)
 
 
-def limit_exceeded(limit: int) -> ApiError:
-    return ApiError(409, "limit_exceeded", f"at most {limit} per user for this product")
+def limit_exceeded(limit: int, orders: list[str]) -> ApiError:
+    return ApiError(
+        409, "limit_exceeded", f"at most {limit} per user for this product", orders=orders
+    )
 
 
 def not_open(opens_at: str) -> ApiError:
@@ -36,19 +49,85 @@ def unknown_product(product_id: int) -> ApiError:
     return ApiError(404, "unknown_product", f"no event product {product_id}")
 
 
+def unknown_order() -> ApiError:
+    return ApiError(404, "unknown_order", "no such order")
+
+
+def in_progress() -> ApiError:
+    return ApiError(
+        409,
+        "in_progress",
+        "the first request with this Idempotency-Key is still running: retry",
+        headers={"Retry-After": "1"},
+    )
+
+
+def unavailable() -> ApiError:
+    """Nothing was sold: the request never reached the point of taking stock."""
+    return ApiError(
+        503, "unavailable", "a backend is unavailable, retry later", headers={"Retry-After": "1"}
+    )
+
+
+def outcome_unknown() -> ApiError:
+    """The take was sent but its durable answer never came: it may or may not have sold.
+    Retrying with the same Idempotency-Key (or looking the user's orders up) tells."""
+    return ApiError(
+        503,
+        "outcome_unknown",
+        "the order may or may not have been placed: retry with the same Idempotency-Key "
+        "or look up your orders",
+        headers={"Retry-After": "1"},
+    )
+
+
+def paused(reason: str) -> ApiError:
+    return ApiError(
+        503,
+        "paused",
+        "selling this product is paused until its books are repaired",
+        headers={"Retry-After": "5"},
+        reason=reason,
+    )
+
+
 # Failures of a backend (not of the request): the client should retry later -> 503.
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,
 )
 
+# Oracle and python-oracledb errors that mean "the database is not there (yet)", not
+# "this statement is wrong": instance starting or not open, listener or service not up,
+# connection lost, logon refused while gvenzl's entrypoint is still creating the user.
+ORACLE_TRANSIENT = re.compile(
+    r"\b(ORA-(01033|01034|01089|01090|01109|01017|03113|03114|03135|12514|12516|12518|12519|"
+    r"12520|12521|12528|12537|12541|12543|12547|25408)|DPY-(4011|6005|6000|6001))\b"
+)
+# A deadlock or serialization failure: the database rolled the transaction back and the
+# same transaction may simply be run again (PostgreSQL SQLSTATEs, Oracle ORA-00060).
+RETRYABLE_SQLSTATE = {"40P01", "40001", "55P03"}
+ORACLE_RETRYABLE = re.compile(r"\bORA-(00060|00054|30006|08177)\b")
+
 
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, UNAVAILABLE):
         return True
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated or bool(ORACLE_TRANSIENT.search(str(exc.orig)))
+    return False
+
+
+def is_retryable_transaction(exc: BaseException) -> bool:
+    """Deadlock victim, lock-not-available (NOWAIT) or serialization failure."""
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in RETRYABLE_SQLSTATE or bool(ORACLE_RETRYABLE.search(str(exc.orig)))

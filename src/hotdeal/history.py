@@ -15,33 +15,46 @@ from hotdeal.schema import order_history
 MAX_IN_LIST = 1000
 
 
-def new_order_id() -> str:
-    return str(uuid.uuid4())
+def new_order_id(product_id: int) -> str:
+    """ "<product>-<uuid4>": unguessable, and it says which product's books hold it."""
+    return f"{product_id}-{uuid.uuid4()}"
 
 
 @dataclass(frozen=True)
 class OrderRow:
     order_id: str
     prod_id: int
+    generation: int
     user_id: str
     quantity: int
     source: str
     ordered_at: datetime
+    take_epoch: int | None = None
+    take_seq: int | None = None
+    idempotency_key: str | None = None
 
     def as_params(self) -> dict[str, object]:
         # dataclasses.asdict deep-copies every value: too slow for the writer's batches.
         return {
             "order_id": self.order_id,
             "prod_id": self.prod_id,
+            "generation": self.generation,
             "user_id": self.user_id,
             "quantity": self.quantity,
             "source": self.source,
             "ordered_at": self.ordered_at,
+            "take_epoch": self.take_epoch,
+            "take_seq": self.take_seq,
+            "idempotency_key": self.idempotency_key,
         }
 
     @classmethod
-    def now(cls, prod_id: int, user_id: str, quantity: int, source: str) -> OrderRow:
-        return cls(new_order_id(), prod_id, user_id, quantity, source, datetime.now(UTC))
+    def now(
+        cls, prod_id: int, generation: int, user_id: str, quantity: int, source: str
+    ) -> OrderRow:
+        return cls(
+            new_order_id(prod_id), prod_id, generation, user_id, quantity, source, datetime.now(UTC)
+        )
 
 
 def insert_new(conn: Connection, rows: Sequence[OrderRow]) -> int:

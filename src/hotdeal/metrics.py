@@ -9,6 +9,7 @@ collector reads them from the store of record at scrape time.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 
@@ -17,11 +18,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 # From a 1 ms Redis round trip to a 100 s queue on the hot row.
 LATENCY_BUCKETS = (
@@ -71,7 +73,8 @@ class ScrapeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             yield from self.read()
-        except Exception:  # a scrape must not fail because a backend is down
+        except Exception as exc:  # a scrape must not fail because a backend is down
+            log.warning("scrape reader failed: %s: %s", exc.__class__.__name__, exc)
             return
 
     def describe(self) -> Iterable[Metric]:
@@ -127,7 +130,3 @@ class _Default(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return REGISTRY.collect()
-
-
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

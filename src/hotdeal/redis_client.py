@@ -26,4 +26,6 @@ def make_redis(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -
 
 
 def redis_from_settings(settings: Settings) -> redis.Redis:
-    return make_redis(settings.need_redis(), timeout_s=settings.redis_timeout_s)
+    # A reply may wait for the durability wait (WAITAOF/WAIT) on top of the round trip.
+    timeout_ms = settings.redis_timeout_ms + settings.redis_durability_timeout_ms
+    return make_redis(settings.need_redis(), timeout_s=timeout_ms / 1000)

@@ -1,6 +1,8 @@
 """Names of every Redis key the services, the writer and the ops job share.
 
-`prod-001-quantity` is the workshop's own key, kept so its `redis-cli get` still works.
+Every key of one product carries the hash tag `{prod-NNN}`, so they all live in one
+slot: the take script touches several of them atomically, which Redis Cluster (and
+ElastiCache cluster mode) allows only within one slot.
 """
 
 from __future__ import annotations
@@ -10,29 +12,28 @@ STREAMS = "hotdeal:streams"
 # Set of the product ids `hotdeal-ops reset` has set up (for the stock gauges).
 PRODUCTS = "hotdeal:products"
 WRITER_GROUP = "order-writers"
-# Stream entries no writer could parse, kept for a human to look at.
+# Stream entries no writer could store, kept with the reason for a human to look at.
 DEAD_LETTER = "hotdeal:dead-letter"
+
+# Fields of the per-product books hash (`books`).
+QUANTITY = "quantity"  # units left
+INITIAL = "initial"  # units the event started with
+SOLD = "sold"  # units taken
+SEQ = "seq"  # takes so far: every take gets the next number (never reused in an epoch)
+EPOCH = "epoch"  # bumped by reset and repair: (epoch, seq) orders every take ever made
+GENERATION = "generation"  # the event (hotdeal_list.generation)
+OPENS_AT = "opens_at"  # epoch milliseconds; absent = open
+PAUSED = "paused"  # why selling stopped (absent = selling)
+INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not committed yet
 
 
 def prefix(product_id: int) -> str:
-    return f"prod-{product_id:03d}"
+    return f"{{prod-{product_id:03d}}}"
 
 
-def quantity(product_id: int) -> str:
-    return f"{prefix(product_id)}-quantity"
-
-
-def initial(product_id: int) -> str:
-    return f"{prefix(product_id)}-initial"
-
-
-def sold(product_id: int) -> str:
-    return f"{prefix(product_id)}-sold"
-
-
-def opens_at(product_id: int) -> str:
-    """Opening time, epoch milliseconds; absent = open."""
-    return f"{prefix(product_id)}-opens-at"
+def books(product_id: int) -> str:
+    """Hash of the fields above: one read gives the take script all it needs."""
+    return f"{prefix(product_id)}-books"
 
 
 def buyers(product_id: int) -> str:
@@ -40,14 +41,37 @@ def buyers(product_id: int) -> str:
     return f"{prefix(product_id)}-buyers"
 
 
-def orders_stream(product_id: int) -> str:
+def buyer_orders(product_id: int) -> str:
+    """Hash user_id -> space-separated order ids (what `limit_exceeded` names)."""
+    return f"{prefix(product_id)}-buyer-orders"
+
+
+def orders(product_id: int) -> str:
+    """Hash order_id -> "user_id quantity ordered_at_ms" (GET /v1/orders/{id})."""
     return f"{prefix(product_id)}-orders"
 
 
+def orders_stream(product_id: int) -> str:
+    return f"{prefix(product_id)}-stream"
+
+
 def idempotency(product_id: int, user_id: str, key: str) -> str:
-    return f"{prefix(product_id)}-idem:{user_id}:{key}"
+    # Length-prefixed: user "a" with key "b:c" and user "a:b" with key "c" must differ.
+    return f"{prefix(product_id)}-idem:{len(user_id)}:{user_id}:{key}"
+
+
+def idempotency_placeholder(product_id: int) -> str:
+    """Declared in place of a missing Idempotency-Key: scripts must only touch keys they
+    declare, and in a cluster every declared key must hash to the product's slot."""
+    return f"{prefix(product_id)}-idem"
 
 
 def all_of(product_id: int) -> str:
-    """SCAN pattern matching every key of one product."""
-    return f"{prefix(product_id)}-*"
+    """SCAN pattern matching every key of one product (`{` escaped for glob)."""
+    return f"\\{{prod-{product_id:03d}\\}}-*"
+
+
+def product_of_order(order_id: str) -> int | None:
+    """Order ids are "<product>-<uuid>": the product says where to look the order up."""
+    head, sep, _ = order_id.partition("-")
+    return int(head) if sep and head.isdigit() and len(head) <= 10 else None

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from hotdeal.errors import ApiError
 
+MAX_USER_ID = 64
+MAX_IDEMPOTENCY_KEY = 128
+# Control, format, surrogate, private-use, unassigned and separator characters: a
+# database may refuse them (PostgreSQL rejects U+0000 and lone surrogates), a log or a
+# terminal may act on them, and no game's user id needs them.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
+_KEY = re.compile(rf"[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}")
+
+
+def _printable(value: str) -> str:
+    for ch in value:
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES or ch.isspace():
+            raise ValueError("must not contain whitespace, control or unassigned characters")
+    return value
+
+
 UserId = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^\S+$")
+    str,
+    StringConstraints(min_length=1, max_length=MAX_USER_ID),
+    AfterValidator(_printable),
 ]
-IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
 
 
 class OrderRequest(BaseModel):
@@ -23,6 +49,7 @@ class OrderRequest(BaseModel):
 
 
 def _describe(err: ValidationError) -> str:
+    # e["msg"] only, never e["input"]: the answer must not echo what the client sent.
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
     )
@@ -45,8 +72,26 @@ def parse_order(body: Any, max_per_order: int) -> OrderRequest:
 def parse_idempotency_key(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not raw or len(raw) > 128 or any(c.isspace() for c in raw):
+    if not _KEY.fullmatch(raw):
         raise ApiError(
-            400, "invalid_request", "Idempotency-Key: 1 to 128 characters, no whitespace"
+            400,
+            "invalid_request",
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
+            "no whitespace",
         )
     return raw
+
+
+def parse_user_id(raw: str | None) -> str:
+    if raw is None or not 1 <= len(raw) <= MAX_USER_ID:
+        raise ApiError(400, "invalid_request", f"user_id: 1 to {MAX_USER_ID} characters")
+    try:
+        return _printable(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"user_id: {exc}") from None
+
+
+def parse_product_id(raw: str | None) -> int:
+    if raw is None or not raw.isdigit() or len(raw) > 10 or not 1 <= int(raw) <= 2_000_000_000:
+        raise ApiError(400, "invalid_request", "product_id: an integer from 1 to 2000000000")
+    return int(raw)

@@ -55,16 +55,27 @@ def _need(program: str, package: str) -> str:
 
 
 class RedisServer:
-    """redis-server with a password and AOF on, data in `workdir`; restartable in place."""
+    """redis-server with a password and AOF on, data in `workdir`; restartable in place.
+
+    `appendfsync always` by default: Debian's Redis 7.0 has no WAITAOF, so that is how
+    the services' default durability (fsync) is met. `replica_of` makes it a replica."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, appendfsync: str = "everysec"
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        appendfsync: str = "always",
+        binary: str | None = None,
+        password: str | None = None,
+        replica_of: RedisServer | None = None,
     ) -> None:
-        self.binary = _need("redis-server", "redis-server")
+        self.binary = binary or _need("redis-server", "redis-server")
         self.workdir = workdir
         self.port = port or free_port()
-        self.password = secrets.token_hex(12)
+        self.password = password or (replica_of.password if replica_of else secrets.token_hex(12))
         self.appendfsync = appendfsync
+        self.replica_of = replica_of
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -84,6 +95,14 @@ class RedisServer:
                 f"appendfsync {self.appendfsync}",
                 'save ""',
                 "maxmemory-policy noeviction",
+                *(
+                    [
+                        f"replicaof 127.0.0.1 {self.replica_of.port}",
+                        f'masterauth "{self.password}"',
+                    ]
+                    if self.replica_of
+                    else []
+                ),
                 f"logfile {self.workdir / 'redis.log'}",
                 "daemonize no",
             ]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 
 from hotdeal import metrics
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.db_waits import read_db_waits
-from hotdeal.errors import ApiError
 from hotdeal.schema import hotdeal_list
-from hotdeal.validation import OrderRequest
-from hotdeal.web import install_common, order_from_request, sold
-from hotdeal_legacy.orders import LegacyOrders, Placed
+from hotdeal.validation import OrderRequest, parse_product_id, parse_user_id
+from hotdeal.web import (
+    init_errors,
+    init_health,
+    init_metrics,
+    order_from_request,
+    orders_blueprint,
+    product_known,
+    sold,
+    workshop_answer,
+)
+from hotdeal_legacy.orders import LegacyOrders, Placed, find_order, user_orders
 from hotdeal_legacy.stock_metrics import read_stock
 
 SERVICE = "legacy"
@@ -26,13 +34,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
-    app.config["HOTDEAL"] = settings
-
-    install_common(
+    checks = {"database": lambda: table_reachable(engine, hotdeal_list)}
+    init_errors(app)
+    init_health(app, checks)
+    init_metrics(
         app,
-        service=SERVICE,
-        checks={"database": lambda: table_reachable(engine, hotdeal_list)},
-        order_endpoints={"workshop_order", "create_order"},
+        SERVICE,
+        checks,
         readers=[
             lambda: read_stock(engine, SERVICE, settings.legacy_slots),
             lambda: read_db_waits(engine),
@@ -43,26 +51,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)
 
     def place(order: OrderRequest) -> Placed:
-        g.product = order.product_id
         placed = orders.place(order)
+        product_known()
         lock_wait.observe(placed.lock_wait_s)
         lock_hold.observe(placed.lock_hold_s)
         sold(SERVICE, order)
         return placed
 
-    @app.get("/order")
-    def workshop_order() -> Response:
-        try:
-            placed = place(WORKSHOP_ORDER)
-        except ApiError as err:
-            if err.code == "sold_out":
-                g.order_result = "sold_out"
-                # The workshop's body; 409 so ab's "Non-2xx" counts the sold-out answers.
-                return Response("Out Of Stock", status=409, mimetype="text/plain")
-            raise
-        return Response(str(placed.remaining), mimetype="text/plain")
+    bp = orders_blueprint(SERVICE)
 
-    @app.post("/v1/orders")
+    @bp.get("/order")
+    def workshop_order() -> Response:
+        g.candidate_product = WORKSHOP_ORDER.product_id
+        return workshop_answer(lambda: place(WORKSHOP_ORDER).remaining)
+
+    @bp.post("/v1/orders")
     def create_order() -> tuple[Response, int]:
         order = order_from_request(settings.max_per_order)
         placed = place(order)
@@ -72,5 +75,17 @@ def create_app(settings: Settings | None = None) -> Flask:
             quantity=order.quantity,
             remaining=placed.remaining,
         ), 201
+
+    app.register_blueprint(bp)
+
+    @app.get("/v1/orders/<order_id>")
+    def get_order(order_id: str) -> Response:
+        return jsonify(find_order(engine, order_id))
+
+    @app.get("/v1/orders")
+    def list_orders() -> Response:
+        pid = parse_product_id(request.args.get("product_id"))
+        user = parse_user_id(request.args.get("user_id"))
+        return jsonify(orders=user_orders(engine, pid, user))
 
     return app

@@ -6,11 +6,25 @@ from flask import Flask, Response, g, jsonify, request
 
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
-from hotdeal.errors import ApiError
 from hotdeal.redis_client import redis_from_settings
 from hotdeal.schema import order_history
-from hotdeal.validation import OrderRequest, parse_idempotency_key
-from hotdeal.web import ReadinessCheck, install_common, order_from_request, sold
+from hotdeal.validation import (
+    OrderRequest,
+    parse_idempotency_key,
+    parse_product_id,
+    parse_user_id,
+)
+from hotdeal.web import (
+    ReadinessCheck,
+    init_errors,
+    init_health,
+    init_metrics,
+    order_from_request,
+    orders_blueprint,
+    product_known,
+    sold,
+    workshop_answer,
+)
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
 
@@ -30,47 +44,43 @@ def create_app(settings: Settings | None = None) -> Flask:
         engine=engine,
         hold_ms=settings.hold_ms,
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        durability_mode=settings.redis_durability,
+        durability_timeout_ms=settings.redis_durability_timeout_ms,
     )
-
     stock.warm_up()
 
     app = Flask(__name__)
-    app.config["HOTDEAL"] = settings
     app.extensions["hotdeal_engine"] = engine
 
-    def redis_ready() -> None:
-        client.ping()
-
-    checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
+    # /readyz fails while Redis is down or can't give the configured durability.
+    checks: dict[str, ReadinessCheck] = {"redis": stock.ready}
     if engine is not None:
         checks["database"] = lambda: table_reachable(engine, order_history)
-    install_common(
-        app,
-        service=SERVICE,
-        checks=checks,
-        order_endpoints={"workshop_order", "create_order"},
-        readers=[lambda: read_stock(client, SERVICE)],
-    )
+    init_errors(app)
+    init_health(app, checks)
+    init_metrics(app, SERVICE, checks, readers=[lambda: read_stock(client, SERVICE)])
 
-    @app.get("/order-redis")
+    orders = orders_blueprint(SERVICE)
+
+    @orders.get("/order-redis")
     def workshop_order() -> Response:
-        try:
-            g.product = WORKSHOP_ORDER.product_id
-            taken = stock.take(WORKSHOP_ORDER, limit=0, idempotency_key=None)
-        except ApiError as err:
-            if err.code == "sold_out":
-                g.order_result = "sold_out"
-                # The workshop's body; 409 so ab's "Non-2xx" counts the sold-out answers.
-                return Response("Out Of Stock", status=409, mimetype="text/plain")
-            raise
-        sold(SERVICE, WORKSHOP_ORDER)
-        return Response(str(taken.remaining), mimetype="text/plain")
+        g.candidate_product = WORKSHOP_ORDER.product_id
 
-    @app.post("/v1/orders")
+        def take() -> int:
+            taken = stock.take(
+                WORKSHOP_ORDER, limit=0, idempotency_key=None, list_under_buyer=False
+            )
+            sold(SERVICE, WORKSHOP_ORDER)
+            return taken.remaining
+
+        return workshop_answer(take)
+
+    @orders.post("/v1/orders")
     def create_order() -> tuple[Response, int]:
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
         order = order_from_request(settings.max_per_order)
         taken = stock.take(order, limit=settings.per_user_limit, idempotency_key=key)
+        product_known()
         response = jsonify(
             order_id=taken.order_id,
             product_id=order.product_id,
@@ -82,5 +92,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         else:
             sold(SERVICE, order)
         return response, 201
+
+    app.register_blueprint(orders)
+
+    @app.get("/v1/orders/<order_id>")
+    def get_order(order_id: str) -> Response:
+        return jsonify(stock.lookup(order_id))
+
+    @app.get("/v1/orders")
+    def list_orders() -> Response:
+        pid = parse_product_id(request.args.get("product_id"))
+        user = parse_user_id(request.args.get("user_id"))
+        return jsonify(orders=stock.user_orders(pid, user))
 
     return app

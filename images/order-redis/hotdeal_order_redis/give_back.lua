@@ -1,11 +1,28 @@
--- Undo a take whose inline RDBMS insert failed (inline mode only), so a failed
--- request sells nothing. KEYS: 1 quantity, 2 sold, 3 buyers, 4 idempotency key or "".
--- ARGV: 1 quantity, 2 user id.
+-- Inline mode: undo a take whose RDBMS insert failed, so a failed request sells nothing.
+-- The sequence number stays used (the fence only ever moves forward).
+-- KEYS: 1 books, 2 buyers, 3 buyer-orders, 4 orders, 5 idempotency key (or placeholder)
+-- ARGV: 1 quantity, 2 user id, 3 order id, 4 "1" if KEYS[5] is a real key
 local qty = tonumber(ARGV[1])
-redis.call("INCRBY", KEYS[1], qty)
-redis.call("DECRBY", KEYS[2], qty)
-redis.call("HINCRBY", KEYS[3], ARGV[2], -qty)
-if KEYS[4] ~= "" then
-  redis.call("DEL", KEYS[4])
+redis.call("HINCRBY", KEYS[1], "quantity", qty)
+redis.call("HINCRBY", KEYS[1], "sold", -qty)
+redis.call("HINCRBY", KEYS[1], "inline_pending", -qty)
+redis.call("HINCRBY", KEYS[2], ARGV[2], -qty)
+local listed = redis.call("HGET", KEYS[3], ARGV[2])
+if listed then
+  local kept = {}
+  for id in string.gmatch(listed, "%S+") do
+    if id ~= ARGV[3] then
+      kept[#kept + 1] = id
+    end
+  end
+  if #kept > 0 then
+    redis.call("HSET", KEYS[3], ARGV[2], table.concat(kept, " "))
+  else
+    redis.call("HDEL", KEYS[3], ARGV[2])
+  end
+end
+redis.call("HDEL", KEYS[4], ARGV[3])
+if ARGV[4] == "1" then
+  redis.call("DEL", KEYS[5])
 end
 return 1

@@ -1,21 +1,36 @@
-"""Taking stock in Redis: the Python side of take_stock.lua / give_back.lua."""
+"""Taking stock in Redis: the Python side of take_stock.lua and its inline helpers.
+
+The take and its durability wait (hotdeal.durability) go out in one round trip on one
+connection. What the client can know afterwards decides the answer:
+- the connection could not be made, or Redis refused before running the script
+  (LOADING, READONLY, OOM, ...): nothing was sold -> 503 `unavailable`;
+- the take was sent but no reply came (timeout, connection lost), or the durability
+  wait timed out: it may have sold -> 503 `outcome_unknown`;
+- otherwise the script's answer.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
+from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from redis.commands.core import Script
+from sqlalchemy import Engine, select
 
-from hotdeal import errors, redis_keys
+from hotdeal import durability, errors, redis_keys
 from hotdeal.errors import ApiError
+from hotdeal.fence import SOURCE
 from hotdeal.history import OrderRow, insert_new, new_order_id
+from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 
-SOURCE = "redis"
+log = logging.getLogger(__name__)
 
 
 def _script(name: str) -> str:
@@ -28,6 +43,10 @@ class Taken:
     remaining: int
     ordered_at: datetime
     replayed: bool
+
+
+def _at(ms: Any) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
 
 
 class RedisStock:
@@ -43,6 +62,8 @@ class RedisStock:
         engine: Engine | None = None,
         hold_ms: int = 0,
         idempotency_ttl_s: int = 86400,
+        durability_mode: str = "fsync",
+        durability_timeout_ms: int = 500,
     ) -> None:
         if write == "inline" and engine is None:
             raise ValueError("inline order writes need a database engine")
@@ -51,62 +72,179 @@ class RedisStock:
         self.engine = engine
         self.hold_s = hold_ms / 1000
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.durability_mode = durability_mode
+        self.durability_timeout_ms = durability_timeout_ms
         self._take = client.register_script(_script("take_stock.lua"))
         self._give_back = client.register_script(_script("give_back.lua"))
+        self._inline_done = client.register_script(_script("inline_done.lua"))
+        self._plan: durability.WaitPlan | None = None
+        self._plan_checked = 0.0
+        self._plan_lock = threading.Lock()
+        # The fence: per product, the highest (epoch, seq) this process answered 201 for.
+        self._seen: dict[int, tuple[int, int]] = {}
 
+    # -- start-up and readiness ------------------------------------------------------
     def warm_up(self) -> None:
-        """Load the scripts and open a connection now, not on the first buyer's request.
-        Best effort: a Redis that is down at start-up is /readyz's business."""
+        """Load the scripts, open a connection and check durability now, not on the first
+        buyer's request. Best effort: a Redis that is down at start-up is /readyz's
+        business."""
         try:
-            for script in (self._take, self._give_back):
+            for script in (self._take, self._give_back, self._inline_done):
                 script.sha = self.client.script_load(script.script)
-        except redis.RedisError:
-            pass
+            self.durability_plan(force=True)
+        except (redis.RedisError, durability.DurabilityError) as exc:
+            log.warning("not ready yet: %s", exc)
 
-    def take(self, order: OrderRequest, *, limit: int, idempotency_key: str | None) -> Taken:
+    def durability_plan(self, *, force: bool = False) -> durability.WaitPlan:
+        """The verified wait plan; re-checked every 5 s (a server's config can change).
+        Raises DurabilityError when the server can't give the configured level."""
+        now = time.monotonic()
+        if not force and self._plan is not None and now - self._plan_checked < 5:
+            return self._plan
+        with self._plan_lock:
+            try:
+                self._plan = durability.plan(
+                    self.client, self.durability_mode, self.durability_timeout_ms
+                )
+            except durability.DurabilityError:
+                self._plan = None
+                raise
+            finally:
+                self._plan_checked = now
+        return self._plan
+
+    def ready(self) -> None:
+        self.client.ping()
+        self.durability_plan(force=True)
+
+    # -- the take ----------------------------------------------------------------------
+    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` in one write, read every reply (errors as values). Raises
+        `unavailable` if nothing was sent, `outcome_unknown` if a reply went missing."""
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            raise errors.unavailable() from None
+        try:
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                conn.disconnect()
+                raise errors.outcome_unknown() from None
+        finally:
+            pool.release(conn)
+
+    def _run_take(self, keys: list[str], args: list[Any], plan: durability.WaitPlan) -> list[Any]:
+        script: Script = self._take
+        for attempt in (1, 2):
+            commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
+            if plan.command is not None:
+                commands.append(plan.command)
+            replies = self._round_trip(commands)
+            reply = replies[0]
+            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
+                script.sha = self.client.script_load(script.script)  # not run: safe to resend
+                continue
+            if isinstance(reply, Exception):
+                # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was sold.
+                log.warning("take refused by Redis: %s", str(reply).split("\n")[0][:200])
+                raise errors.unavailable()
+            if reply[0] == "ok" and not plan.satisfied(replies[-1] if plan.command else None):
+                raise errors.outcome_unknown()
+            return reply
+        raise errors.unavailable()
+
+    def take(
+        self,
+        order: OrderRequest,
+        *,
+        limit: int,
+        idempotency_key: str | None,
+        list_under_buyer: bool = True,
+    ) -> Taken:
+        try:
+            plan = self.durability_plan()
+        except durability.DurabilityError:
+            raise errors.unavailable() from None
+        except redis.RedisError:
+            raise errors.unavailable() from None
         pid, user = order.product_id, order.user_id
-        idem = redis_keys.idempotency(pid, user, idempotency_key) if idempotency_key else ""
+        idem_key = (
+            redis_keys.idempotency(pid, user, idempotency_key)
+            if idempotency_key
+            else redis_keys.idempotency_placeholder(pid)
+        )
         keys = [
-            redis_keys.quantity(pid),
-            redis_keys.sold(pid),
+            redis_keys.books(pid),
             redis_keys.buyers(pid),
-            redis_keys.opens_at(pid),
+            redis_keys.buyer_orders(pid),
+            redis_keys.orders(pid),
             redis_keys.orders_stream(pid),
-            idem,
+            idem_key,
         ]
+        seen_epoch, seen_seq = self._seen.get(pid, (0, 0))
         args = [
             order.quantity,
             user,
             limit,
-            new_order_id(),
+            new_order_id(pid),
             pid,
-            "1" if self.write == "stream" else "0",
+            self.write,
             self.idempotency_ttl_s,
+            idempotency_key or "",
+            seen_epoch,
+            seen_seq,
+            "1" if list_under_buyer else "0",
         ]
-        status, *rest = self._take(keys=keys, args=args)
-        if status in ("ok", "replay"):
-            remaining, order_id, at_ms = int(rest[0]), rest[1], int(rest[2])
-            taken = Taken(
-                order_id,
-                remaining,
-                datetime.fromtimestamp(at_ms / 1000, UTC),
-                replayed=status == "replay",
-            )
-            if status == "ok" and self.write == "inline":
-                self._insert_inline(order, taken, keys, idem)
+        status, *rest = self._run_take(keys, args, plan)
+        if status == "ok":
+            remaining, order_id, at_ms, epoch, seq, generation = rest
+            if (epoch, seq) > self._seen.get(pid, (0, 0)):
+                self._seen[pid] = (int(epoch), int(seq))
+            taken = Taken(order_id, int(remaining), _at(at_ms), replayed=False)
+            if self.write == "inline":
+                marks = (int(generation), int(epoch), int(seq))
+                self._insert_inline(order, taken, marks, keys, idempotency_key)
             return taken
+        if status == "replay":
+            remaining, order_id, at_ms, state = rest
+            if state == "pending" and not self._committed(order_id):
+                raise errors.in_progress()
+            return Taken(order_id, int(remaining), _at(at_ms), replayed=True)
         raise _refusal(status, rest, order, limit)
 
-    def _insert_inline(self, order: OrderRequest, taken: Taken, keys: list[str], idem: str) -> None:
+    # -- inline mode (the workshop's in-request insert) ----------------------------------
+    def _insert_inline(
+        self,
+        order: OrderRequest,
+        taken: Taken,
+        marks: tuple[int, int, int],
+        keys: list[str],
+        idempotency_key: str | None,
+    ) -> None:
+        assert self.engine is not None
+        generation, epoch, seq = marks
         row = OrderRow(
             taken.order_id,
             order.product_id,
+            generation,
             order.user_id,
             order.quantity,
             SOURCE,
             taken.ordered_at,
+            take_epoch=epoch,
+            take_seq=seq,
+            idempotency_key=idempotency_key,
         )
-        assert self.engine is not None
+        has_key = "1" if idempotency_key else "0"
         try:
             with self.engine.begin() as conn:
                 insert_new(conn, [row])
@@ -114,21 +252,68 @@ class RedisStock:
         except Exception:
             # Nothing was sold if the row is not stored: put the stock back.
             self._give_back(
-                keys=[keys[0], keys[1], keys[2], idem], args=[order.quantity, order.user_id]
+                keys=[keys[0], keys[1], keys[2], keys[3], keys[5]],
+                args=[order.quantity, order.user_id, taken.order_id, has_key],
             )
             raise
+        # Only a committed order may be replayed to a retry (its key said "pending").
+        self._inline_done(keys=[keys[0], keys[5]], args=[order.quantity, has_key, taken.order_id])
+
+    def _committed(self, order_id: str) -> bool:
+        if self.engine is None:
+            return False
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(order_history.c.order_id).where(order_history.c.order_id == order_id)
+            ).first()
+        return found is not None
+
+    # -- lookups -----------------------------------------------------------------------
+    def lookup(self, order_id: str) -> dict[str, Any]:
+        pid = redis_keys.product_of_order(order_id)
+        if pid is None:
+            raise errors.unknown_order()
+        record = self.client.hget(redis_keys.orders(pid), order_id)
+        if record is None:
+            raise errors.unknown_order()
+        user, quantity, at_ms = record.split(" ")
+        return _order(order_id, pid, user, int(quantity), at_ms)
+
+    def user_orders(self, pid: int, user: str) -> list[dict[str, Any]]:
+        listed = self.client.hget(redis_keys.buyer_orders(pid), user)
+        ids = listed.split() if listed else []
+        if not ids:
+            return []
+        records = self.client.hmget(redis_keys.orders(pid), ids)
+        found = []
+        for order_id, record in zip(ids, records, strict=True):
+            if record:
+                _, quantity, at_ms = record.split(" ")
+                found.append(_order(order_id, pid, user, int(quantity), at_ms))
+        return found
 
 
-def _refusal(status: str, rest: list[str], order: OrderRequest, limit: int) -> ApiError:
+def _order(order_id: str, pid: int, user: str, quantity: int, at_ms: str) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "product_id": pid,
+        "user_id": user,
+        "quantity": quantity,
+        "ordered_at": _at(at_ms).isoformat(),
+    }
+
+
+def _refusal(status: str, rest: list[Any], order: OrderRequest, limit: int) -> ApiError:
     if status == "sold_out":
         return errors.sold_out(int(rest[0]))
     if status == "limit_exceeded":
-        return errors.limit_exceeded(limit)
+        return errors.limit_exceeded(limit, rest[1].split() if len(rest) > 1 else [])
     if status == "not_open":
-        opens = datetime.fromtimestamp(int(rest[0]) / 1000, UTC)
-        return errors.not_open(opens.isoformat())
+        return errors.not_open(_at(rest[0]).isoformat())
     if status == "unknown":
         return errors.unknown_product(order.product_id)
+    if status == "paused":
+        return errors.paused(rest[0])
     if status == "key_reused":
         return ApiError(
             422,

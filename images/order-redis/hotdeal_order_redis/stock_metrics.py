@@ -18,19 +18,25 @@ def _products(client: redis.Redis) -> list[int]:
 
 def read_stock(client: redis.Redis, service: str) -> Iterable[Metric]:
     remaining, initial = stock_families()
+    paused = GaugeMetricFamily(
+        "hotdeal_sales_paused",
+        "1 while selling a product is paused (its Redis books went backwards; see "
+        "hotdeal-ops repair).",
+        labels=["service", "product"],
+    )
     products = _products(client)
     pipe = client.pipeline(transaction=False)
     for pid in products:
-        pipe.get(redis_keys.quantity(pid))
-        pipe.get(redis_keys.initial(pid))
-    values = pipe.execute()
-    for i, pid in enumerate(products):
-        left, first = values[2 * i], values[2 * i + 1]
-        if left is not None:
-            remaining.add_metric([service, str(pid)], float(left))
-        if first is not None:
-            initial.add_metric([service, str(pid)], float(first))
-    yield from (remaining, initial)
+        pipe.hmget(
+            redis_keys.books(pid), redis_keys.QUANTITY, redis_keys.INITIAL, redis_keys.PAUSED
+        )
+    for pid, (left, first, why) in zip(products, pipe.execute(), strict=True):
+        if left is None:
+            continue
+        remaining.add_metric([service, str(pid)], float(left))
+        initial.add_metric([service, str(pid)], float(first or 0))
+        paused.add_metric([service, str(pid)], 1.0 if why else 0.0)
+    yield from (remaining, initial, paused)
 
 
 def read_backlog(client: redis.Redis) -> Iterable[Metric]:

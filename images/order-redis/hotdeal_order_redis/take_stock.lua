@@ -1,64 +1,93 @@
--- One atomic step per order: check and take the stock, enforce the event rules and
--- (write-behind mode) enqueue the order record. Redis runs a script alone, so no
--- other order can interleave: the stock never goes below zero.
+-- One atomic step per order: check the books are not behind what was already answered,
+-- check and take the stock, enforce the event rules, record the order (stream mode:
+-- enqueue it for the writer). Redis runs a script alone, so no other order can
+-- interleave: the stock never goes below zero. Every refusal returns before any write.
 --
--- KEYS: 1 quantity, 2 sold, 3 buyers, 4 opens-at, 5 orders stream, 6 idempotency key
---       (KEYS[6] is "" when the request has no Idempotency-Key)
+-- KEYS: 1 books (hash), 2 buyers, 3 buyer-orders, 4 orders, 5 stream, 6 idempotency key
+--       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is "")
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
---       6 "1" to enqueue into the stream, 7 idempotency TTL seconds
+--       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
+--       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
+--       11 "1" to list the order under the buyer (not for the workshop's shared buyer)
 -- Returns {status, ...}:
---   {"ok", remaining, order_id, ordered_at_ms}     {"replay", remaining, order_id, ordered_at_ms}
+--   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
+--   {"replay", remaining, order_id, ordered_at_ms, state}   state: "done" | "pending"
 --   {"key_reused", first_quantity}  {"unknown"}  {"not_open", opens_at_ms}
---   {"limit_exceeded", bought}      {"sold_out", remaining}
-local qty = tonumber(ARGV[1])
+--   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining}  {"paused", reason}
+local b = redis.call("HMGET", KEYS[1],
+  "quantity", "seq", "epoch", "generation", "opens_at", "paused", "sold")
+if not b[1] then
+  return {"unknown"}
+end
+if b[6] then
+  return {"paused", b[6]}
+end
 
-if KEYS[6] ~= "" then
-  local first = redis.call("HMGET", KEYS[6], "quantity", "remaining", "order_id", "ordered_at")
+-- Fence: a client that answered 201 for take (epoch, seq) must never see books older
+-- than that. If it does, Redis came back from an older state (restart from an older
+-- AOF, failover to a lagging replica, a restore): stop selling until repaired.
+local epoch, seq = tonumber(b[3]), tonumber(b[2])
+local seen_epoch, seen_seq = tonumber(ARGV[9]), tonumber(ARGV[10])
+if epoch < seen_epoch or (epoch == seen_epoch and seq < seen_seq) then
+  local reason = "rollback: books at " .. epoch .. "/" .. seq ..
+    " but take " .. seen_epoch .. "/" .. seen_seq .. " was already answered"
+  redis.call("HSET", KEYS[1], "paused", reason)
+  return {"paused", reason}
+end
+
+local qty = tonumber(ARGV[1])
+local idem = ARGV[8]
+if idem ~= "" then
+  local first = redis.call("HMGET", KEYS[6], "quantity", "remaining", "order_id",
+    "ordered_at", "state")
   if first[1] then
     if tonumber(first[1]) ~= qty then
       return {"key_reused", first[1]}
     end
-    return {"replay", tonumber(first[2]), first[3], first[4]}
+    return {"replay", first[2], first[3], first[4], first[5] or "done"}
   end
 end
-
-local stock = redis.call("GET", KEYS[1])
-if not stock then
-  return {"unknown"}
-end
-stock = tonumber(stock)
 
 local t = redis.call("TIME")
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local opens_at = redis.call("GET", KEYS[4])
-if opens_at and now_ms < tonumber(opens_at) then
-  return {"not_open", opens_at}
+if b[5] and now_ms < tonumber(b[5]) then
+  return {"not_open", b[5]}
 end
 
+local user = ARGV[2]
 local limit = tonumber(ARGV[3])
 if limit > 0 then
-  local bought = tonumber(redis.call("HGET", KEYS[3], ARGV[2]) or "0")
+  local bought = tonumber(redis.call("HGET", KEYS[2], user) or "0")
   if bought + qty > limit then
-    return {"limit_exceeded", bought}
+    return {"limit_exceeded", bought, redis.call("HGET", KEYS[3], user) or ""}
   end
 end
 
+local stock = tonumber(b[1])
 if stock < qty then
   return {"sold_out", stock}
 end
 
-local remaining = redis.call("DECRBY", KEYS[1], qty)
-redis.call("INCRBY", KEYS[2], qty)
-redis.call("HINCRBY", KEYS[3], ARGV[2], qty)
-if ARGV[6] == "1" then
+local remaining = stock - qty
+seq = seq + 1
+local order_id = ARGV[4]
+redis.call("HSET", KEYS[1], "quantity", remaining, "sold", tonumber(b[7]) + qty, "seq", seq)
+if ARGV[6] == "inline" then
+  redis.call("HINCRBY", KEYS[1], "inline_pending", qty)
+else
   redis.call("XADD", KEYS[5], "*",
-    "order_id", ARGV[4], "product_id", ARGV[5], "user_id", ARGV[2],
-    "quantity", qty, "ordered_at", now_ms)
+    "order_id", order_id, "product_id", ARGV[5], "generation", b[4], "user_id", user,
+    "quantity", qty, "ordered_at", now_ms, "epoch", epoch, "seq", seq, "idem", idem)
 end
-if KEYS[6] ~= "" then
-  redis.call("HSET", KEYS[6], "quantity", qty, "remaining", remaining,
-    "order_id", ARGV[4], "ordered_at", now_ms)
+redis.call("HINCRBY", KEYS[2], user, qty)
+if ARGV[11] == "1" then
+  local listed = redis.call("HGET", KEYS[3], user)
+  redis.call("HSET", KEYS[3], user, listed and (listed .. " " .. order_id) or order_id)
+end
+redis.call("HSET", KEYS[4], order_id, user .. " " .. qty .. " " .. now_ms)
+if idem ~= "" then
+  redis.call("HSET", KEYS[6], "quantity", qty, "remaining", remaining, "order_id", order_id,
+    "ordered_at", now_ms, "state", ARGV[6] == "inline" and "pending" or "done")
   redis.call("EXPIRE", KEYS[6], tonumber(ARGV[7]))
 end
-return {"ok", remaining, ARGV[4], tostring(now_ms)}
+return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4]}

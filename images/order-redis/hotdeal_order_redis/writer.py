@@ -5,6 +5,18 @@ deleted from the stream) only after the insert committed, and the insert skips o
 ids already stored, so a batch replayed after a crash inserts nothing twice. Entries
 left pending by a dead writer are taken over with XAUTOCLAIM once they have been idle
 for HOTDEAL_WRITER_CLAIM_IDLE_MS. Any number of writers may share the group.
+
+It never dies on what it reads or on a database that is away:
+- a database that is down or restarting (connection lost, Oracle ORA-01109/ORA-12514
+  ...): the batch is kept and retried with backoff;
+- a row the database refuses (a poisoned order): the batch is split in halves until the
+  row is alone, the rest is stored, and the row goes to the dead-letter stream with the
+  reason (hotdeal_writer_dead_letters_total, alert HotdealDeadLetters);
+- before a batch is stored, Redis is asked to make it as durable as the services'
+  answers (hotdeal.durability), so the database never holds an order Redis may lose;
+- after each batch and every HOTDEAL_WRITER_CHECK_MS it checks that Redis's books are
+  not behind the database (hotdeal.fence) and repairs paused books once the product's
+  stream is drained (HOTDEAL_WRITER_AUTO_REPAIR).
 """
 
 from __future__ import annotations
@@ -24,8 +36,8 @@ import sqlalchemy.exc
 from prometheus_client import REGISTRY, start_http_server
 from sqlalchemy import Engine, insert
 
-from hotdeal import metrics, redis_keys
-from hotdeal.config import ConfigError, Settings, env_int
+from hotdeal import durability, fence, metrics, redis_keys
+from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.errors import is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
@@ -49,11 +61,19 @@ def _row(fields: dict[str, str]) -> OrderRow:
     return OrderRow(
         order_id=fields["order_id"],
         prod_id=int(fields["product_id"]),
+        generation=int(fields["generation"]),
         user_id=fields["user_id"],
         quantity=int(fields["quantity"]),
         source=SOURCE,
         ordered_at=datetime.fromtimestamp(int(fields["ordered_at"]) / 1000, UTC),
+        take_epoch=int(fields["epoch"]),
+        take_seq=int(fields["seq"]),
+        idempotency_key=fields.get("idem") or None,
     )
+
+
+def _product(stream: str) -> int:
+    return int(stream.split("}")[0].removeprefix("{prod-"))
 
 
 class OrderWriter:
@@ -66,6 +86,11 @@ class OrderWriter:
         batch_size: int = 500,
         max_wait_ms: int = 200,
         claim_idle_ms: int = 10_000,
+        durability_mode: str = "fsync",
+        durability_timeout_ms: int = 500,
+        check_ms: int = 2000,
+        auto_repair: bool = True,
+        idempotency_ttl_s: int = 86400,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -73,10 +98,19 @@ class OrderWriter:
         self.batch_size = min(batch_size, MAX_IN_LIST)
         self.max_wait_ms = max_wait_ms
         self.claim_idle_ms = claim_idle_ms
+        self.durability_mode = durability_mode
+        self.durability_timeout_ms = durability_timeout_ms
+        self.check_s = check_ms / 1000
+        self.auto_repair = auto_repair
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.stop = threading.Event()
         self._streams: list[str] = []
         self._streams_at = 0.0
         self._claimed_at = 0.0
+        self._checked_at = 0.0
+        self._retry: list[Entry] = []
+        self._plan: durability.WaitPlan | None = None
+        self._plan_at = 0.0
 
     # -- reading -------------------------------------------------------------------
     def streams(self) -> list[str]:
@@ -141,24 +175,50 @@ class OrderWriter:
         return batch
 
     def _entries(self, messages: Iterable[tuple[str, tuple[str, dict[str, str]]]]) -> list[Entry]:
-        """Parse stream entries; a malformed one goes to the dead-letter stream (kept for a
-        human) instead of blocking the writers forever."""
         entries: list[Entry] = []
         for stream, (mid, fields) in messages:
             try:
                 entries.append(Entry(stream, mid, _row(fields)))
-            except (KeyError, ValueError):
-                log.error("malformed entry %s %s moved to %s", stream, mid, redis_keys.DEAD_LETTER)
-                pipe = self.client.pipeline(transaction=True)
-                pipe.xadd(redis_keys.DEAD_LETTER, {"stream": stream, "id": mid, **fields})
-                pipe.xack(stream, redis_keys.WRITER_GROUP, mid)
-                pipe.xdel(stream, mid)
-                pipe.execute()
+            except (KeyError, ValueError) as exc:
+                self.dead_letter(stream, mid, fields, f"malformed entry: {exc!r}")
         return entries
 
+    def dead_letter(self, stream: str, mid: str, fields: dict[str, str], reason: str) -> None:
+        """Keep the entry for a human (with why), and let the stream move on."""
+        log.error("entry %s %s moved to %s: %s", stream, mid, redis_keys.DEAD_LETTER, reason)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(redis_keys.DEAD_LETTER, {"stream": stream, "id": mid, "reason": reason, **fields})
+        pipe.xack(stream, redis_keys.WRITER_GROUP, mid)
+        pipe.xdel(stream, mid)
+        pipe.execute()
+        writer_metrics.DEAD_LETTERS.inc()
+
+    # -- durability ----------------------------------------------------------------
+    def make_durable(self, batch: list[Entry]) -> None:
+        """Wait until the entries read are as durable as the answers given for them.
+
+        WAITAOF/WAIT cover the calling client's own writes, so a tiny write on the same
+        connection (per product, in its slot) comes first: the log is sequential, and
+        once that write is durable every entry read before it is too."""
+        if self._plan is None or time.monotonic() - self._plan_at > 5:
+            self._plan = None
+            self._plan = durability.plan(
+                self.client, self.durability_mode, self.durability_timeout_ms
+            )
+            self._plan_at = time.monotonic()
+        plan = self._plan
+        if plan.command is None:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream in sorted({e.stream for e in batch}):
+            pipe.set(f"{redis_keys.prefix(_product(stream))}-writer-sync", self.consumer)
+        pipe.execute_command(*plan.command)
+        replies = pipe.execute(raise_on_error=False)
+        if not plan.satisfied(replies[-1]):
+            raise durability.DurabilityError(f"durability wait timed out: {replies[-1]!r}")
+
     # -- writing -------------------------------------------------------------------
-    def persist(self, batch: list[Entry]) -> int:
-        rows = [e.row for e in batch]
+    def _insert(self, rows: list[OrderRow]) -> int:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(order_history), [r.as_params() for r in rows])
@@ -169,7 +229,29 @@ class OrderWriter:
             with self.engine.begin() as conn:
                 return insert_new(conn, rows)
 
-    def acknowledge(self, batch: list[Entry]) -> None:
+    def persist(self, batch: list[Entry]) -> tuple[int, list[Entry]]:
+        """Store what the database accepts; returns (inserted, entries it refused).
+
+        A refusal that is not the database being away is narrowed down by halving, so
+        one poisoned row never holds back the orders batched with it."""
+        try:
+            return self._insert([e.row for e in batch]), []
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            if len(batch) == 1:
+                entry = batch[0]
+                # The class and the driver's error code only: never the row's values.
+                reason = f"{exc.__class__.__name__}: {_code(exc)}"
+                log.warning("order %s refused by the database (%s)", entry.row.order_id, reason)
+                return 0, [entry]
+        half = len(batch) // 2
+        done_a, refused_a = self.persist(batch[:half])
+        done_b, refused_b = self.persist(batch[half:])
+        return done_a + done_b, refused_a + refused_b
+
+    def acknowledge(self, batch: list[Entry]) -> dict[str, dict[str, str]]:
+        """XACK + XDEL the batch, and read each product's books in the same round trip."""
         by_stream: dict[str, list[str]] = {}
         for e in batch:
             by_stream.setdefault(e.stream, []).append(e.entry_id)
@@ -178,66 +260,160 @@ class OrderWriter:
             pipe.xack(stream, redis_keys.WRITER_GROUP, *ids)
             # Persisted entries leave the stream, so its length is the backlog.
             pipe.xdel(stream, *ids)
-        pipe.execute()
+            pipe.hgetall(redis_keys.books(_product(stream)))
+        replies = pipe.execute()
+        return {s: replies[3 * i + 2] for i, s in enumerate(by_stream)}
 
-    def run(self) -> None:
-        pending: list[Entry] = []
-        backoff = 0.1
-        log.info("writer %s started", self.consumer)
-        while not self.stop.is_set():
-            try:
-                batch = pending or self._claim_stale() or self._read_new()
-                pending = batch
-                if batch:
-                    started = time.perf_counter()
-                    inserted = self.persist(batch)
-                    self.acknowledge(batch)
-                    writer_metrics.BATCH_DURATION.observe(time.perf_counter() - started)
-                    writer_metrics.BATCH_SIZE.observe(len(batch))
-                    writer_metrics.PERSISTED.inc(inserted)
-                pending = []
-                backoff = 0.1
-            except redis.ResponseError as exc:
-                # `hotdeal-ops reset` deleted a stream we were reading: find the groups again.
-                if "NOGROUP" not in str(exc) and "no longer exists" not in str(exc):
-                    raise
-                log.info("stream reset (%s); reloading streams", exc)
-                self._streams, pending = [], []
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                # Keep the batch (it stays pending in Redis too) and retry it.
-                log.warning(
-                    "backend unavailable (%s), retrying in %.1fs", exc.__class__.__name__, backoff
+    def check_fence(self, batch: list[Entry], books: dict[str, dict[str, str]]) -> None:
+        """The batch just stored is in the database: Redis's books must be at or past
+        it. If not, Redis came back older than the database: pause the product."""
+        newest: dict[str, tuple[int, int, int]] = {}
+        for e in batch:
+            mark = (e.row.generation, e.row.take_epoch or 0, e.row.take_seq or 0)
+            newest[e.stream] = max(newest.get(e.stream, mark), mark)
+        for stream, (generation, epoch, seq) in newest.items():
+            current = books.get(stream) or {}
+            if not current or int(current.get(redis_keys.GENERATION, 0)) != generation:
+                continue  # reset since: an old event's orders
+            have = (int(current.get(redis_keys.EPOCH, 0)), int(current.get(redis_keys.SEQ, 0)))
+            if have < (epoch, seq):
+                reason = (
+                    f"{fence.ROLLBACK}books at {have[0]}/{have[1]} but take "
+                    f"{epoch}/{seq} was just persisted"
                 )
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                log.error("product %s: %s", _product(stream), reason)
+                fence.pause(self.client, _product(stream), reason)
+
+    def check_books(self) -> None:
+        """Every check interval: pause products whose books are behind the database,
+        and repair paused ones whose stream is drained (HOTDEAL_WRITER_AUTO_REPAIR)."""
+        if time.monotonic() - self._checked_at < self.check_s:
+            return
+        self._checked_at = time.monotonic()
+        for stream in self.streams():
+            pid = _product(stream)
+            reason = fence.check(self.engine, self.client, pid)
+            if not reason:
+                continue
+            writer_metrics.PAUSED_SEEN.inc()
+            if (
+                self.auto_repair
+                and reason.startswith(fence.ROLLBACK)
+                and not self.client.xlen(stream)
+            ):
+                try:
+                    report = fence.repair(
+                        self.engine, self.client, pid, idempotency_ttl_s=self.idempotency_ttl_s
+                    )
+                    log.warning("product %s repaired from the database: %s", pid, report)
+                    writer_metrics.REPAIRS.inc()
+                except fence.RepairError as exc:
+                    log.warning("product %s not repaired yet: %s", pid, exc)
+
+    def run_once(self) -> int:
+        """Read, store and acknowledge one batch; returns how many entries it handled."""
+        # A batch that failed half-way is retried first (its entries are still pending).
+        batch = self._retry or self._claim_stale() or self._read_new()
+        self._retry = batch
+        if batch:
+            started = time.perf_counter()
+            self.make_durable(batch)
+            inserted, refused = self.persist(batch)
+            for entry in refused:
+                fields = {k: str(v) for k, v in entry.row.as_params().items() if v is not None}
+                self.dead_letter(entry.stream, entry.entry_id, fields, "refused by the database")
+            stored = [e for e in batch if e not in refused]
+            books = self.acknowledge(stored) if stored else {}
+            self.check_fence(stored, books)
+            writer_metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+            writer_metrics.BATCH_SIZE.observe(len(batch))
+            writer_metrics.PERSISTED.inc(inserted)
+        self._retry = []
+        self.check_books()
+        return len(batch)
+
+    def run(self, *, max_batches: int | None = None, burst: bool = False) -> None:
+        """Until stopped; `max_batches` and `burst` (stop once nothing is left) bound it
+        for tests and one-off drains, as rq's worker does."""
+        backoff = 0.1
+        batches = 0
+        log.info("writer %s started", self.consumer)
+        while not self.stop.is_set() and (max_batches is None or batches < max_batches):
+            try:
+                handled = self.run_once()
+                batches += 1
+                backoff = 0.1
+                if burst and not handled:
+                    break
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc) or "no longer exists" in str(exc):
+                    # `hotdeal-ops reset` deleted a stream we were reading.
+                    log.info("stream reset (%s); reloading streams", exc)
+                    self._streams, self._retry = [], []
+                    continue
+                backoff = self._back_off(exc, backoff)
+            except Exception as exc:  # never die: an unknown failure is retried too
+                backoff = self._back_off(exc, backoff)
         log.info("writer %s stopped", self.consumer)
+
+    def _back_off(self, exc: Exception, backoff: float) -> float:
+        # Entries read stay pending in Redis (this writer, or another one after
+        # claim_idle_ms, reads them again): nothing is lost by waiting.
+        level = logging.WARNING if is_unavailable(exc) else logging.ERROR
+        log.log(
+            level,
+            "%s: %s; retrying in %.1fs",
+            exc.__class__.__name__,
+            _code(exc),
+            backoff,
+            exc_info=level == logging.ERROR,
+        )
+        writer_metrics.RETRIES.labels(exc.__class__.__name__).inc()
+        self.stop.wait(backoff)
+        return min(backoff * 2, 2.0)
+
+
+def _code(exc: BaseException) -> str:
+    """A database error's code (SQLSTATE, ORA-nnnnn), never its message's parameters."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        return f"SQLSTATE {sqlstate}"
+    text = str(orig if orig is not None else exc).split("\n")[0]
+    return text[:200]
 
 
 def build_writer(settings: Settings | None = None) -> OrderWriter:
     settings = settings or Settings.from_env()
     return OrderWriter(
-        make_redis(settings.need_redis(), timeout_s=5.0),
+        make_redis(
+            settings.need_redis(),
+            timeout_s=(settings.redis_timeout_ms + settings.redis_durability_timeout_ms) / 1000
+            + 5.0,
+        ),
         make_engine(
             settings.need_database(), pool_size=2, connect_timeout_s=settings.db_connect_timeout_s
         ),
-        consumer=os.environ.get("HOTDEAL_WRITER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-        batch_size=env_int("HOTDEAL_WRITER_BATCH", 500, minimum=1),
-        max_wait_ms=env_int("HOTDEAL_WRITER_MAX_WAIT_MS", 200, minimum=1),
-        claim_idle_ms=env_int("HOTDEAL_WRITER_CLAIM_IDLE_MS", 10_000, minimum=100),
+        consumer=settings.writer_name or f"{socket.gethostname()}-{os.getpid()}",
+        batch_size=settings.writer_batch,
+        max_wait_ms=settings.writer_max_wait_ms,
+        claim_idle_ms=settings.writer_claim_idle_ms,
+        durability_mode=settings.redis_durability,
+        durability_timeout_ms=settings.redis_durability_timeout_ms,
+        check_ms=settings.writer_check_ms,
+        auto_repair=settings.writer_auto_repair,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
     )
 
 
-def serve_metrics(writer: OrderWriter) -> None:
+def serve_metrics(writer: OrderWriter, settings: Settings) -> None:
     """The writer's /metrics (one process: the default registry), with the backlog read
     from Redis at scrape time. HOTDEAL_WRITER_METRICS_PORT=0 turns it off."""
-    port = env_int("HOTDEAL_WRITER_METRICS_PORT", 9102)
-    if port == 0:
+    if settings.writer_metrics_port == 0:
         return
     REGISTRY.register(metrics.ScrapeCollector(lambda: read_backlog(writer.client)))
     REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_persisted(writer.engine)))
-    start_http_server(port, addr=os.environ.get("HOTDEAL_WRITER_METRICS_ADDR", "0.0.0.0"))
+    start_http_server(settings.writer_metrics_port, addr=settings.writer_metrics_addr)
 
 
 def main() -> None:
@@ -246,10 +422,11 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        writer = build_writer()
+        settings = Settings.from_env()
+        writer = build_writer(settings)
     except ConfigError as exc:
         raise SystemExit(f"hotdeal-writer: {exc}") from None
-    serve_metrics(writer)
+    serve_metrics(writer, settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: writer.stop.set())
     writer.run()

@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
 from hotdeal.metrics import LATENCY_BUCKETS
-from hotdeal.schema import order_history
+from hotdeal.schema import hotdeal_list, order_history
 
 PERSISTED = Counter(
     "hotdeal_writer_orders_persisted_total",
@@ -27,6 +27,22 @@ BATCH_DURATION = Histogram(
 )
 
 
+DEAD_LETTERS = Counter(
+    "hotdeal_writer_dead_letters_total",
+    "Orders moved to the dead-letter stream (malformed, or refused by the database).",
+)
+RETRIES = Counter(
+    "hotdeal_writer_retries_total",
+    "Batches retried after a failure, by exception class (database or Redis away).",
+    ["error"],
+)
+PAUSED_SEEN = Counter(
+    "hotdeal_writer_paused_books_seen_total",
+    "Checks that found a product's Redis books paused (rolled back).",
+)
+REPAIRS = Counter("hotdeal_writer_repairs_total", "Products whose Redis books the writer rebuilt.")
+
+
 def read_persisted(engine: Engine) -> Iterable[Metric]:
     """Units in order_history per product and design, from the database: the other side
     of the oversell alert (persisted above the initial stock). One GROUP BY per scrape."""
@@ -35,9 +51,16 @@ def read_persisted(engine: Engine) -> Iterable[Metric]:
         "Units sold per product and design, as stored in order_history.",
         labels=["product", "source"],
     )
-    query = select(
-        order_history.c.prod_id, order_history.c.source, func.sum(order_history.c.quantity)
-    ).group_by(order_history.c.prod_id, order_history.c.source)
+    # The current event only: rows of an older generation are not this event's sales.
+    query = (
+        select(order_history.c.prod_id, order_history.c.source, func.sum(order_history.c.quantity))
+        .join(
+            hotdeal_list,
+            (hotdeal_list.c.prod_id == order_history.c.prod_id)
+            & (hotdeal_list.c.generation == order_history.c.generation),
+        )
+        .group_by(order_history.c.prod_id, order_history.c.source)
+    )
     with engine.connect() as conn:
         for prod_id, source, units in conn.execute(query):
             family.add_metric([str(prod_id), source], float(units))

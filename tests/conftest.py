@@ -3,8 +3,6 @@ harness starts on free ports, and to the services as gunicorn runs them."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,29 +11,22 @@ import redis
 from sqlalchemy import Engine
 
 from hotdeal.db import make_engine
-from hotdeal_local.servers import PostgresServer, Process, RedisServer, free_port, gunicorn, ops
+from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops
 from hotdeal_ops.reset import reset as reset_both
 
-from .helpers import Service
-
-
-def _workdir(name: str) -> Path:
-    # World-traversable so PostgreSQL, which runs as `postgres` when we are root, can enter.
-    path = Path(tempfile.mkdtemp(prefix=f"hotdeal-{name}-"))
-    os.chmod(path, 0o755)
-    return path
+from .helpers import Service, service_running, workdir
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(_workdir("redis")).start()
+    server = RedisServer(workdir("redis")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    server = PostgresServer(_workdir("pg")).start()
+    server = PostgresServer(workdir("pg")).start()
     yield server
     server.stop("immediate")
 
@@ -76,14 +67,12 @@ def reset(engine: Engine, rclient: redis.Redis):
 
 @pytest.fixture(scope="session")
 def logs() -> Path:
-    return _workdir("logs")
+    return workdir("logs")
 
 
 def _service(name: str, env: dict[str, str], logs: Path, **extra: str) -> Iterator[Service]:
-    port = free_port()
-    proc = gunicorn(name, port, {**env, **extra}, log=logs / f"{name}-{port}.log").start()
-    yield Service(name, f"http://127.0.0.1:{port}", proc)
-    proc.stop()
+    with service_running(name, env, logs, **extra) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

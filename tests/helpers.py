@@ -1,18 +1,24 @@
-"""HTTP helpers: real requests against the services, many at once."""
+"""Test support: scratch folders, services started as gunicorn runs them, and HTTP
+helpers for real requests against them, many at once."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import subprocess
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
-from hotdeal_local.servers import Process, ops
+from hotdeal_local.servers import Process, free_port, gunicorn, ops
 
 
 @dataclass
@@ -34,6 +40,35 @@ class Service:
 
     def get(self, path: str, timeout: float = 30) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=timeout)
+
+
+def workdir(name: str) -> Path:
+    """A scratch folder, world-traversable so PostgreSQL (run as `postgres` when we are
+    root) can enter it."""
+    path = Path(tempfile.mkdtemp(prefix=f"hotdeal-{name}-"))
+    os.chmod(path, 0o755)
+    return path
+
+
+def start_service(
+    name: str, env: dict[str, str], logs: Path | None = None, **extra: str
+) -> Service:
+    port = free_port()
+    log = logs / f"{name}-{port}.log" if logs else None
+    return Service(
+        name, f"http://127.0.0.1:{port}", gunicorn(name, port, {**env, **extra}, log=log).start()
+    )
+
+
+@contextlib.contextmanager
+def service_running(
+    name: str, env: dict[str, str], logs: Path | None = None, **extra: str
+) -> Iterator[Service]:
+    service = start_service(name, env, logs, **extra)
+    try:
+        yield service
+    finally:
+        service.proc.stop()
 
 
 def stampede(

@@ -9,7 +9,7 @@ import subprocess
 
 from hotdeal_local.servers import BIN, free_port
 
-from .conftest import _workdir
+from .helpers import workdir
 
 DESIGN_KEYS = {
     "name",
@@ -48,7 +48,7 @@ def test_demo_runs_end_to_end(tmp_path):
             "--out",
             str(out),
             "--workdir",
-            str(_workdir("demo")),
+            str(workdir("demo")),
         ],
         env=env,
         capture_output=True,

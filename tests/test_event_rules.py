@@ -10,7 +10,7 @@ from sqlalchemy import select
 from hotdeal import redis_keys
 from hotdeal.schema import order_history
 
-from .helpers import reconcile, stampede, statuses
+from .helpers import reconcile, service_running, stampede, statuses
 
 
 def _body(user: str, quantity: int = 1) -> dict:
@@ -46,19 +46,13 @@ def test_idempotency_key_replays_the_first_answer(order_redis, reset, rclient, w
 
 
 def test_idempotency_keys_expire(stack_env, logs, reset, rclient, writer_proc):
-    from .conftest import _service
-
-    gen = _service(
+    with service_running(
         "order-redis", stack_env, logs, HOTDEAL_IDEMPOTENCY_TTL_S="7", HOTDEAL_PER_USER_LIMIT="0"
-    )
-    service = next(gen)
-    try:
+    ) as service:
         reset(10)
         service.order(_body("erin"), headers={"Idempotency-Key": "k"})
         ttl = rclient.ttl(redis_keys.idempotency(1, "erin", "k"))
         assert 0 < ttl <= 7
-    finally:
-        next(gen, None)
 
 
 def test_stampede_of_1000_users_with_retries(order_redis, reset, stack_env, engine, writer_proc):

@@ -18,14 +18,11 @@ from hotdeal_local.servers import (
     PostgresServer,
     Process,
     RedisServer,
-    free_port,
-    gunicorn,
     ops,
     writer,
 )
 
-from .conftest import _workdir
-from .helpers import Service, buyers, reconcile, stampede, statuses
+from .helpers import Service, buyers, reconcile, stampede, start_service, statuses, workdir
 
 # Generous client deadline: a backend that is down must answer long before it.
 FAST = 1.0
@@ -53,15 +50,14 @@ class Stack:
 
 
 def _service(name: str, env: dict[str, str]) -> Service:
-    port = free_port()
-    return Service(name, f"http://127.0.0.1:{port}", gunicorn(name, port, env).start())
+    return start_service(name, env)
 
 
 @pytest.fixture
 def stack(request) -> Iterator[Stack]:
     fsync = getattr(request, "param", "always")
-    rs = RedisServer(_workdir("fault-redis"), appendfsync=fsync).start()
-    pg = PostgresServer(_workdir("fault-pg")).start()
+    rs = RedisServer(workdir("fault-redis"), appendfsync=fsync).start()
+    pg = PostgresServer(workdir("fault-pg")).start()
     env = {
         "HOTDEAL_DATABASE_URL": pg.url,
         "HOTDEAL_REDIS_URL": rs.url,
@@ -207,3 +203,21 @@ def test_inline_mode_gives_the_stock_back_when_the_insert_fails(stack):
         assert code == 0, report["violations"]
     finally:
         inline.proc.stop()
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_reset_while_the_writer_drains_never_mixes_events(stack, run):
+    """A batch the writer read before `reset` commits after it: that order belongs to
+    the old event (its generation), never to the new one's books."""
+    ops(stack.env, "reset", "--stock", "3000")
+    assert statuses(stampede(stack.order_redis, buyers(1500))) == {201: 1500}
+    client = stack.redis_client()
+    stream = redis_keys.orders_stream(1)
+    stack.new_writer("drainer")
+    _eventually(lambda: client.xlen(stream) < 1500, timeout=30)  # draining has begun
+    ops(stack.env, "reset", "--stock", "100")
+    assert statuses(stampede(stack.order_redis, buyers(40))) == {201: 40}
+    code, report = reconcile(stack.env)
+    assert code == 0, report["violations"]
+    assert report["order_history"]["rows"] == 40
+    assert report["redis"]["persisted"] == 40

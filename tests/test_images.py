@@ -17,8 +17,7 @@ import requests
 
 from hotdeal_local.servers import REPO, free_port
 
-from .conftest import _workdir
-from .helpers import Service, buyers, reconcile, stampede, statuses
+from .helpers import Service, buyers, reconcile, stampede, statuses, workdir
 
 pytestmark = pytest.mark.images
 
@@ -41,7 +40,7 @@ def image(service: str) -> str:
 @pytest.fixture(scope="module")
 def secrets(stack_env) -> Path:
     """The connection URLs as files, as the chart mounts its Secrets."""
-    folder = _workdir("secrets")
+    folder = workdir("secrets")
     for key, var in (("database-url", "HOTDEAL_DATABASE_URL"), ("redis-url", "HOTDEAL_REDIS_URL")):
         (folder / key).write_text(stack_env[var])
         (folder / key).chmod(0o644)  # readable by the image's uid 10001

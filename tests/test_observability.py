@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hotdeal_local.prometheus import RULES, prometheus, query
 from hotdeal_local.servers import REPO, free_port
 
-from .conftest import _workdir
-from .helpers import buyers, stampede
+from .helpers import buyers, stampede, workdir
 
 DASHBOARD = REPO / "charts" / "hotdeal" / "files" / "dashboard.json"
 RULE_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yaml"
@@ -179,9 +178,9 @@ def test_every_alert_has_a_unit_test():
 
 def test_real_prometheus_sees_the_event(legacy, order_redis, writer_proc, reset_module):
     port = free_port()
-    workdir: Path = _workdir("prometheus")
+    folder: Path = workdir("prometheus")
     prom = prometheus(
-        workdir,
+        folder,
         port,
         {
             "hotdeal-legacy": [legacy.url.removeprefix("http://")],

@@ -15,7 +15,7 @@ from pydantic import (
     ValidationError,
 )
 
-from hotdeal.errors import ApiError
+from hotdeal.errors import ApiError, unknown_order
 
 MAX_USER_ID = 64
 MAX_IDEMPOTENCY_KEY = 128
@@ -95,3 +95,14 @@ def parse_product_id(raw: str | None) -> int:
     if raw is None or not raw.isdigit() or len(raw) > 10 or not 1 <= int(raw) <= 2_000_000_000:
         raise ApiError(400, "invalid_request", "product_id: an integer from 1 to 2000000000")
     return int(raw)
+
+
+_ORDER_ID = re.compile(r"[0-9a-zA-Z-]{1,48}")
+
+
+def parse_order_id(raw: str) -> str:
+    """Anything that can't be an order id ("<product>-<uuid>") is no order: 404, without
+    reaching a backend (a database may choke on what a path can carry, e.g. NUL)."""
+    if not _ORDER_ID.fullmatch(raw):
+        raise unknown_order()
+    return raw

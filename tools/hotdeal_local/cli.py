@@ -16,7 +16,7 @@ from hotdeal_local.stack import LocalStack, PortTaken, running
 
 
 def up(args: argparse.Namespace) -> int:
-    stack = LocalStack(stock=args.stock, hold_ms=args.hold_ms)
+    stack = LocalStack(workdir=args.workdir, stock=args.stock, hold_ms=args.hold_ms)
     stack.check_ports(prometheus=True)
     with running(stack):
         print("starting redis-server and PostgreSQL (data under .local/) ...", flush=True)
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p_up = sub.add_parser("up", help="run the stack in the foreground")
     p_up.add_argument("--stock", type=int, default=10_000)
     p_up.add_argument("--hold-ms", type=int, default=30)
+    p_up.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_demo = sub.add_parser("demo", help="replay the workshop against each design and compare")
     p_demo.add_argument("--requests", "-n", type=int, default=3000)
     p_demo.add_argument("--concurrency", "-c", type=int, default=150)

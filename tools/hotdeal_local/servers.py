@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import secrets
@@ -14,10 +15,25 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the process that started it dies, so
+    nothing we start outlives us, however we end (even SIGKILL)."""
+
+    def _set() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+    return _set
 
 
 class Missing(RuntimeError):
@@ -112,6 +128,7 @@ class RedisServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         assert self.proc.stdin is not None
         self.proc.stdin.write(config.encode())
@@ -171,6 +188,7 @@ class PostgresServer:
         self.port = port or free_port()
         self.max_connections = max_connections
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -213,27 +231,37 @@ class PostgresServer:
                 "--no-instructions",
             )
         options = [
-            f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
-            f"-k {self.workdir}",
-            f"-c max_connections={self.max_connections}",
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+            str(self.workdir),
+            "-c",
+            f"max_connections={self.max_connections}",
         ]
         # Always durable: the write-behind writer deletes an order from the Redis stream
         # once its commit returns, so a commit that a crash can undo would lose orders
         # (the fault tests crash PostgreSQL on purpose).
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.workdir / "postgres.log"),
-            "-o",
-            " ".join(options),
-            "-w",
-            "-t",
-            "30",
-            "start",
+        # The postmaster runs as our child (not daemonized by pg_ctl) and gets SIGINT (a
+        # fast shutdown) if we die: `make up` never leaves a PostgreSQL behind.
+        if self.as_user:
+            launcher = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+            launcher += ["--pdeathsig=INT", "--"]
+            preexec = None
+        else:
+            launcher, preexec = [], die_with_parent(signal.SIGINT)
+        log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115 (the child keeps it)
+        self.proc = subprocess.Popen(
+            [*launcher, str(self.bindir / "postgres"), "-D", str(self.data), *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+            cwd="/",
         )
+        log.close()
+        _wait("postgres", self._accepting, 60, self.proc)
         if fresh:
             self._run(
                 str(self.bindir / "createdb"),
@@ -247,9 +275,25 @@ class PostgresServer:
             )
         return self
 
+    def _accepting(self) -> bool:
+        done = subprocess.run(
+            [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            check=False,
+        )
+        return done.returncode == 0
+
     def stop(self, mode: str = "fast") -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+        """`fast` (SIGINT: roll back, checkpoint) or `immediate` (SIGQUIT: a crash)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            return
+        self.proc.send_signal(signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def running(self) -> bool:
         return port_taken(self.port)
@@ -283,6 +327,7 @@ class Process:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
             cwd=REPO,
         )
         if self.health_url:

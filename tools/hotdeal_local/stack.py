@@ -117,7 +117,12 @@ class LocalStack:
 
 @contextlib.contextmanager
 def running(stack: LocalStack) -> Iterator[LocalStack]:
-    """Stops everything on exit, also on SIGTERM (turned into KeyboardInterrupt)."""
+    """Stops everything on exit, also on SIGTERM (turned into KeyboardInterrupt).
+
+    Once stopping has begun, further SIGINT/SIGTERM (a second Ctrl-C, make and us both
+    signalled as one process group) are ignored until it is done: an interrupted
+    clean-up is what leaves servers running. Should we die anyway (SIGKILL), every child
+    was started with a parent-death signal (servers.die_with_parent)."""
 
     def _interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -126,5 +131,10 @@ def running(stack: LocalStack) -> Iterator[LocalStack]:
     try:
         yield stack
     finally:
-        stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, previous)

@@ -9,7 +9,7 @@ from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.db_waits import read_db_waits
 from hotdeal.schema import hotdeal_list
-from hotdeal.validation import OrderRequest, parse_product_id, parse_user_id
+from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
     init_errors,
     init_health,
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:
-        return jsonify(find_order(engine, order_id))
+        return jsonify(find_order(engine, parse_order_id(order_id)))
 
     @app.get("/v1/orders")
     def list_orders() -> Response:

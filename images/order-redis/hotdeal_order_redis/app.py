@@ -11,6 +11,7 @@ from hotdeal.schema import order_history
 from hotdeal.validation import (
     OrderRequest,
     parse_idempotency_key,
+    parse_order_id,
     parse_product_id,
     parse_user_id,
 )
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:
-        return jsonify(stock.lookup(order_id))
+        return jsonify(stock.lookup(parse_order_id(order_id)))
 
     @app.get("/v1/orders")
     def list_orders() -> Response:

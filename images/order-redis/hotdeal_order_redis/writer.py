@@ -55,6 +55,7 @@ class Entry:
     stream: str
     entry_id: str
     row: OrderRow
+    fields: dict[str, str]  # as read, for the dead-letter stream
 
 
 def _row(fields: dict[str, str]) -> OrderRow:
@@ -178,7 +179,7 @@ class OrderWriter:
         entries: list[Entry] = []
         for stream, (mid, fields) in messages:
             try:
-                entries.append(Entry(stream, mid, _row(fields)))
+                entries.append(Entry(stream, mid, _row(fields), fields))
             except (KeyError, ValueError) as exc:
                 self.dead_letter(stream, mid, fields, f"malformed entry: {exc!r}")
         return entries
@@ -229,7 +230,7 @@ class OrderWriter:
             with self.engine.begin() as conn:
                 return insert_new(conn, rows)
 
-    def persist(self, batch: list[Entry]) -> tuple[int, list[Entry]]:
+    def persist(self, batch: list[Entry]) -> tuple[int, list[tuple[Entry, str]]]:
         """Store what the database accepts; returns (inserted, entries it refused).
 
         A refusal that is not the database being away is narrowed down by halving, so
@@ -244,7 +245,7 @@ class OrderWriter:
                 # The class and the driver's error code only: never the row's values.
                 reason = f"{exc.__class__.__name__}: {_code(exc)}"
                 log.warning("order %s refused by the database (%s)", entry.row.order_id, reason)
-                return 0, [entry]
+                return 0, [(entry, reason)]
         half = len(batch) // 2
         done_a, refused_a = self.persist(batch[:half])
         done_b, refused_b = self.persist(batch[half:])
@@ -319,10 +320,12 @@ class OrderWriter:
             started = time.perf_counter()
             self.make_durable(batch)
             inserted, refused = self.persist(batch)
-            for entry in refused:
-                fields = {k: str(v) for k, v in entry.row.as_params().items() if v is not None}
-                self.dead_letter(entry.stream, entry.entry_id, fields, "refused by the database")
-            stored = [e for e in batch if e not in refused]
+            for entry, reason in refused:
+                self.dead_letter(
+                    entry.stream, entry.entry_id, entry.fields, f"refused by the database: {reason}"
+                )
+            set_aside = {entry.entry_id for entry, _ in refused}
+            stored = [e for e in batch if e.entry_id not in set_aside]
             books = self.acknowledge(stored) if stored else {}
             self.check_fence(stored, books)
             writer_metrics.BATCH_DURATION.observe(time.perf_counter() - started)

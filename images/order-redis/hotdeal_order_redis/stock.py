@@ -145,10 +145,8 @@ class RedisStock:
     def _run_take(self, keys: list[str], args: list[Any], plan: durability.WaitPlan) -> list[Any]:
         script: Script = self._take
         for attempt in (1, 2):
-            commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
-            if plan.command is not None:
-                commands.append(plan.command)
-            replies = self._round_trip(commands)
+            take = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = self._round_trip([take, *plan.commands])
             reply = replies[0]
             if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
                 script.sha = self.client.script_load(script.script)  # not run: safe to resend
@@ -157,7 +155,7 @@ class RedisStock:
                 # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was sold.
                 log.warning("take refused by Redis: %s", str(reply).split("\n")[0][:200])
                 raise errors.unavailable()
-            if reply[0] == "ok" and not plan.satisfied(replies[-1] if plan.command else None):
+            if reply[0] == "ok" and not plan.satisfied(replies[1:]):
                 raise errors.outcome_unknown()
             return reply
         raise errors.unavailable()

@@ -208,15 +208,17 @@ class OrderWriter:
             )
             self._plan_at = time.monotonic()
         plan = self._plan
-        if plan.command is None:
+        if not plan.commands:
             return
         pipe = self.client.pipeline(transaction=False)
-        for stream in sorted({e.stream for e in batch}):
+        streams = sorted({e.stream for e in batch})
+        for stream in streams:
             pipe.set(f"{redis_keys.prefix(_product(stream))}-writer-sync", self.consumer)
-        pipe.execute_command(*plan.command)
-        replies = pipe.execute(raise_on_error=False)
-        if not plan.satisfied(replies[-1]):
-            raise durability.DurabilityError(f"durability wait timed out: {replies[-1]!r}")
+        for command in plan.commands:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)[len(streams) :]
+        if not plan.satisfied(replies):
+            raise durability.DurabilityError(f"durability wait timed out: {replies!r}")
 
     # -- writing -------------------------------------------------------------------
     def _insert(self, rows: list[OrderRow]) -> int:

@@ -1,0 +1,322 @@
+"""A 201 survives any single fault (issue: durable answers). Each test runs a private
+Redis (Debian's 7.0, or valkey-server 9.1 for WAITAOF) beside the session's
+PostgreSQL, with order-redis as gunicorn runs it and writers as processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from hotdeal import redis_keys
+from hotdeal.durability import online_replicas
+from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops, writer
+
+from .helpers import Service, reconcile, start_service, statuses, workdir
+
+VALKEY = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "tools" / "valkey-server"
+if not VALKEY.exists():
+    VALKEY = Path(__file__).resolve().parents[1] / ".venv" / "tools" / "valkey-server"
+
+
+@dataclass
+class Event:
+    redis: RedisServer
+    env: dict[str, str]
+    cleanup: ExitStack
+    services: list[Service] = field(default_factory=list)
+    writers: list[Process] = field(default_factory=list)
+
+    def service(self, **extra: str) -> Service:
+        svc = start_service("order-redis", {**self.env, **extra})
+        self.cleanup.callback(svc.proc.stop, signal.SIGKILL)
+        self.services.append(svc)
+        return svc
+
+    def writer(self, name: str = "w", **extra: str) -> Process:
+        proc = writer({**self.env, "HOTDEAL_WRITER_NAME": name, **extra}, name=name).start()
+        self.cleanup.callback(proc.stop, signal.SIGKILL)
+        self.writers.append(proc)
+        return proc
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+    def books(self) -> dict[str, str]:
+        return self.client().hgetall(redis_keys.books(1))
+
+
+@pytest.fixture
+def event(pg_server: PostgresServer) -> Iterator[callable]:
+    with ExitStack() as cleanup:
+
+        def make(
+            *, appendfsync: str = "always", binary: str | None = None, stock: int = 100, **env: str
+        ) -> Event:
+            rs = RedisServer(workdir("dur-redis"), appendfsync=appendfsync, binary=binary).start()
+            cleanup.callback(rs.stop, signal.SIGKILL)
+            full = {
+                "HOTDEAL_DATABASE_URL": pg_server.url,
+                "HOTDEAL_REDIS_URL": rs.url,
+                "HOTDEAL_HOLD_MS": "0",
+                "HOTDEAL_WORKERS": "2",
+                "HOTDEAL_WRITER_CLAIM_IDLE_MS": "500",
+                "HOTDEAL_WRITER_CHECK_MS": "300",
+                **env,
+            }
+            ops(full, "init-db")
+            ops(full, "reset", "--stock", str(stock))
+            return Event(rs, full, cleanup)
+
+        yield make
+
+
+def order(service: Service, user: str, key: str | None = None, timeout: float = 10):
+    headers = {"Idempotency-Key": key} if key else None
+    return service.order(
+        {"product_id": 1, "user_id": user, "quantity": 1}, headers=headers, timeout=timeout
+    )
+
+
+# -- durability modes ---------------------------------------------------------------
+
+
+def test_fsync_refuses_to_serve_when_redis_cannot_fsync_each_answer(event):
+    """Redis 7.0 has no WAITAOF: fsync mode needs appendfsync always, and says so."""
+    ev = event(appendfsync="everysec")
+    svc = ev.service()
+    ready = svc.get("/readyz")
+    assert ready.status_code == 503
+    assert "appendfsync always" in ready.json()["failed"]["redis"]
+    r = order(svc, "early")
+    assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+    assert ev.books()["sold"] == "0"  # nothing was taken
+    ev.client().config_set("appendfsync", "always")
+    assert svc.get("/readyz").status_code == 200
+    time.sleep(5.5)  # the take path re-checks the server every 5 s
+    assert order(svc, "later").status_code == 201
+
+
+def test_none_is_the_workshops_unsafe_replay(event):
+    ev = event(appendfsync="everysec", HOTDEAL_REDIS_DURABILITY="none")
+    assert order(ev.service(), "u").status_code == 201
+
+
+@pytest.mark.skipif(not VALKEY.exists(), reason="valkey-server comes with make test")
+def test_fsync_waits_for_waitaof_on_servers_that_have_it(event):
+    ev = event(appendfsync="everysec", binary=str(VALKEY))
+    svc = ev.service()
+    assert svc.get("/readyz").status_code == 200
+    assert statuses([order(svc, f"u{i}") for i in range(20)]) == {201: 20}
+    ev.writer()
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+
+
+def _with_replica(ev: Event, binary: str | None = None) -> RedisServer:
+    replica = RedisServer(
+        workdir("dur-replica"), appendfsync="always", binary=binary, replica_of=ev.redis
+    ).start()
+    ev.cleanup.callback(replica.stop, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while online_replicas(ev.client().info("replication")) < 1:
+        assert time.monotonic() < deadline, "the replica did not connect"
+        time.sleep(0.1)
+    return replica
+
+
+@pytest.mark.parametrize("binary", [None, str(VALKEY)], ids=["redis-7.0-WAIT", "valkey-WAITAOF"])
+def test_replica_mode_answers_only_what_a_replica_holds(event, binary):
+    if binary and not VALKEY.exists():
+        pytest.skip("valkey-server comes with make test")
+    ev = event(
+        binary=binary,
+        HOTDEAL_REDIS_DURABILITY="replica",
+        HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS="300",
+    )
+    svc = ev.service()
+    assert svc.get("/readyz").status_code == 503  # no replica yet
+    replica = _with_replica(ev, binary)
+    assert svc.get("/readyz").status_code == 200
+    time.sleep(5.5)  # the take path re-checks the server every 5 s
+    first = order(svc, "one", key="k-1")
+    assert first.status_code == 201, first.text
+    # A replica that stops acknowledging: the take ran, but is not safe -> outcome_unknown.
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        r = order(svc, "two", key="k-2")
+        assert (r.status_code, r.json()["error"]) == (503, "outcome_unknown")
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    # Finding out: the retry with the same key answers the original order.
+    retry = order(svc, "two", key="k-2")
+    assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+    mine = svc.get("/v1/orders?product_id=1&user_id=two").json()["orders"]
+    assert [o["order_id"] for o in mine] == [retry.json()["order_id"]]
+
+
+# -- outcome unknown -------------------------------------------------------------------
+
+
+def test_a_take_whose_reply_is_lost_is_outcome_unknown_not_unavailable(event):
+    """The script was sent and no answer came in time: the buyer must not be told
+    "nothing sold" (the replica test shows the branch where it did sell). Whatever
+    happened, the retry with the same key converges on exactly one order."""
+    ev = event(HOTDEAL_REDIS_TIMEOUT_MS="300", HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS="200")
+    svc = ev.service()
+    assert order(svc, "warm").status_code == 201
+    ev.client().execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    r = order(svc, "stalled", key="k-stalled")
+    assert (r.status_code, r.json()["error"]) == (503, "outcome_unknown")
+    assert r.headers["Retry-After"] == "1"
+    time.sleep(1.6)
+    again = order(svc, "stalled", key="k-stalled")
+    assert again.status_code == 201
+    mine = svc.get("/v1/orders?product_id=1&user_id=stalled").json()["orders"]
+    assert [o["order_id"] for o in mine] == [again.json()["order_id"]]
+    one = svc.get(f"/v1/orders/{mine[0]['order_id']}").json()
+    assert (one["user_id"], one["quantity"]) == ("stalled", 1)
+    # Without the key, the per-user limit names the order the buyer already has.
+    refused = order(svc, "stalled")
+    assert refused.status_code == 409
+    assert refused.json()["orders"] == [mine[0]["order_id"]]
+
+
+def test_redis_down_is_unavailable_and_sells_nothing(event):
+    ev = event()
+    svc = ev.service()
+    ev.redis.stop(signal.SIGKILL)
+    r = order(svc, "nobody", timeout=5)
+    assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+    assert r.headers["Retry-After"] == "1"
+
+
+# -- rollback fencing -------------------------------------------------------------------
+
+
+def _snapshot(ev: Event) -> Path:
+    """A copy of Redis's AOF as it is now (what a backup, or a lagging disk, holds)."""
+    copy = workdir("aof-copy") / "data"
+    shutil.copytree(ev.redis.workdir, copy, ignore=shutil.ignore_patterns("*.log"))
+    return copy
+
+
+def _restart_from(ev: Event, copy: Path) -> None:
+    ev.redis.stop(signal.SIGKILL)
+    shutil.rmtree(ev.redis.workdir)
+    shutil.copytree(copy, ev.redis.workdir)
+    ev.redis.start()
+
+
+def test_a_redis_rollback_pauses_selling_and_repair_never_resells(event):
+    """The issue's reproduction: stock 100, 80 sold, Redis restarted from an AOF taken at
+    50 sold. Before: the same users with the same keys bought again (130 units for a
+    stock of 100). Now: the next take notices, selling pauses, and the books are rebuilt
+    from order_history."""
+    ev = event(HOTDEAL_WRITER_AUTO_REPAIR="false")
+    svc = ev.service()
+    ev.writer()
+    answered = {}
+    for i in range(50):
+        r = order(svc, f"u{i}", key=f"k{i}")
+        answered[i] = r.json()["order_id"]
+    copy = _snapshot(ev)
+    for i in range(50, 80):
+        answered[i] = order(svc, f"u{i}", key=f"k{i}").json()["order_id"]
+    code, report = reconcile(ev.env)  # every order persisted
+    assert code == 0 and report["redis"]["persisted"] == 80, report
+    _restart_from(ev, copy)
+    assert ev.books()["sold"] == "50"  # Redis forgot 30 sales the database holds
+
+    replays = [order(svc, f"u{i}", key=f"k{i}") for i in range(50, 80)]
+    assert all(r.status_code == 503 for r in replays), statuses(replays)
+    assert all(r.json()["error"] == "paused" for r in replays)
+    assert "rollback" in ev.books()["paused"]
+    assert order(svc, "newcomer").json()["error"] == "paused"
+    metrics = svc.get("/metrics").text
+    assert 'hotdeal_sales_paused{product="1",service="order-redis"} 1.0' in metrics
+
+    done = ops(ev.env, "repair", "--product", "1", check=False)
+    assert done.returncode == 0, done.stderr
+    repaired = json.loads(done.stdout)
+    assert (repaired["sold"], repaired["remaining"]) == (80, 20)
+    # The same users with the same keys get their original orders, and buy nothing.
+    again = [order(svc, f"u{i}", key=f"k{i}") for i in range(50, 80)]
+    assert [r.json()["order_id"] for r in again] == [answered[i] for i in range(50, 80)]
+    assert all(r.headers.get("Idempotent-Replayed") == "true" for r in again)
+    rest = [order(svc, f"late{i}") for i in range(40)]
+    assert statuses(rest) == {201: 20, 409: 20}
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 100
+
+
+def test_the_writer_notices_a_rollback_no_service_saw(event):
+    """A fresh service (it has answered nothing yet) can't tell: the writer's check
+    against order_history pauses the product, then repairs it once drained."""
+    ev = event()
+    svc = ev.service()
+    copy = _snapshot(ev)
+    ev.writer()
+    assert statuses([order(svc, f"u{i}") for i in range(30)]) == {201: 30}
+    code, _ = reconcile(ev.env)
+    assert code == 0
+    for s in ev.services:
+        s.proc.stop(signal.SIGKILL)
+    _restart_from(ev, copy)  # back to before any sale
+    fresh = ev.service()
+    deadline = time.monotonic() + 30
+    while True:  # paused by the writer's check, then repaired by it
+        books = ev.books()
+        if books.get("sold") == "30" and "paused" not in books:
+            break
+        assert time.monotonic() < deadline, books
+        time.sleep(0.2)
+    assert statuses([order(fresh, f"v{i}") for i in range(80)]) == {201: 70, 409: 10}
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 100
+
+
+def test_redis_kill_9_in_fsync_mode_loses_no_answered_order(event):
+    ev = event(stock=1000)
+    svc = ev.service()
+    ev.writer()
+    answered: list[requests.Response] = []
+    stop = threading.Event()
+
+    def buy() -> None:
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(requests.RequestException):
+                answered.append(order(svc, f"k9-{threading.get_ident()}-{i}", timeout=5))
+            i += 1
+
+    threads = [threading.Thread(target=buy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    ev.redis.stop(signal.SIGKILL)
+    ev.redis.start()
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    ok = {r.json()["order_id"] for r in answered if r.status_code == 201}
+    assert ok and {r.status_code for r in answered} <= {201, 409, 503}
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    for oid in ok:  # every 201 is findable
+        assert svc.get(f"/v1/orders/{oid}").status_code == 200

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench chaos clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-images  build the images with podman (offline) and test them as containers"
 	@echo "make up           run the whole stack locally in the foreground (Ctrl-C stops it)"
 	@echo "make bench        the demo with -n 30000 against 10000 stock"
+	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
 
@@ -56,6 +57,21 @@ demo: deps venv
 
 bench: deps venv
 	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json $(DEMO_ARGS)
+
+# Several seeds with the default durability (replica: the only mode that survives a
+# failover), then `none` once, which must fail (the checker proves it can see a loss).
+CHAOS_SEEDS ?= 1 2 3
+CHAOS_ARGS ?= --rounds 12 --round-seconds 6
+chaos: deps venv
+	@set -e; for seed in $(CHAOS_SEEDS); do \
+	  $(BIN)/hotdeal-local chaos --seed $$seed $(CHAOS_ARGS) --out results/chaos-$$seed.json; \
+	done
+	@if $(BIN)/hotdeal-local chaos --seed 1 $(CHAOS_ARGS) --durability none \
+	    --out results/chaos-none.json > results/chaos-none.log 2>&1; then \
+	  echo "durability none passed the checker: it should have found lost orders" >&2; exit 1; \
+	else \
+	  tail -n 3 results/chaos-none.log; echo "durability none: the checker found the losses (expected)"; \
+	fi
 
 clean:
 	rm -rf .local results wheelhouse/*.whl

@@ -86,6 +86,31 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def chaos(args: argparse.Namespace) -> int:
+    from hotdeal_local.chaos import run_chaos
+
+    result = run_chaos(
+        seed=args.seed,
+        rounds=args.rounds,
+        round_s=args.round_seconds,
+        durability=args.durability,
+        workdir=args.workdir / f"chaos-{args.seed}-{args.durability}",
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"chaos seed {result['seed']}, durability {result['durability']}: "
+        f"{result['requests']} requests, {result['acknowledged']} acknowledged, "
+        f"{result['persisted_units']} units persisted, faults {result['faults']}"
+    )
+    print(f"outcomes: {result['outcomes']}")
+    for v in result["violations"]:
+        print(f"VIOLATION: {v}")
+    print(f"{'ok' if result['ok'] else 'FAILED'}; wrote {out}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotdeal-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,9 +132,17 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default="results/demo.json", help="JSON results; the PNG goes beside it"
     )
     p_demo.add_argument("--workdir", type=Path, default=REPO / ".local" / "demo")
+    p_chaos = sub.add_parser("chaos", help="fault-injection run with a checker")
+    p_chaos.add_argument("--seed", type=int, default=1)
+    p_chaos.add_argument("--rounds", type=int, default=12)
+    p_chaos.add_argument("--round-seconds", type=float, default=6.0)
+    p_chaos.add_argument("--durability", choices=("replica", "fsync", "none"), default="replica")
+    p_chaos.add_argument("--out", default="results/chaos.json")
+    p_chaos.add_argument("--workdir", type=Path, default=REPO / ".local")
     args = parser.parse_args(argv)
+    commands = {"up": up, "demo": demo, "chaos": chaos}
     try:
-        code = up(args) if args.command == "up" else demo(args)
+        code = commands[args.command](args)
     except (Missing, PortTaken) as exc:
         print(f"hotdeal-local: {exc}", file=sys.stderr)
         code = 2

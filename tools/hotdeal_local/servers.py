@@ -85,6 +85,7 @@ class RedisServer:
         binary: str | None = None,
         password: str | None = None,
         replica_of: RedisServer | None = None,
+        primary_port: int | None = None,
     ) -> None:
         self.binary = binary or _need("redis-server", "redis-server")
         self.workdir = workdir
@@ -92,6 +93,8 @@ class RedisServer:
         self.password = password or (replica_of.password if replica_of else secrets.token_hex(12))
         self.appendfsync = appendfsync
         self.replica_of = replica_of
+        # Where a replica reaches its primary (e.g. through a proxy that can lag).
+        self.primary_port = primary_port
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -114,7 +117,7 @@ class RedisServer:
                 "repl-diskless-sync-delay 0",
                 *(
                     [
-                        f"replicaof 127.0.0.1 {self.replica_of.port}",
+                        f"replicaof 127.0.0.1 {self.primary_port or self.replica_of.port}",
                         f'masterauth "{self.password}"',
                     ]
                     if self.replica_of

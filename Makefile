@@ -56,7 +56,8 @@ demo: deps venv
 	$(BIN)/hotdeal-local demo $(DEMO_ARGS)
 
 bench: deps venv
-	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json $(DEMO_ARGS)
+	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json \
+	  --designs legacy,order-redis-inline,order-redis,order-redis-none,legacy-slots-8 $(DEMO_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

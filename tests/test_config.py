@@ -44,3 +44,22 @@ def test_missing_urls_are_reported():
         Settings().need_database()
     with pytest.raises(ConfigError, match="HOTDEAL_REDIS_URL"):
         Settings().need_redis()
+
+
+def test_every_setting_is_documented_and_every_documented_one_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = "\n".join(
+        p.read_text()
+        for folder in ("src", "images", "ops", "tools")
+        for p in (root / folder).rglob("*.py")
+    )
+    used = set(re.findall(r"HOTDEAL_[A-Z0-9_]+", code)) - {"HOTDEAL_LIST"}
+    used = {u.removesuffix("_FILE") for u in used}
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Architecture")]
+    documented = set(re.findall(r"HOTDEAL_[A-Z0-9_]+", table))
+    assert used - documented == set(), "undocumented settings"
+    assert documented - used == set(), "documented settings no code reads"

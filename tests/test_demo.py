@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+from hotdeal_local.demo import BENCH_DESIGNS
 from hotdeal_local.servers import BIN, free_port
 
 from .helpers import workdir
@@ -49,6 +50,8 @@ def test_demo_runs_end_to_end(tmp_path):
             str(out),
             "--workdir",
             str(workdir("demo")),
+            "--designs",
+            ",".join(BENCH_DESIGNS),
         ],
         env=env,
         capture_output=True,
@@ -61,7 +64,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
     result = json.loads(out.read_text())
     assert result["hold_ms"] == 5
-    assert [d["name"] for d in result["designs"]] == ["legacy", "order-redis", "legacy-slots-8"]
+    assert [d["name"] for d in result["designs"]] == list(BENCH_DESIGNS)
     for d in result["designs"]:
         assert set(d) >= DESIGN_KEYS, d["name"]
         assert set(d["latency_ms"]) == {"mean", "p50", "p95", "p99"}
@@ -72,7 +75,13 @@ def test_demo_runs_end_to_end(tmp_path):
         assert d["orders_persisted"] == 160 and not d["oversold"]
         assert d["counts_agree"] and d["reconcile_ok"]
         assert d["orders_per_second"] > 0
-    assert result["designs"][1]["orders_in_redis"] == 160
+    for d in result["designs"][1:4]:  # the three Redis designs
+        assert d["orders_in_redis"] == 160, d["name"]
+    workshop = result["workshop"]
+    assert workshop["workshop_speedup"] == 4.0  # 120.35 / 29.75
+    assert set(workshop["designs"]) == {"legacy", "order-redis-inline"}
+    assert workshop["here_speedup_order-redis"] > 0
+    assert "The workshop's own runs" in done.stdout
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 

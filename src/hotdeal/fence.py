@@ -91,11 +91,23 @@ def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
 
 
 def check(engine: Engine, client: redis.Redis, pid: int) -> str | None:
-    """Pause `pid` if Redis's books are behind the database; returns the reason."""
+    """Pause `pid` if Redis's books are behind the database; returns the reason.
+
+    The database is read first, Redis second: Redis only moves forward, so books read
+    later must cover every order read before (the other order would see orders taken
+    between the two reads and pause a healthy product)."""
+    with engine.connect() as conn:
+        generation = conn.execute(
+            select(hotdeal_list.c.generation).where(hotdeal_list.c.prod_id == pid)
+        ).scalar()
+    if generation is None:
+        return None
+    marks = database_marks(engine, pid, generation)
     books = client.hgetall(redis_keys.books(pid))
     if not books or redis_keys.PAUSED in books:
         return books.get(redis_keys.PAUSED) if books else None
-    marks = database_marks(engine, pid, int(books[redis_keys.GENERATION]))
+    if int(books.get(redis_keys.GENERATION, 0)) != generation:
+        return None  # a reset is under way
     reason = behind(books, marks)
     if reason and pause(client, pid, reason):
         return reason

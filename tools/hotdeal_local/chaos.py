@@ -387,9 +387,16 @@ class Chaos:
         )
         unanswered = set(rows) - acknowledged_any
         if len(unanswered) > unresolved:
+            users = {rows[o].user_id for o in unanswered}
+            seen = [
+                f"{a.user}:{a.key}:{a.outcome}:{a.order_id}:e{a.event}"
+                for a in self.answers
+                if a.user in users
+            ]
             self.violations.append(
                 f"event {self.event}: {len(unanswered)} orders persisted without a 201, "
-                f"more than the {unresolved} requests left unknown"
+                f"more than the {unresolved} requests left unknown: "
+                f"{sorted((rows[o].user_id, o) for o in unanswered)[:5]}; answers {seen[:12]}"
             )
         if getattr(self, "poison", None) and self.poison in rows:
             self.violations.append("the poisoned order was persisted")

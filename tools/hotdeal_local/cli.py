@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from hotdeal_local.demo import DESIGNS, run_demo
+from hotdeal_local.demo import BENCH_DESIGNS, DEFAULT_DESIGNS, DESIGNS, run_demo
 from hotdeal_local.report import picture, table
 from hotdeal_local.servers import REPO, Missing
 from hotdeal_local.stack import LocalStack, PortTaken, running
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     p_demo.add_argument("--hold-ms", type=int, default=30)
     p_demo.add_argument(
         "--designs",
-        default=",".join(DESIGNS),
-        help=f"comma-separated, in run order (default {','.join(DESIGNS)})",
+        default=",".join(DEFAULT_DESIGNS),
+        help=f"comma-separated, in run order, of {', '.join(DESIGNS)} (default "
+        f"{','.join(DEFAULT_DESIGNS)}; make bench: {','.join(BENCH_DESIGNS)})",
     )
     p_demo.add_argument(
         "--out", default="results/demo.json", help="JSON results; the PNG goes beside it"

@@ -42,10 +42,35 @@ def table(result: dict[str, Any]) -> str:
             )
         )
     lines.append("")
+    lines += workshop_lines(result)
     for check in result.get("speed_bar", []):
         mark = "met " if check["ok"] else "MISS"
         lines.append(f"  [{mark}] {check['check']}: {check['value']}")
     return "\n".join(lines)
+
+
+def workshop_lines(result: dict[str, Any]) -> list[str]:
+    w = result.get("workshop")
+    if not w:
+        return []
+    lines = ["The workshop's own runs (ab -c 150 -n 3000; EC2, Flask dev server, Oracle):"]
+    for name, row in w["designs"].items():
+        here = (
+            f"here {row['here_seconds']:.1f} s, {row['here_requests_per_second']:.1f} req/s"
+            if row["here_seconds"] is not None
+            else "not run here"
+        )
+        lines.append(
+            f"  {name:<20} workshop {row['workshop_seconds']:.1f} s, "
+            f"{row['workshop_requests_per_second']:.2f} req/s;  {here}"
+        )
+    ups = [f"workshop {w['workshop_speedup']}x (Redis, insert still in the request)"]
+    for name in ("order-redis-inline", "order-redis", "order-redis-none"):
+        if f"here_speedup_{name}" in w:
+            ups.append(f"here {w[f'here_speedup_{name}']}x {name}")
+    lines.append("  speed-up over legacy: " + "; ".join(ups))
+    lines.append("")
+    return lines
 
 
 def picture(result: dict[str, Any], path: Path) -> None:

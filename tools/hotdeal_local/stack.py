@@ -77,6 +77,18 @@ class LocalStack:
     def reset(self, stock: int | None = None, slots: int = 8) -> None:
         ops(self.env, "reset", "--stock", str(stock or self.stock), "--slots", str(slots))
 
+    def redis_config(self, **settings: str) -> None:
+        """Change a setting of the running redis-server (e.g. appendfsync)."""
+        import redis as redis_py
+
+        assert self.redis
+        client = redis_py.Redis.from_url(self.redis.url)
+        try:
+            for name, value in settings.items():
+                client.config_set(name, value)
+        finally:
+            client.close()
+
     def start_service(self, name: str, port: int, **extra: str) -> Process:
         log = self.workdir / f"{name}-{port}.log"
         proc = gunicorn(name, port, {**self.env, **extra}, log=log).start()

@@ -10,11 +10,11 @@ import pytest
 import redis
 import requests
 import sqlalchemy.exc
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from hotdeal import redis_keys
 from hotdeal.errors import is_retryable_transaction, is_unavailable
-from hotdeal.schema import order_history
+from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal_ops.reset import reset as reset_both
 from hotdeal_order_redis import writer_metrics
 from hotdeal_order_redis.writer import OrderWriter
@@ -133,7 +133,18 @@ def _entry(user: str, generation: int, seq: int) -> dict[str, str]:
     }
 
 
-def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(engine, stack_env, caplog):
+@pytest.fixture
+def poison_product(engine):
+    """Product 901 exists only for the test: the other tests see one product."""
+    yield POISON_PRODUCT
+    with engine.begin() as conn:
+        for table in (order_history, hotdeal_slot, hotdeal_list):
+            conn.execute(delete(table).where(table.c.prod_id == POISON_PRODUCT))
+
+
+def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(
+    engine, stack_env, caplog, poison_product
+):
     """A row the database refuses (NUL in a user id, a user id too long for its column)
     goes to the dead-letter stream with the reason; the orders batched with it are
     stored; the writer keeps going and never logs the order's values. In process, on a

@@ -230,7 +230,7 @@ def test_real_prometheus_sees_the_event(legacy, order_redis, writer_proc, reset_
         )
         rules = requests.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()
         loaded = [r for g in rules["data"]["groups"] for r in g["rules"]]
-        assert len(loaded) == 10 and all(r["health"] == "ok" for r in loaded)
+        assert len(loaded) == 12 and all(r["health"] == "ok" for r in loaded)
         eventually(
             'up{job=~"hotdeal-.*"}',
             lambda r: len(r) == 3 and all(float(x["value"][1]) == 1 for x in r),

@@ -38,7 +38,7 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     code, report = reconcile(stack_env)
     assert code == 0, report["violations"]
     assert report["order_history"]["rows"] == 0
-    assert report["legacy_slots"]["slots"] == 4
+    assert report["legacy-slots"]["slots"] == 4
 
 
 def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):

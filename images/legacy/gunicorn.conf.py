@@ -6,17 +6,16 @@ each waiting buyer hold a database session that queues on the row lock, as the
 workshop's per-request connections did, so the lock waits show up in the database.
 """
 
-import os
-
 from hotdeal import gunicorn_setup
+from hotdeal.config import ServerSettings, Settings
 
-globals().update(gunicorn_setup.common())
+server = ServerSettings.from_env()
+globals().update(gunicorn_setup.common(server, Settings.from_env()))
 
-wsgi_app = "hotdeal_legacy.app:create_app()"
-worker_class = "gthread"
-workers = int(os.environ.get("HOTDEAL_WORKERS", "2"))
-threads = int(os.environ.get("HOTDEAL_THREADS", "32"))
+worker_class = server.worker_class or "gthread"
+workers = server.workers or 2
+threads = server.threads or 32
 # One pooled database connection per thread: a thread never waits for the pool.
-os.environ.setdefault("HOTDEAL_DB_POOL_SIZE", str(threads))
+wsgi_app = f"hotdeal_legacy.app:create_app(pool_size={threads})"
 # A queue on the hot row can make a single request wait for many seconds.
 timeout = 120

@@ -14,17 +14,19 @@ HOTDEAL_WORKERS from the pod's CPU request.
 import os
 
 from hotdeal import gunicorn_setup
+from hotdeal.config import ServerSettings, Settings
 
-globals().update(gunicorn_setup.common())
+server_settings, settings = ServerSettings.from_env(), Settings.from_env()
+globals().update(gunicorn_setup.common(server_settings, settings))
 
-inline = os.environ.get("HOTDEAL_ORDER_WRITE", "stream").lower() == "inline"
+inline = settings.order_write == "inline"
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-wsgi_app = "hotdeal_order_redis.app:create_app()"
-worker_class = os.environ.get("HOTDEAL_WORKER_CLASS", "gthread" if inline else "sync")
-workers = int(os.environ.get("HOTDEAL_WORKERS", str(2 * cores)))
-threads = int(os.environ.get("HOTDEAL_THREADS", "32" if inline else "1"))
-os.environ.setdefault("HOTDEAL_DB_POOL_SIZE", str(threads))
+worker_class = server_settings.worker_class or ("gthread" if inline else "sync")
+workers = server_settings.workers or 2 * cores
+threads = server_settings.threads or (32 if inline else 1)
+# Inline mode: one pooled database connection per thread.
+wsgi_app = f"hotdeal_order_redis.app:create_app(pool_size={threads})"
 # Workers fork from an app that is already built and warm, so a worker is ready the
 # moment it exists (a flash sale starts at full load, with no time to warm up).
 preload_app = True

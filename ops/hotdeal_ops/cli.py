@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -182,6 +181,7 @@ def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
     args.no_redis, args.wait = False, True
+    args.namespace = args.namespace or ctx.settings.namespace
 
     def do_reset() -> None:
         _reset(ctx, args)
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = command("event", cmd_event)
     ev.add_argument("--load-cronjob", required=True, help="the chart's suspended load CronJob")
-    ev.add_argument("--namespace", default=os.environ.get("HOTDEAL_NAMESPACE"))
+    ev.add_argument("--namespace", default=None, help="default HOTDEAL_NAMESPACE, or the pod's")
     ev.add_argument("--job-name", default=None)
     ev.add_argument("--product", type=_positive, default=1)
     ev.add_argument("--stock", type=_non_negative, default=10_000)

@@ -24,6 +24,7 @@ import redis
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from hotdeal import redis_keys
+from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
 
@@ -111,11 +112,11 @@ def reconcile(
             return report
         gen = head.generation
         report["generation"] = gen
-        report["legacy"] = _stock_books(
-            "legacy",
+        report[Design.LEGACY] = _stock_books(
+            Design.LEGACY,
             head.initial_quantity,
             [head.quantity],
-            _in_event(conn, product_id, gen, "legacy"),
+            _in_event(conn, product_id, gen, Design.LEGACY),
             violations,
             negative="hotdeal_list.quantity is negative",
         )
@@ -129,15 +130,15 @@ def reconcile(
             .all()
         )
         if slots:
-            report["legacy_slots"] = _stock_books(
-                "legacy-slots",
+            report[Design.LEGACY_SLOTS] = _stock_books(
+                Design.LEGACY_SLOTS,
                 head.initial_quantity,
                 list(slots),
-                _in_event(conn, product_id, gen, "legacy-slots"),
+                _in_event(conn, product_id, gen, Design.LEGACY_SLOTS),
                 violations,
                 negative="a slot quantity is negative",
             )
-            report["legacy_slots"]["slots"] = len(slots)
+            report[Design.LEGACY_SLOTS]["slots"] = len(slots)
         duplicates = conn.execute(
             select(func.count()).select_from(
                 select(order_history.c.order_id)
@@ -155,7 +156,7 @@ def reconcile(
             violations.append(f"{duplicates} duplicate order ids in order_history")
         report["order_history"] = {"rows": int(rows), "duplicate_order_ids": int(duplicates)}
         if picture is not None:
-            report["redis"] = _redis_books(
+            report[Design.REDIS] = _redis_books(
                 conn, product_id, gen, head.initial_quantity, picture, violations
             )
     report["violations"] = violations
@@ -194,11 +195,11 @@ def _redis_books(
         select(order_history.c.order_id, order_history.c.user_id, order_history.c.quantity).where(
             order_history.c.prod_id == pid,
             order_history.c.generation == gen,
-            order_history.c.source == "redis",
+            order_history.c.source == Design.REDIS,
             upto,
         )
     ).all()
-    everything = _in_event(conn, pid, gen, "redis")
+    everything = _in_event(conn, pid, gen, Design.REDIS)
     persisted_ids = {r.order_id for r in rows}
     by_user: Counter[str] = Counter()
     for r in rows:

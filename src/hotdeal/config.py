@@ -1,15 +1,20 @@
-"""Settings from environment variables, each also readable from `<NAME>_FILE`.
+"""Every HOTDEAL_* setting, read in this one module; each default is written once, in
+its field. Every variable can also be given as `<NAME>_FILE`: Kubernetes mounts a
+Secret as a file instead of exposing the value in the pod spec, and the file wins over
+the plain variable so a mounted Secret can't be shadowed by a stale default.
 
-The `_FILE` form lets Kubernetes mount a Secret as a file instead of exposing the
-value in the pod spec; it wins over the plain variable so a mounted Secret can't be
-shadowed by a stale default.
+- Settings: the services, the writer and the ops CLI.
+- ServerSettings: gunicorn sizing and logging (images/*/gunicorn.conf.py), where `None`
+  means "the service's gunicorn config decides" (it says why).
+- LocalSettings: `make up` / `make demo` only.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Self
 
 
 class ConfigError(ValueError):
@@ -27,88 +32,100 @@ def env(name: str, default: str | None = None) -> str | None:
     return default if value in (None, "") else value
 
 
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = env(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def setting(
+    name: str,
+    default: Any = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    choices: tuple[str, ...] | None = None,
+    kind: type = str,
+) -> Any:
+    """A field read from the environment variable `name` (see `_from_env`)."""
+    meta = {"env": name, "min": minimum, "max": maximum, "choices": choices, "kind": kind}
+    return field(default=default, metadata=meta)
 
 
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (env(name) or default).lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+def _parse(raw: str, meta: dict[str, Any]) -> Any:
+    name, kind = meta["env"], meta["kind"]
+    if kind is bool:
+        if raw.lower() not in ("true", "false"):
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return raw.lower() == "true"
+    if kind is int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if meta["min"] is not None and value < meta["min"]:
+            raise ConfigError(f"{name} must be >= {meta['min']}, got {value}")
+        if meta["max"] is not None and value > meta["max"]:
+            raise ConfigError(f"{name} must be <= {meta['max']}, got {value}")
+        return value
+    if meta["choices"]:
+        value = raw.lower()
+        if value not in meta["choices"]:
+            raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        return value
+    return raw
+
+
+class _FromEnv:
+    @classmethod
+    def from_env(cls) -> Self:
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            raw = env(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = _parse(raw, dict(f.metadata))
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        return [f.metadata["env"] for f in fields(cls)]  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class Settings:
-    database_url: str | None = None
-    redis_url: str | None = None
+class Settings(_FromEnv):
+    database_url: str | None = setting("HOTDEAL_DATABASE_URL")
+    redis_url: str | None = setting("HOTDEAL_REDIS_URL")
     # Simulated work done while the order's database transaction is open (workshop: 30 ms).
-    hold_ms: int = 30
-    max_per_order: int = 10
+    hold_ms: int = setting("HOTDEAL_HOLD_MS", 30, minimum=0, kind=int)
+    max_per_order: int = setting("HOTDEAL_MAX_PER_ORDER", 10, minimum=1, kind=int)
     # Max units one user may buy of one product; 0 = no limit.
-    per_user_limit: int = 1
+    per_user_limit: int = setting("HOTDEAL_PER_USER_LIMIT", 1, minimum=0, kind=int)
     # order-redis: "stream" = write-behind through a Redis Stream (default),
     # "inline" = insert into the RDBMS inside the request (the workshop's way).
-    order_write: str = "stream"
-    idempotency_ttl_s: int = 86400
+    order_write: str = setting("HOTDEAL_ORDER_WRITE", "stream", choices=("stream", "inline"))
+    idempotency_ttl_s: int = setting("HOTDEAL_IDEMPOTENCY_TTL_S", 86400, minimum=1, kind=int)
     # legacy: number of stock rows per product (1 = the single hot row).
-    legacy_slots: int = 1
-    db_pool_size: int = 32
-    db_connect_timeout_s: int = 2
-    redis_timeout_ms: int = 1000
+    legacy_slots: int = setting("HOTDEAL_LEGACY_SLOTS", 1, minimum=1, kind=int)
+    # Pooled connections per worker; None = one per gunicorn thread (see ServerSettings).
+    db_pool_size: int | None = setting("HOTDEAL_DB_POOL_SIZE", None, minimum=1, kind=int)
+    db_connect_timeout_s: int = setting("HOTDEAL_DB_CONNECT_TIMEOUT_S", 2, minimum=1, kind=int)
+    redis_timeout_ms: int = setting("HOTDEAL_REDIS_TIMEOUT_MS", 1000, minimum=50, kind=int)
     # order-redis and writer: how durable a take is before it is answered 201 (see
     # hotdeal.durability): "fsync" (default), "replica" or "none" (unsafe).
-    redis_durability: str = "fsync"
-    redis_durability_timeout_ms: int = 500
-    # hotdeal-writer
-    writer_batch: int = 500  # at most 1000: Oracle's IN-list cap
-    writer_max_wait_ms: int = 200
-    writer_claim_idle_ms: int = 10_000
-    writer_metrics_port: int = 9102
-    writer_metrics_addr: str = "0.0.0.0"
-    writer_name: str | None = None
-    writer_check_ms: int = 2000
-    writer_auto_repair: bool = True
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            database_url=env("HOTDEAL_DATABASE_URL"),
-            redis_url=env("HOTDEAL_REDIS_URL"),
-            hold_ms=env_int("HOTDEAL_HOLD_MS", 30),
-            max_per_order=env_int("HOTDEAL_MAX_PER_ORDER", 10, minimum=1),
-            per_user_limit=env_int("HOTDEAL_PER_USER_LIMIT", 1),
-            order_write=env_choice("HOTDEAL_ORDER_WRITE", "stream", ("stream", "inline")),
-            idempotency_ttl_s=env_int("HOTDEAL_IDEMPOTENCY_TTL_S", 86400, minimum=1),
-            legacy_slots=env_int("HOTDEAL_LEGACY_SLOTS", 1, minimum=1),
-            db_pool_size=env_int("HOTDEAL_DB_POOL_SIZE", 32, minimum=1),
-            db_connect_timeout_s=env_int("HOTDEAL_DB_CONNECT_TIMEOUT_S", 2, minimum=1),
-            redis_timeout_ms=env_int("HOTDEAL_REDIS_TIMEOUT_MS", 1000, minimum=50),
-            redis_durability=env_choice(
-                "HOTDEAL_REDIS_DURABILITY", "fsync", ("fsync", "replica", "none")
-            ),
-            redis_durability_timeout_ms=env_int(
-                "HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS", 500, minimum=1
-            ),
-            writer_batch=min(env_int("HOTDEAL_WRITER_BATCH", 500, minimum=1), 1000),
-            writer_max_wait_ms=env_int("HOTDEAL_WRITER_MAX_WAIT_MS", 200, minimum=1),
-            writer_claim_idle_ms=env_int("HOTDEAL_WRITER_CLAIM_IDLE_MS", 10_000, minimum=100),
-            writer_metrics_port=env_int("HOTDEAL_WRITER_METRICS_PORT", 9102),
-            writer_metrics_addr=env("HOTDEAL_WRITER_METRICS_ADDR") or "0.0.0.0",
-            writer_name=env("HOTDEAL_WRITER_NAME"),
-            writer_check_ms=env_int("HOTDEAL_WRITER_CHECK_MS", 2000, minimum=100),
-            writer_auto_repair=env_choice("HOTDEAL_WRITER_AUTO_REPAIR", "true", ("true", "false"))
-            == "true",
-        )
+    redis_durability: str = setting(
+        "HOTDEAL_REDIS_DURABILITY", "fsync", choices=("fsync", "replica", "none")
+    )
+    redis_durability_timeout_ms: int = setting(
+        "HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS", 500, minimum=1, kind=int
+    )
+    # hotdeal-writer (batch: at most 1000, Oracle's IN-list cap)
+    writer_batch: int = setting("HOTDEAL_WRITER_BATCH", 500, minimum=1, maximum=1000, kind=int)
+    writer_max_wait_ms: int = setting("HOTDEAL_WRITER_MAX_WAIT_MS", 200, minimum=1, kind=int)
+    writer_claim_idle_ms: int = setting(
+        "HOTDEAL_WRITER_CLAIM_IDLE_MS", 10_000, minimum=100, kind=int
+    )
+    writer_metrics_port: int = setting("HOTDEAL_WRITER_METRICS_PORT", 9102, minimum=0, kind=int)
+    writer_metrics_addr: str = setting("HOTDEAL_WRITER_METRICS_ADDR", "0.0.0.0")
+    writer_name: str | None = setting("HOTDEAL_WRITER_NAME")
+    writer_check_ms: int = setting("HOTDEAL_WRITER_CHECK_MS", 2000, minimum=100, kind=int)
+    writer_auto_repair: bool = setting("HOTDEAL_WRITER_AUTO_REPAIR", True, kind=bool)
+    log_level: str = setting("HOTDEAL_LOG_LEVEL", "info")
+    # hotdeal-ops event: the namespace of the load CronJob (default: the pod's own).
+    namespace: str | None = setting("HOTDEAL_NAMESPACE")
 
     def need_database(self) -> str:
         if not self.database_url:
@@ -119,3 +136,22 @@ class Settings:
         if not self.redis_url:
             raise ConfigError("HOTDEAL_REDIS_URL (or HOTDEAL_REDIS_URL_FILE) is required")
         return self.redis_url
+
+
+@dataclass(frozen=True)
+class ServerSettings(_FromEnv):
+    bind: str = setting("HOTDEAL_BIND", "0.0.0.0:8080")
+    workers: int | None = setting("HOTDEAL_WORKERS", None, minimum=1, kind=int)
+    threads: int | None = setting("HOTDEAL_THREADS", None, minimum=1, kind=int)
+    worker_class: str | None = setting("HOTDEAL_WORKER_CLASS", None, choices=("sync", "gthread"))
+    access_log: str | None = setting("HOTDEAL_ACCESS_LOG")
+    # Heartbeat files in memory, not on a (possibly read-only) root filesystem.
+    worker_tmp_dir: str | None = setting("HOTDEAL_WORKER_TMP_DIR")
+
+
+@dataclass(frozen=True)
+class LocalSettings(_FromEnv):
+    legacy_port: int = setting("HOTDEAL_LEGACY_PORT", 5000, minimum=1, kind=int)
+    order_redis_port: int = setting("HOTDEAL_ORDER_REDIS_PORT", 5001, minimum=1, kind=int)
+    prometheus_port: int = setting("HOTDEAL_PROMETHEUS_PORT", 9090, minimum=1, kind=int)
+    pg_bindir: str | None = setting("HOTDEAL_PG_BINDIR")

@@ -31,10 +31,12 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: int = 2) -> 
     )
 
 
-def engine_from_settings(settings: Settings) -> Engine:
+def engine_from_settings(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """`pool_size`: what the process needs (one per gunicorn thread) unless
+    HOTDEAL_DB_POOL_SIZE says otherwise."""
     return make_engine(
         settings.need_database(),
-        pool_size=settings.db_pool_size,
+        pool_size=settings.db_pool_size or pool_size or 5,
         connect_timeout_s=settings.db_connect_timeout_s,
     )
 

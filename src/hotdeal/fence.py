@@ -28,11 +28,10 @@ import redis
 from sqlalchemy import Engine, func, select, update
 
 from hotdeal import redis_keys
+from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list, order_history
 
 ROLLBACK = "rollback: "
-# order_history.source of order-redis's sales: the only rows Redis's books answer for.
-SOURCE = "redis"
 
 
 class RepairError(RuntimeError):
@@ -50,7 +49,7 @@ class DatabaseMarks:
 def database_marks(engine: Engine, pid: int, generation: int) -> DatabaseMarks:
     """What order_history holds of Redis's sales in this event (legacy sales are not)."""
     rows = order_history.c
-    ours = (rows.prod_id == pid, rows.generation == generation, rows.source == SOURCE)
+    ours = (rows.prod_id == pid, rows.generation == generation, rows.source == Design.REDIS)
     with engine.connect() as conn:
         units = conn.execute(
             select(func.coalesce(func.sum(rows.quantity), 0)).where(*ours)
@@ -138,7 +137,7 @@ def _history(engine: Engine, pid: int) -> tuple[dict[str, Any], list[Any]]:
             .where(
                 order_history.c.prod_id == pid,
                 order_history.c.generation == head.generation,
-                order_history.c.source == SOURCE,
+                order_history.c.source == Design.REDIS,
             )
             .order_by(order_history.c.seq)
         ).all()

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hotdeal.config import ServerSettings, Settings
+
 
 def metrics_dir() -> Path:
     """The directory where every worker writes its samples (a fresh one if unset)."""
@@ -36,18 +38,18 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def common() -> dict[str, Any]:
+def common(server: ServerSettings, settings: Settings) -> dict[str, Any]:
     """Settings both services use; each config adds its worker model."""
     return {
-        "bind": os.environ.get("HOTDEAL_BIND", "0.0.0.0:8080"),
+        "bind": server.bind,
         "backlog": 2048,
         "graceful_timeout": 30,
         "keepalive": 5,
-        "accesslog": os.environ.get("HOTDEAL_ACCESS_LOG") or None,
+        "accesslog": server.access_log,
         "errorlog": "-",
-        "loglevel": os.environ.get("HOTDEAL_LOG_LEVEL", "info"),
+        "loglevel": settings.log_level,
         # Heartbeat files in memory, not on a (possibly read-only) root filesystem.
-        "worker_tmp_dir": os.environ.get("HOTDEAL_WORKER_TMP_DIR")
+        "worker_tmp_dir": server.worker_tmp_dir
         or ("/dev/shm" if os.path.isdir("/dev/shm") else None),
         # gunicorn's runtime control socket lives under $HOME: unused here, and it would
         # need a writable home on a read-only root filesystem.

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hotdeal_local.servers import Missing
+from hotdeal_local.servers import need_program
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,7 @@ def parse(stdout: str, gnuplot: Path) -> AbRun:
 
 
 def run_ab(url: str, *, requests: int, concurrency: int, gnuplot: Path) -> AbRun:
-    ab = shutil.which("ab")
-    if ab is None:
-        raise Missing("ab not found: install the Debian package apache2-utils (make deps)")
+    ab = need_program("ab", "apache2-utils")
     # -l: the body (remaining stock) changes length, which is not a failure.
     # -r: count socket errors instead of stopping the run.
     # ab's progress lines ("Completed 300 requests") go to stderr, straight to the terminal.

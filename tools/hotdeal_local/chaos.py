@@ -36,6 +36,7 @@ from sqlalchemy import select
 
 from hotdeal import redis_keys
 from hotdeal.db import make_engine
+from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import PostgresServer, Process, RedisServer, gunicorn, ops, writer
@@ -353,7 +354,7 @@ class Chaos:
                     select(order_history).where(
                         order_history.c.prod_id == 1,
                         order_history.c.generation == generation,
-                        order_history.c.source == "redis",
+                        order_history.c.source == Design.REDIS,
                     )
                 )
             }

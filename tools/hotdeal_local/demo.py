@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from hotdeal.db import make_engine
+from hotdeal.designs import Design as Source
 from hotdeal.schema import order_history
 from hotdeal_local.ab import AbRun, run_ab
 from hotdeal_local.servers import ops
@@ -29,14 +30,14 @@ class Design:
     service: str
     path: str
     env: dict[str, str]
-    source: str  # order_history.source of its orders
+    source: Source  # the design (order_history.source) this demo column runs
     slots: int = 8
     # Redis's appendfsync while this design runs (the durability it is measured with).
     appendfsync: str = "always"
 
 
 DESIGNS = {
-    "legacy": Design("legacy", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "1"}, "legacy"),
+    "legacy": Design("legacy", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "1"}, Source.LEGACY),
     # The workshop's own Redis design: stock in Redis (atomic here, not its racy GET then
     # DECR), but the INSERT and the ~30 ms of work still inside the request.
     "order-redis-inline": Design(
@@ -44,21 +45,21 @@ DESIGNS = {
         "order-redis",
         "/order-redis",
         {"HOTDEAL_ORDER_WRITE": "inline"},
-        "redis",
+        Source.REDIS,
     ),
     # hotdeal's design: write-behind, every 201 on Redis's disk first (durability fsync).
-    "order-redis": Design("order-redis", "order-redis", "/order-redis", {}, "redis"),
+    "order-redis": Design("order-redis", "order-redis", "/order-redis", {}, Source.REDIS),
     # The same without the durable answer (unsafe; `make bench` prices durability).
     "order-redis-none": Design(
         "order-redis-none",
         "order-redis",
         "/order-redis",
         {"HOTDEAL_REDIS_DURABILITY": "none"},
-        "redis",
+        Source.REDIS,
         appendfsync="everysec",
     ),
     "legacy-slots-8": Design(
-        "legacy-slots-8", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "8"}, "legacy-slots"
+        "legacy-slots-8", "legacy", "/order", {"HOTDEAL_LEGACY_SLOTS": "8"}, Source.LEGACY_SLOTS
     ),
 }
 DEFAULT_DESIGNS = ("legacy", "order-redis-inline", "order-redis", "legacy-slots-8")
@@ -110,8 +111,7 @@ def books(report: dict[str, Any], design: Design) -> tuple[int, int | None]:
     """(units the design's store says it sold, orders Redis says it took)."""
     if design.source == "redis":
         return report["redis"]["persisted"], report["redis"]["sold"]
-    key = "legacy" if design.name == "legacy" else "legacy_slots"
-    return report[key]["sold"], None
+    return report[design.source]["sold"], None
 
 
 def summarize(

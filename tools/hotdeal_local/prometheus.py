@@ -4,14 +4,13 @@ chart's alert rules."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hotdeal_local.servers import REPO, Missing, Process
+from hotdeal_local.servers import REPO, Process, need_program
 
 RULES = REPO / "charts" / "hotdeal" / "files" / "alerts.yaml"
 
@@ -33,9 +32,7 @@ def write_config(path: Path, targets: dict[str, list[str]], interval: str) -> Pa
 def prometheus(
     workdir: Path, port: int, targets: dict[str, list[str]], *, interval: str = "5s"
 ) -> Process:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise Missing("prometheus not found: install the Debian package prometheus (make deps)")
+    binary = need_program("prometheus", "prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(workdir / "prometheus.yml", targets, interval)
     check = subprocess.run(

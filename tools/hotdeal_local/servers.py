@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from hotdeal.config import LocalSettings
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -63,7 +65,8 @@ def _wait(what: str, ready: object, timeout: float, proc: subprocess.Popen | Non
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
-def _need(program: str, package: str) -> str:
+def need_program(program: str, package: str) -> str:
+    """The program's path, or Missing naming the Debian package that brings it."""
     path = shutil.which(program)
     if path is None:
         raise Missing(f"{program} not found: install the Debian package {package} (make deps)")
@@ -87,7 +90,7 @@ class RedisServer:
         replica_of: RedisServer | None = None,
         primary_port: int | None = None,
     ) -> None:
-        self.binary = binary or _need("redis-server", "redis-server")
+        self.binary = binary or need_program("redis-server", "redis-server")
         self.workdir = workdir
         self.port = port or free_port()
         self.password = password or (replica_of.password if replica_of else secrets.token_hex(12))
@@ -161,7 +164,7 @@ class RedisServer:
 
 
 def _postgres_bindir() -> Path:
-    override = os.environ.get("HOTDEAL_PG_BINDIR")
+    override = LocalSettings.from_env().pg_bindir
     if override:
         return Path(override)
     found = sorted(

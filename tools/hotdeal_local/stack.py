@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hotdeal.config import LocalSettings
 from hotdeal_local.prometheus import prometheus
 from hotdeal_local.servers import (
     REPO,
@@ -29,9 +29,9 @@ class PortTaken(RuntimeError):
 @dataclass
 class LocalStack:
     workdir: Path = REPO / ".local"
-    legacy_port: int = int(os.environ.get("HOTDEAL_LEGACY_PORT", "5000"))
-    order_redis_port: int = int(os.environ.get("HOTDEAL_ORDER_REDIS_PORT", "5001"))
-    prometheus_port: int = int(os.environ.get("HOTDEAL_PROMETHEUS_PORT", "9090"))
+    legacy_port: int = field(default_factory=lambda: LocalSettings.from_env().legacy_port)
+    order_redis_port: int = field(default_factory=lambda: LocalSettings.from_env().order_redis_port)
+    prometheus_port: int = field(default_factory=lambda: LocalSettings.from_env().prometheus_port)
     stock: int = 10_000
     hold_ms: int = 30
     redis: RedisServer | None = None

@@ -8,6 +8,7 @@ from hotdeal import metrics
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.db_waits import read_db_waits
+from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
@@ -28,9 +29,10 @@ SERVICE = "legacy"
 WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, pool_size: int | None = None) -> Flask:
+    """`pool_size`: database connections per worker (gunicorn.conf.py passes its threads)."""
     settings = settings or Settings.from_env()
-    engine = engine_from_settings(settings)
+    engine = engine_from_settings(settings, pool_size=pool_size)
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             lambda: read_db_waits(engine),
         ],
     )
-    design = "hot-row" if settings.legacy_slots == 1 else "slots"
+    design = Design.of_legacy(settings.legacy_slots)
     lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)
 

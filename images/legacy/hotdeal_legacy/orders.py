@@ -11,6 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from hotdeal import errors
+from hotdeal.designs import Design
 from hotdeal.history import OrderRow
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal.validation import OrderRequest
@@ -66,7 +67,7 @@ class LegacyOrders:
         self.engine = engine
         self.hold_s = hold_ms / 1000
         self.slots = slots
-        self.source = "legacy" if slots == 1 else "legacy-slots"
+        self.source = Design.of_legacy(slots)
 
     def place(self, order: OrderRequest) -> Placed:
         attempt = self._place_hot_row if self.slots == 1 else self._place_in_slot

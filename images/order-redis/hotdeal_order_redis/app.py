@@ -35,10 +35,13 @@ SERVICE = "order-redis"
 WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, pool_size: int | None = None) -> Flask:
+    """`pool_size`: inline mode's database connections per worker (gunicorn.conf.py
+    passes its threads)."""
     settings = settings or Settings.from_env()
     client = redis_from_settings(settings)
-    engine = engine_from_settings(settings) if settings.order_write == "inline" else None
+    inline = settings.order_write == "inline"
+    engine = engine_from_settings(settings, pool_size=pool_size) if inline else None
     stock = RedisStock(
         client,
         write=settings.order_write,

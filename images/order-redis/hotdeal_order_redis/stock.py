@@ -24,8 +24,8 @@ from redis.commands.core import Script
 from sqlalchemy import Engine, select
 
 from hotdeal import durability, errors, redis_keys
+from hotdeal.designs import Design
 from hotdeal.errors import ApiError
-from hotdeal.fence import SOURCE
 from hotdeal.history import OrderRow, insert_new, new_order_id
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
@@ -236,7 +236,7 @@ class RedisStock:
             generation,
             order.user_id,
             order.quantity,
-            SOURCE,
+            Design.REDIS,
             taken.ordered_at,
             take_epoch=epoch,
             take_seq=seq,

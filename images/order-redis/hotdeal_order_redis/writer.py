@@ -39,13 +39,12 @@ from sqlalchemy import Engine, insert
 from hotdeal import durability, fence, metrics, redis_keys
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
+from hotdeal.designs import Design
 from hotdeal.errors import is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
 from hotdeal.redis_client import make_redis
 from hotdeal.schema import order_history
 from hotdeal_order_redis import writer_metrics
-from hotdeal_order_redis.stock import SOURCE
-from hotdeal_order_redis.stock_metrics import read_backlog
 
 log = logging.getLogger("hotdeal.writer")
 
@@ -65,7 +64,7 @@ def _row(fields: dict[str, str]) -> OrderRow:
         generation=int(fields["generation"]),
         user_id=fields["user_id"],
         quantity=int(fields["quantity"]),
-        source=SOURCE,
+        source=Design.REDIS,
         ordered_at=datetime.fromtimestamp(int(fields["ordered_at"]) / 1000, UTC),
         take_epoch=int(fields["epoch"]),
         take_seq=int(fields["seq"]),
@@ -416,21 +415,21 @@ def serve_metrics(writer: OrderWriter, settings: Settings) -> None:
     from Redis at scrape time. HOTDEAL_WRITER_METRICS_PORT=0 turns it off."""
     if settings.writer_metrics_port == 0:
         return
-    REGISTRY.register(metrics.ScrapeCollector(lambda: read_backlog(writer.client)))
+    REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_backlog(writer.client)))
     REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_persisted(writer.engine)))
     start_http_server(settings.writer_metrics_port, addr=settings.writer_metrics_addr)
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("HOTDEAL_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         settings = Settings.from_env()
         writer = build_writer(settings)
     except ConfigError as exc:
         raise SystemExit(f"hotdeal-writer: {exc}") from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     serve_metrics(writer, settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: writer.stop.set())

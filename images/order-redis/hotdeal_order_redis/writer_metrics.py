@@ -1,13 +1,16 @@
-"""The writer's own metrics (one process: the default registry)."""
+"""The writer's metrics (one process: the default registry), and the gauges it reads at
+scrape time: the write-behind backlog (Redis) and the units persisted (the database)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import redis
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
+from hotdeal import redis_keys
 from hotdeal.metrics import LATENCY_BUCKETS
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -65,3 +68,36 @@ def read_persisted(engine: Engine) -> Iterable[Metric]:
         for prod_id, source, units in conn.execute(query):
             family.add_metric([str(prod_id), source], float(units))
     yield family
+
+
+def read_backlog(client: redis.Redis) -> Iterable[Metric]:
+    """Persisted entries are deleted from the stream, so its length is the backlog:
+    `pending` (delivered to a writer, not yet acknowledged) and `unread`."""
+    backlog = GaugeMetricFamily(
+        "hotdeal_writer_backlog",
+        "Orders in the stream not yet persisted, by state.",
+        labels=["product", "state"],
+    )
+    oldest = GaugeMetricFamily(
+        "hotdeal_writer_oldest_unpersisted_age_seconds",
+        "Age of the oldest order not yet in order_history (0 when none).",
+        labels=["product"],
+    )
+    now_s, now_us = client.time()
+    now_ms = now_s * 1000 + now_us // 1000
+    for pid in sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS)):
+        stream = redis_keys.orders_stream(pid)
+        pipe = client.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.xpending(stream, redis_keys.WRITER_GROUP)
+        pipe.xrange(stream, count=1)
+        try:
+            length, pending, first = pipe.execute()
+        except redis.ResponseError:  # no group yet: nothing was ever sold
+            continue
+        waiting = int(pending["pending"])
+        backlog.add_metric([str(pid), "pending"], float(waiting))
+        backlog.add_metric([str(pid), "unread"], float(max(length - waiting, 0)))
+        age = (now_ms - int(first[0][0].split("-")[0])) / 1000 if first else 0.0
+        oldest.add_metric([str(pid)], max(age, 0.0))
+    yield from (backlog, oldest)

@@ -195,6 +195,10 @@ def test_generated_secrets_and_urls():
     )
     redis = secrets["ev-hotdeal-redis"]["stringData"]
     assert redis["redis-url"] == f"redis://:{redis['redis-password']}@ev-hotdeal-redis:6379/0"
+    # Generated passwords survive `helm uninstall` (the volumes do, and were made with them).
+    for name in ("ev-hotdeal-database", "ev-hotdeal-redis"):
+        annotations = secrets[name]["metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
 
 
 def test_existing_secrets_replace_the_stores():
@@ -364,3 +368,55 @@ def test_notes_tell_how_to_run_the_event():
     assert "kubectl -n games create job --from=cronjob/ev-hotdeal-reset" in notes
     assert "--from=cronjob/ev-hotdeal-load-ab" in notes
     assert "--from=cronjob/ev-hotdeal-event" in notes
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_no_disruption_budget_blocks_a_node_drain(profile):
+    """A PDB that keeps every replica (minAvailable = replicas) makes `kubectl drain` and
+    managed node-group upgrades hang: every budget must allow one eviction."""
+    docs = objects(profile)
+    workloads = {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
+    for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
+        spec = pdb["spec"]
+        assert "minAvailable" not in spec or spec["minAvailable"] < workloads[name]["spec"].get(
+            "replicas", 1
+        ), name
+        assert spec.get("maxUnavailable", 1) not in (0, "0%"), name
+
+
+def test_redis_is_ready_only_when_it_answers_pong():
+    """`redis-cli ping` exits 0 on LOADING or NOAUTH: the probe must compare the reply."""
+    redis_set = next(
+        d
+        for d in objects("default")
+        if d["kind"] == "StatefulSet" and "redis" in d["metadata"]["name"]
+    )
+    pod = redis_set["spec"]["template"]["spec"]
+    probe = pod["containers"][0]["readinessProbe"]["exec"]["command"]
+    assert probe[:2] == ["sh", "-c"] and "= PONG" in probe[2]
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
+def test_a_private_mirror_reaches_every_pod(tmp_path):
+    """Behind a mirror, every image (the third-party ones too) comes from it and every
+    pod carries the pull secrets: Oracle, Redis, exporter, k6, ab and the helm test
+    once got ImagePullBackOff."""
+    values = {
+        "global": {"imageRegistry": "mirror.example.com", "imagePullSecrets": ["mirror"]},
+        "redis": {"exporter": {"enabled": True}},
+        "load": {"enabled": True},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm("helm4", "template", "ev", str(CHART), "-f", str(path)).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    specs = pod_specs(docs)
+    assert specs
+    for name, template in specs.items():
+        spec = template["spec"]
+        assert {"name": "mirror"} in spec.get("imagePullSecrets", []), name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            assert c["image"].startswith("mirror.example.com/"), (name, c["image"])
+    images = {c["image"] for t in specs.values() for c in t["spec"]["containers"]}
+    assert "mirror.example.com/gvenzl/oracle-xe:21-slim-faststart" in images
+    assert "mirror.example.com/library/redis:7.2-bookworm" in images

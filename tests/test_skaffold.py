@@ -107,3 +107,10 @@ def test_profiles_render_a_valid_chart(profile, tmp_path):
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert images <= {"hotdeal-legacy:dev", "hotdeal-order-redis:dev"}
+
+
+def test_remote_clusters_get_their_images_pushed():
+    """`push: false` forced once made `skaffold run` to a remote cluster unpullable;
+    skaffold's own local-cluster detection decides."""
+    config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    assert "push" not in config["build"].get("local", {})

@@ -45,16 +45,27 @@ hotdeal.dev/database-client: "true"
 {{/* A hotdeal image: hotdeal.image (dict "root" $ "image" .Values.legacy.image) */}}
 {{- define "hotdeal.image" -}}
 {{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
-{{- if .root.Values.image.registry -}}
-{{- printf "%s/%s:%s" .root.Values.image.registry .image.repository $tag -}}
+{{- $registry := .root.Values.image.registry | default .root.Values.global.imageRegistry -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%s" $registry .image.repository $tag -}}
 {{- else -}}
 {{- printf "%s:%s" .image.repository $tag -}}
 {{- end -}}
 {{- end -}}
 
 {{/* A third-party image: repository:tag */}}
+{{/* An image of another project: (dict "root" $ "image" $v.image). With
+     global.imageRegistry set, its registry host is replaced (a private mirror). */}}
 {{- define "hotdeal.thirdPartyImage" -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- $repository := .image.repository -}}
+{{- with .root.Values.global.imageRegistry -}}
+{{- $parts := splitList "/" $repository -}}
+{{- if and (gt (len $parts) 1) (or (contains "." (first $parts)) (contains ":" (first $parts))) -}}
+{{- $repository = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" . $repository -}}
+{{- end -}}
+{{- printf "%s:%s" $repository .image.tag -}}
 {{- end -}}
 
 {{- define "hotdeal.databaseSecret" -}}
@@ -66,7 +77,7 @@ hotdeal.dev/database-client: "true"
 {{- end -}}
 
 {{- define "hotdeal.pullSecrets" -}}
-{{- with .Values.pullSecrets }}
+{{- with concat .Values.global.imagePullSecrets .Values.pullSecrets | uniq }}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}

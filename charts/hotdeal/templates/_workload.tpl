@@ -122,7 +122,9 @@ metadata:
   labels:
     {{- include "hotdeal.labels" $ctx | nindent 4 }}
 spec:
-  minAvailable: {{ .values.pdb.minAvailable }}
+  {{- /* maxUnavailable, not minAvailable: with one replica, minAvailable 1 would block
+         every `kubectl drain` and managed node-group upgrade. */}}
+  maxUnavailable: {{ .values.pdb.maxUnavailable }}
   selector:
     matchLabels:
       {{- include "hotdeal.selectorLabels" $ctx | nindent 6 }}

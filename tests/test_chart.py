@@ -235,9 +235,23 @@ def test_redis_and_oracle_statefulsets():
     assert oracle["readinessProbe"]["exec"]["command"] == ["healthcheck.sh"]
     env = {e["name"]: e.get("value") for e in oracle["env"]}
     assert env["ORACLE_PASSWORD_FILE"].startswith("/var/run/secrets/oracle/")
-    job = by_kind(objects("default"), "Job")["ev-hotdeal-schema"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["init-db", "--wait"]
+
+
+def test_readiness_never_waits_for_a_helm_hook():
+    """`helm install --wait` (and Argo CD, Flux) wait for Ready before post-install hooks
+    run: the tables must come from an initContainer of each database client."""
+    docs = objects("default")
+    assert not [
+        d
+        for d in docs
+        if "helm.sh/hook" in d["metadata"].get("annotations", {}) and d["kind"] != "Pod"
+    ]  # the helm test pod is a hook by design
+    deployments = by_kind(docs, "Deployment")
+    for name in ("ev-hotdeal-legacy", "ev-hotdeal-writer"):
+        init = deployments[name]["spec"]["template"]["spec"]["initContainers"][0]
+        assert init["command"][:3] == ["hotdeal-ops", "init-db", "--wait"], name
+    # order-redis in write-behind mode never touches the database.
+    assert "initContainers" not in deployments["ev-hotdeal-order-redis"]["spec"]["template"]["spec"]
 
 
 def _matches(selector: dict, labels: dict) -> bool:
@@ -254,7 +268,6 @@ def test_network_policies_admit_exactly_the_hotdeal_pods():
         "ev-hotdeal-legacy",
         "ev-hotdeal-order-redis",
         "ev-hotdeal-writer",
-        "ev-hotdeal-schema",
         "ev-hotdeal-reset",
         "ev-hotdeal-reconcile",
         "ev-hotdeal-event",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 
 from sqlalchemy import insert, update
 
@@ -132,3 +134,37 @@ def test_reconcile_is_consistent_during_live_traffic(order_redis, writer_proc, s
     failures = [report["violations"] for code, report in results if code != 0]
     assert not failures, failures
     assert results[-1][1]["redis"]["sold"] > 0
+
+
+def test_init_db_from_several_pods_at_once(pg_server):
+    """Every database client runs init-db as an initContainer: four at once on an empty
+    database must all succeed."""
+    import subprocess
+
+    from hotdeal_local.servers import BIN
+
+    database = f"initdb_{int(time.time() * 1000)}"
+    subprocess.run(
+        [
+            *pg_server.as_user,
+            str(pg_server.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg_server.port),
+            "-U",
+            "postgres",
+            database,
+        ],
+        check=True,
+        cwd="/",
+    )
+    env = {**os.environ, "HOTDEAL_DATABASE_URL": pg_server.url.rsplit("/", 1)[0] + f"/{database}"}
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "hotdeal-ops"), "init-db"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), results

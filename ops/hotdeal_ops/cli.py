@@ -93,6 +93,12 @@ class Context:
         return asked or (configured if configured > 1 else 8)
 
 
+def _created_meanwhile(exc: Exception) -> bool:
+    """Another pod's init-db created a table between our check and our CREATE."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in ("42P07", "23505") or "ORA-00955" in str(orig)
+
+
 def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
     """Create the tables (idempotent; safe from several pods at once)."""
     deadline = time.monotonic() + args.wait
@@ -101,6 +107,8 @@ def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
             metadata.create_all(ctx.engine)
             break
         except Exception as exc:
+            if _created_meanwhile(exc):
+                continue  # the next create_all sees the table and skips it
             if not is_unavailable(exc) or time.monotonic() > deadline:
                 raise
             print(f"waiting for the database: {exc.__class__.__name__}", file=sys.stderr)

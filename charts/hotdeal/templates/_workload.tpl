@@ -32,6 +32,25 @@ spec:
       {{- include "hotdeal.pullSecrets" $root | nindent 6 }}
       {{- include "hotdeal.podSecurity" $root | nindent 6 }}
       terminationGracePeriodSeconds: 40
+      {{- if and .usesDatabase $root.Values.database.initSchema.enabled }}
+      # The tables exist before the process starts, and readiness never waits for a
+      # Helm hook: a post-install hook runs only after `helm install --wait` (and Argo
+      # CD, Flux) saw the pods Ready, which they can't be without the tables. init-db
+      # is idempotent and safe from several pods at once; it waits for the database
+      # (and retries ORA-01017 while gvenzl's entrypoint still creates the user).
+      initContainers:
+        - name: init-db
+          image: {{ include "hotdeal.image" (dict "root" $root "image" $root.Values.orderRedis.image) }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["hotdeal-ops", "init-db", "--wait", {{ $root.Values.database.initSchema.waitSeconds | toString | quote }}]
+          env:
+            {{- include "hotdeal.connectionEnv" $root | nindent 12 }}
+          {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
+          resources:
+            {{- toYaml $root.Values.ops.resources | nindent 12 }}
+          volumeMounts:
+            {{- include "hotdeal.secretMounts" $root | nindent 12 }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "hotdeal.image" (dict "root" $root "image" .image) }}

@@ -431,5 +431,31 @@ def test_a_private_mirror_reaches_every_pod(tmp_path):
         for c in spec.get("initContainers", []) + spec["containers"]:
             assert c["image"].startswith("mirror.example.com/"), (name, c["image"])
     images = {c["image"] for t in specs.values() for c in t["spec"]["containers"]}
-    assert "mirror.example.com/gvenzl/oracle-xe:21-slim-faststart" in images
+    assert "mirror.example.com/gvenzl/oracle-xe:21-slim" in images
     assert "mirror.example.com/library/redis:7.2-bookworm" in images
+
+
+def test_service_monitors_keep_the_apps_labels(tmp_path):
+    """prometheus-operator sets the target label `service` to the Kubernetes Service
+    name; without honorLabels the app's `service` label became `exported_service` and
+    `hotdeal_stock_initial{service="order-redis"}` (the oversell alert) matched nothing."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"monitoring": {"serviceMonitor": {"enabled": True}}}))
+    out = helm("helm4", "template", "ev", str(CHART), "-f", str(path)).stdout
+    monitors = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "ServiceMonitor"]
+    assert monitors
+    for monitor in monitors:
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["honorLabels"] is True, monitor["metadata"]["name"]
+
+
+def test_oracle_starts_on_a_fresh_volume_on_an_x86_node():
+    """A -faststart image keeps its datafiles in /opt/oracle/oradata, which the volume
+    mounted there hides: the pod crash-looped (ORA-00205). XE is x86_64 only."""
+    oracle = by_kind(objects("default"), "StatefulSet")["ev-hotdeal-oracle"]
+    pod = oracle["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/opt/oracle/oradata" in mounts
+    assert "faststart" not in container["image"]
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}

@@ -45,6 +45,7 @@ class FakeApi(BaseHTTPRequestHandler):
 
     status_for_all: int | None = None
     created: list[dict] = []
+    calls: list[tuple[str, str]] = []  # (method, path) of every request
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -58,6 +59,7 @@ class FakeApi(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        FakeApi.calls.append(("GET", self.path.split("?")[0]))
         if self.status_for_all:
             return self._send(
                 self.status_for_all,
@@ -71,13 +73,13 @@ class FakeApi(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == f"/apis/batch/v1/namespaces/{NS}/cronjobs/ev-hotdeal-load-k6":
             return self._send(200, CRONJOB)
-        if path.startswith(f"/apis/batch/v1/namespaces/{NS}/jobs/") and path.endswith("/status"):
+        if path.startswith(f"/apis/batch/v1/namespaces/{NS}/jobs/"):
             return self._send(
                 200,
                 {
                     "apiVersion": "batch/v1",
                     "kind": "Job",
-                    "metadata": {"name": path.split("/")[-2]},
+                    "metadata": {"name": path.split("/")[6]},
                     "status": {
                         "succeeded": 1,
                         "conditions": [{"type": "Complete", "status": "True"}],
@@ -98,6 +100,7 @@ class FakeApi(BaseHTTPRequestHandler):
         return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
 
     def do_POST(self) -> None:
+        FakeApi.calls.append(("POST", self.path.split("?")[0]))
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeApi.created.append(body)
         self._send(201, body)
@@ -109,6 +112,7 @@ def fake_api(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", port), FakeApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeApi.created = []
+    FakeApi.calls = []
     FakeApi.status_for_all = None
     yield _kubeconfig(tmp_path, f"http://127.0.0.1:{port}")
     server.shutdown()
@@ -220,3 +224,33 @@ def test_no_kubernetes_configuration(stack_env):
     done = event(stack_env, "/nonexistent/kubeconfig")
     assert done.returncode == 2
     assert "no Kubernetes configuration" in done.stderr
+
+
+def _rbac_request(method: str, path: str) -> tuple[str, str, str]:
+    """(apiGroup, resource[/subresource], verb) of a namespaced API request path."""
+    parts = path.strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    rest = parts[parts.index("namespaces") + 2 :]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    verb = {"POST": "create"}.get(method, "get" if len(rest) > 1 else "list")
+    return group, resource, verb
+
+
+def test_the_chart_role_grants_every_call_the_runner_makes(fake_api, stack_env, writer_proc):
+    """Each request the event runner really sends (recorded by the stand-in API server)
+    must be allowed by the chart's ops Role: a new call without a rule fails here, not
+    with 403 in a cluster (it once read jobs/{name}/status, which the Role lacked)."""
+    from .test_chart import objects
+
+    done = event(stack_env, fake_api, "--job-name", "k6-rbac")
+    assert done.returncode == 0, done.stderr
+    role = next(d for d in objects("load") if d["kind"] == "Role")
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    requests = {_rbac_request(m, p) for m, p in FakeApi.calls}
+    assert requests and requests <= allowed, requests - allowed

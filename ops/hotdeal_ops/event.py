@@ -133,7 +133,9 @@ class LoadRun:
         last = ""
         while True:
             try:
-                job = self.batch.read_namespaced_job_status(job_name, self.ns)
+                # GET jobs/{name}: the Role grants `jobs: get`; the /status subresource
+                # would need a rule of its own (it answered 403 in a real cluster).
+                job = self.batch.read_namespaced_job(job_name, self.ns)
             except Exception as exc:
                 raise explain(exc, f"read Job {job_name}", self.ns) from None
             state = job_state(job)

@@ -177,8 +177,9 @@ def test_services_get_secrets_as_files_and_probes():
         assert pod["automountServiceAccountToken"] is False
         if name != "ev-hotdeal-writer":
             c = pod["containers"][0]
-            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+            assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+            assert c["startupProbe"]["httpGet"]["port"] == "admin"  # not behind orders
     # No password in clear anywhere but the Secrets themselves.
     for d in docs:
         if d["kind"] != "Secret":

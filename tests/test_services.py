@@ -143,3 +143,18 @@ def test_readiness(legacy, order_redis, order_redis_inline):
     for service in (legacy, order_redis, order_redis_inline):
         assert service.get("/healthz").json() == {"status": "ok"}
         assert service.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["legacy", "order_redis"])
+def test_the_admin_listener_answers_beside_the_workers(request, name, reset):
+    """Probes and scrapes have their own port (hotdeal.admin), outside the workers'
+    queue: the workers' counters are aggregated there too."""
+    service = request.getfixturevalue(name)
+    reset(5)
+    assert service.order({"product_id": 1, "user_id": "adm", "quantity": 1}).status_code == 201
+    admin = f"http://127.0.0.1:{service.proc.admin_port}"
+    assert requests.get(f"{admin}/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{admin}/readyz", timeout=5).status_code == 200
+    text = requests.get(f"{admin}/metrics", timeout=5).text
+    assert 'hotdeal_orders_total{product="1",result="ok",service=' in text
+    assert "hotdeal_stock_remaining" in text

@@ -9,13 +9,17 @@ workshop's per-request connections did, so the lock waits show up in the databas
 from hotdeal import gunicorn_setup
 from hotdeal.config import ServerSettings, Settings
 
-server = ServerSettings.from_env()
-globals().update(gunicorn_setup.common(server, Settings.from_env()))
+server_settings = ServerSettings.from_env()
+globals().update(gunicorn_setup.common(server_settings, Settings.from_env()))
 
-worker_class = server.worker_class or "gthread"
-workers = server.workers or 2
-threads = server.threads or 32
+worker_class = server_settings.worker_class or "gthread"
+workers = server_settings.workers or 2
+threads = server_settings.threads or 32
 # One pooled database connection per thread: a thread never waits for the pool.
 wsgi_app = f"hotdeal_legacy.app:create_app(pool_size={threads})"
 # A queue on the hot row can make a single request wait for many seconds.
 timeout = 120
+# Probes and scrapes on their own port, outside the workers' queue (hotdeal.admin).
+when_ready = gunicorn_setup.admin_starter(
+    "legacy", "hotdeal_legacy.app:admin_probes", server_settings.admin_bind
+)

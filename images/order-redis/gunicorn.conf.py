@@ -31,6 +31,10 @@ wsgi_app = f"hotdeal_order_redis.app:create_app(pool_size={threads})"
 # moment it exists (a flash sale starts at full load, with no time to warm up).
 preload_app = True
 timeout = 30
+# Probes and scrapes on their own port, outside the workers' queue (hotdeal.admin).
+when_ready = gunicorn_setup.admin_starter(
+    "order-redis", "hotdeal_order_redis.app:admin_probes", server_settings.admin_bind
+)
 
 
 def post_fork(server, worker):  # noqa: ANN001, ANN201

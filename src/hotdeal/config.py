@@ -147,6 +147,8 @@ class ServerSettings(_FromEnv):
     access_log: str | None = setting("HOTDEAL_ACCESS_LOG")
     # Heartbeat files in memory, not on a (possibly read-only) root filesystem.
     worker_tmp_dir: str | None = setting("HOTDEAL_WORKER_TMP_DIR")
+    # /healthz, /readyz and /metrics outside the workers' queue (hotdeal.admin); "" = off.
+    admin_bind: str = setting("HOTDEAL_ADMIN_BIND", "0.0.0.0:9000")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ before prometheus_client is first imported (it picks its storage at import time)
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,29 @@ def on_starting(server: Any) -> None:
     # Samples of a previous run in the same directory would be summed into this one's.
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
+
+
+def admin_starter(service: str, factory: str, bind: str) -> Callable[[Any], None]:
+    """A `when_ready` hook that starts the admin listener (hotdeal.admin) beside the
+    arbiter: probes and scrapes never wait behind orders in the workers' queue."""
+
+    def when_ready(server: Any) -> None:
+        if not bind:
+            return
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hotdeal.admin", service, factory, bind],
+            preexec_fn=_die_with_parent,
+        )
+        server.log.info("admin listener (pid %s) on %s", proc.pid, bind)
+
+    return when_ready
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def child_exit(server: Any, worker: Any) -> None:

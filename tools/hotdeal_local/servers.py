@@ -324,6 +324,7 @@ class Process:
         self.health_url = health_url
         self.log = log
         self.metrics_port: int | None = None
+        self.admin_port: int | None = None  # gunicorn services: hotdeal.admin
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> Process:
@@ -337,11 +338,13 @@ class Process:
             preexec_fn=die_with_parent(),
             cwd=REPO,
         )
-        if self.health_url:
-            url = self.health_url
+        urls = [self.health_url] if self.health_url else []
+        if self.admin_port:
+            urls.append(f"http://127.0.0.1:{self.admin_port}/healthz")
+        for url in urls:
             _wait(
                 self.name,
-                lambda: urllib.request.urlopen(url, timeout=1).status == 200,
+                lambda u=url: urllib.request.urlopen(u, timeout=1).status == 200,
                 timeout,
                 self.proc,
             )
@@ -362,13 +365,20 @@ class Process:
 def gunicorn(service: str, port: int, env: dict[str, str], log: Path | None = None) -> Process:
     """The service exactly as its image runs it: `gunicorn -c images/<service>/gunicorn.conf.py`."""
     conf = REPO / "images" / service / "gunicorn.conf.py"
-    return Process(
+    admin = free_port()
+    proc = Process(
         service,
         [str(BIN / "gunicorn"), "-c", str(conf)],
-        {**env, "HOTDEAL_BIND": f"127.0.0.1:{port}"},
+        {
+            **env,
+            "HOTDEAL_BIND": f"127.0.0.1:{port}",
+            "HOTDEAL_ADMIN_BIND": f"127.0.0.1:{admin}",
+        },
         health_url=f"http://127.0.0.1:{port}/healthz",
         log=log,
     )
+    proc.admin_port = admin
+    return proc
 
 
 def writer(

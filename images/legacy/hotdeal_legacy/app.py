@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify, request
+from sqlalchemy import Engine
 
 from hotdeal import metrics
 from hotdeal.config import Settings
@@ -12,6 +13,8 @@ from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
+    Reader,
+    ReadinessCheck,
     init_errors,
     init_health,
     init_metrics,
@@ -29,6 +32,21 @@ SERVICE = "legacy"
 WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
 
+def probes(settings: Settings, engine: Engine) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
+    """Readiness checks and scrape-time readers (the app's and the admin listener's)."""
+    checks = {"database": lambda: table_reachable(engine, hotdeal_list)}
+    readers: list[Reader] = [
+        lambda: read_stock(engine, SERVICE, settings.legacy_slots),
+        lambda: read_db_waits(engine),
+    ]
+    return checks, readers
+
+
+def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
+    """For hotdeal.admin: its own small engine (probes and scrapes only)."""
+    return probes(settings, engine_from_settings(settings, pool_size=2))
+
+
 def create_app(settings: Settings | None = None, *, pool_size: int | None = None) -> Flask:
     """`pool_size`: database connections per worker (gunicorn.conf.py passes its threads)."""
     settings = settings or Settings.from_env()
@@ -36,18 +54,10 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
-    checks = {"database": lambda: table_reachable(engine, hotdeal_list)}
+    checks, readers = probes(settings, engine)
     init_errors(app)
     init_health(app, checks)
-    init_metrics(
-        app,
-        SERVICE,
-        checks,
-        readers=[
-            lambda: read_stock(engine, SERVICE, settings.legacy_slots),
-            lambda: read_db_waits(engine),
-        ],
-    )
+    init_metrics(app, SERVICE, checks, readers)
     design = Design.of_legacy(settings.legacy_slots)
     lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify, request
 
+from hotdeal import durability
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.redis_client import redis_from_settings
@@ -16,6 +17,7 @@ from hotdeal.validation import (
     parse_user_id,
 )
 from hotdeal.web import (
+    Reader,
     ReadinessCheck,
     init_errors,
     init_health,
@@ -33,6 +35,22 @@ SERVICE = "order-redis"
 # The workshop's GET /order-redis: one unit of product 1 to one shared buyer, so the
 # per-user limit does not apply to it.
 WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
+
+
+def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
+    """For hotdeal.admin: Redis reachable and able to give the configured durability
+    (and the database in inline mode); the stock gauges."""
+    client = redis_from_settings(settings)
+
+    def redis_ready() -> None:
+        client.ping()
+        durability.plan(client, settings.redis_durability, settings.redis_durability_timeout_ms)
+
+    checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
+    if settings.order_write == "inline":
+        engine = engine_from_settings(settings, pool_size=2)
+        checks["database"] = lambda: table_reachable(engine, order_history)
+    return checks, [lambda: read_stock(client, SERVICE)]
 
 
 def create_app(settings: Settings | None = None, *, pool_size: int | None = None) -> Flask:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench chaos clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes chaos clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-images  build the images with podman (offline) and test them as containers"
 	@echo "make up           run the whole stack locally in the foreground (Ctrl-C stops it)"
 	@echo "make bench        the demo with -n 30000 against 10000 stock"
+	@echo "make bench-probes probe/scrape latency under legacy's load, order port vs admin port"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -58,6 +59,11 @@ demo: deps venv
 bench: deps venv
 	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json \
 	  --designs legacy,order-redis-inline,order-redis,order-redis-none,legacy-slots-8 $(DEMO_ARGS)
+
+# /healthz, /readyz, /metrics latency on the order port and the admin port while legacy's
+# hot row is under ab -c 150 (results/probes.json).
+bench-probes: deps venv
+	$(BIN)/hotdeal-local probes $(PROBE_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

@@ -111,6 +111,26 @@ def chaos(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def probes(args: argparse.Namespace) -> int:
+    from hotdeal_local.probes import run_probes
+
+    result = run_probes(
+        requests=args.requests,
+        concurrency=args.concurrency,
+        hold_ms=args.hold_ms,
+        workdir=args.workdir / "probes",
+    )
+    load = f"ab -c {args.concurrency} -n {args.requests}, hold {args.hold_ms} ms"
+    print(f"\nlegacy's hot row under {load}:")
+    for name, row in result.items():
+        p50, worst = row["p50_ms"], row["max_ms"]
+        print(f"  {name:<22} n={row['n']:<4} p50 {p50:>8.1f} ms   max {worst:>8.1f} ms")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotdeal-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,8 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     p_chaos.add_argument("--durability", choices=("replica", "fsync", "none"), default="replica")
     p_chaos.add_argument("--out", default="results/chaos.json")
     p_chaos.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_probes = sub.add_parser("probes", help="probe and scrape latency under legacy's load")
+    p_probes.add_argument("--requests", "-n", type=int, default=3000)
+    p_probes.add_argument("--concurrency", "-c", type=int, default=150)
+    p_probes.add_argument("--hold-ms", type=int, default=30)
+    p_probes.add_argument("--out", default="results/probes.json")
+    p_probes.add_argument("--workdir", type=Path, default=REPO / ".local")
     args = parser.parse_args(argv)
-    commands = {"up": up, "demo": demo, "chaos": chaos}
+    commands = {"up": up, "demo": demo, "chaos": chaos, "probes": probes}
     try:
         code = commands[args.command](args)
     except (Missing, PortTaken) as exc:

@@ -188,13 +188,8 @@ def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
-    args.no_redis, args.wait = False, True
     args.namespace = args.namespace or ctx.settings.namespace
-
-    def do_reset() -> None:
-        _reset(ctx, args)
-
-    return run_event(args, do_reset, lambda: _reconcile(ctx, args))
+    return run_event(args, ctx.engine, ctx.redis)
 
 
 def build_parser() -> argparse.ArgumentParser:

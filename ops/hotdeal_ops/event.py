@@ -15,10 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from sqlalchemy import Engine
+
+from hotdeal_ops.reconcile import reconcile
+from hotdeal_ops.reset import reset
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -169,22 +174,24 @@ class LoadRun:
 
 def run_event(
     args: Any,
-    reset: Callable[[], None],
-    reconcile: Callable[[], dict[str, Any]],
+    engine: Engine,
+    client: redis.Redis,
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> int:
+    """reset -> load Job -> wait -> summary -> reconcile; 0 only if the load succeeded
+    and the books balance."""
     ns = namespace(args.namespace)
     load = LoadRun(connect(), ns, say)
     cronjob = load.cronjob(args.load_cronjob)  # check access before touching any data
     say(f"resetting product {args.product} to {args.stock} units")
-    reset()
+    reset(engine, client, args.product, args.stock, slots=args.slots, opens_at=None)
     job_name = args.job_name or f"{args.load_cronjob}-{int(time.time())}"[-63:]
     load.start(cronjob, job_name)
     say(f"started Job {job_name} from CronJob {args.load_cronjob} in {ns}")
     state = load.wait(job_name, args.timeout)
     print(f"--- load summary ({job_name}: {state}) ---")
     print(load.summary(job_name))
-    report = reconcile()
+    report = reconcile(engine, client, args.product, wait_s=args.timeout)
     print("--- reconcile ---")
     print(json.dumps(report, indent=2))
     return 0 if state == "succeeded" and report["ok"] else 1

@@ -176,6 +176,9 @@ def run_design(
     stack.reset(stock, slots=design.slots)
     stack.redis_config(appendfsync=design.appendfsync)
     port = stack.legacy_port if design.service == "legacy" else stack.order_redis_port
+    # The writer waits for the same durability as the design's answers.
+    durability = {k: v for k, v in design.env.items() if k == "HOTDEAL_REDIS_DURABILITY"}
+    writer = stack.start_writer(**durability)
     proc = stack.start_service(design.service, port, **design.env)
     try:
         run = run_ab(
@@ -186,7 +189,10 @@ def run_design(
         )
     finally:
         stack.stop_process(proc)
-    done = ops(stack.env, "reconcile", "--wait", "--timeout", "120", check=False)
+    try:
+        done = ops(stack.env, "reconcile", "--wait", "--timeout", "120", check=False)
+    finally:
+        stack.stop_process(writer)
     report = json.loads(done.stdout) if done.stdout else {"violations": [done.stderr]}
     result = summarize(design, run, report, done.returncode, stock, requests, concurrency)
     result["orders_per_second"] = orders_per_second(
@@ -269,7 +275,6 @@ def run_demo(
     with running(stack):
         print("starting redis-server and PostgreSQL ...", flush=True)
         stack.start_stores()
-        stack.start_writer()
         results = [
             run_design(
                 stack,

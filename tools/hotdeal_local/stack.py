@@ -99,8 +99,8 @@ class LocalStack:
         proc.stop()
         self.processes.remove(proc)
 
-    def start_writer(self) -> Process:
-        proc = writer(self.env, log=self.workdir / "writer.log").start()
+    def start_writer(self, **extra: str) -> Process:
+        proc = writer({**self.env, **extra}, log=self.workdir / "writer.log").start()
         self.processes.append(proc)
         return proc
 

@@ -52,6 +52,7 @@ def run(
     secrets: Path,
     *command: str,
     port: int | None = None,
+    admin_port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> str:
     """Start a hardened container the way the chart runs the pod; returns its id."""
@@ -81,7 +82,9 @@ def run(
         "HOTDEAL_WORKERS=2",
     ]
     if port:
+        # Host network: every container needs ports of its own (the admin one too).
         args += ["-e", f"HOTDEAL_BIND=127.0.0.1:{port}"]
+        args += ["-e", f"HOTDEAL_ADMIN_BIND=127.0.0.1:{admin_port or free_port()}"]
     for key, value in (env or {}).items():
         args += ["-e", f"{key}={value}"]
     return podman(*args, image(service), *command).stdout.strip()
@@ -96,13 +99,15 @@ def containers() -> Iterator[list[str]]:
 
 
 def serve(service: str, secrets: Path, containers: list[str]) -> Service:
-    port = free_port()
-    containers.append(run(service, secrets, port=port))
+    port, admin = free_port(), free_port()
+    containers.append(run(service, secrets, port=port, admin_port=admin))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            ready = requests.get(f"{url}/readyz", timeout=2).status_code == 200
+            # The admin listener (probes, scrapes) runs in the read-only image too.
+            if ready and requests.get(f"http://127.0.0.1:{admin}/readyz", timeout=2).ok:
                 return Service(service, url, None)  # type: ignore[arg-type]
         except requests.RequestException:
             pass

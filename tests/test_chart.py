@@ -460,3 +460,11 @@ def test_oracle_starts_on_a_fresh_volume_on_an_x86_node():
     assert "/opt/oracle/oradata" in mounts
     assert "faststart" not in container["image"]
     assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+
+
+def test_statefulsets_are_governed_by_headless_services():
+    docs = objects("default")
+    services = by_kind(docs, "Service")
+    for name, sts in by_kind(docs, "StatefulSet").items():
+        governing = services[sts["spec"]["serviceName"]]
+        assert governing["spec"]["clusterIP"] == "None", name

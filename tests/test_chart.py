@@ -468,3 +468,34 @@ def test_statefulsets_are_governed_by_headless_services():
     for name, sts in by_kind(docs, "StatefulSet").items():
         governing = services[sts["spec"]["serviceName"]]
         assert governing["spec"]["clusterIP"] == "None", name
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"writer": {"enabled": False}}, "needs writer.enabled=true"),
+        ({"orderRedis": {"durability": "replica"}}, "needs a replicated Redis"),
+        ({"redis": {"enabled": False}}, "redis.externalUrl or redis.existingSecret is required"),
+        (
+            {"legacy": {"enabled": False}, "load": {"enabled": True, "target": "legacy"}},
+            "load.target=legacy",
+        ),
+    ],
+)
+def test_contradictory_values_fail_with_a_message(binary, tmp_path, values, message):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = helm(binary, "template", "ev", str(CHART), "-f", str(path), check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_common_labels_reach_every_object(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"commonLabels": {"team": "shop"}, "load": {"enabled": True}}))
+    out = helm("helm4", "template", "ev", str(CHART), "-f", str(path)).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert docs
+    for d in docs:
+        assert d["metadata"]["labels"].get("team") == "shop", (d["kind"], d["metadata"]["name"])

@@ -34,6 +34,26 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 app.kubernetes.io/part-of: hotdeal
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Contradictory switches fail the render with a message (Bitnami's validateValues). */}}
+{{- define "hotdeal.validateValues" -}}
+{{- $errors := list -}}
+{{- if and .Values.orderRedis.enabled (eq .Values.orderRedis.orderWrite "stream") (not .Values.writer.enabled) -}}
+{{- $errors = append $errors "orderRedis.orderWrite=stream needs writer.enabled=true: nothing would persist the orders" -}}
+{{- end -}}
+{{- if and (eq .Values.orderRedis.durability "replica") .Values.redis.enabled -}}
+{{- $errors = append $errors "orderRedis.durability=replica needs a replicated Redis; the in-chart Redis has no replica (use fsync, or an external Redis)" -}}
+{{- end -}}
+{{- if and .Values.load.enabled (eq .Values.load.target "legacy") (not .Values.legacy.enabled) -}}
+{{- $errors = append $errors "load.target=legacy needs legacy.enabled=true" -}}
+{{- end -}}
+{{- if $errors -}}
+{{- fail (printf "\nhotdeal: invalid values:\n- %s" (join "\n- " $errors)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod labels that the NetworkPolicies of Redis and Oracle admit. */}}

@@ -243,3 +243,37 @@ def test_legacy_lookups_read_the_database(legacy, reset, engine):
     assert legacy.get("/v1/orders/1-nope").status_code == 404
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(order_history)).scalar() >= 1
+
+
+def test_a_retried_batch_keeps_only_what_the_current_redis_holds(engine, stack_env, poison_product):
+    """A batch read from a primary that then failed over is retried against the new
+    primary: entries it never received must not reach order_history (chaos found the
+    books 'behind the database' after every failover until this)."""
+    from hotdeal_order_redis.writer import Entry, _row
+
+    rclient = redis.Redis.from_url(
+        stack_env["HOTDEAL_REDIS_URL"].rsplit("/", 1)[0] + "/8", decode_responses=True
+    )
+    rclient.flushdb()
+    reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None)
+    generation = int(rclient.hget(redis_keys.books(POISON_PRODUCT), "generation"))
+    stream = redis_keys.orders_stream(POISON_PRODUCT)
+    kept = _entry("survivor", generation, 1)
+    kept_id = rclient.xadd(stream, kept)
+    rclient.hset(redis_keys.books(POISON_PRODUCT), mapping={"seq": 1, "sold": 1, "quantity": 99})
+    lost = _entry("lost-in-failover", generation, 2)
+    writer = OrderWriter(rclient, engine, consumer="retry", durability_mode="none", check_ms=60_000)
+    writer._ensure_group(stream)
+    rclient.xreadgroup(redis_keys.WRITER_GROUP, "retry", {stream: ">"})
+    writer._retry = [
+        Entry(stream, kept_id, _row(kept), kept),
+        Entry(stream, "1-1", _row(lost), lost),  # read from the old primary only
+    ]
+    writer.run_once()
+    with engine.connect() as conn:
+        users = set(
+            conn.execute(
+                select(order_history.c.user_id).where(order_history.c.prod_id == POISON_PRODUCT)
+            ).scalars()
+        )
+    assert users == {"survivor"}

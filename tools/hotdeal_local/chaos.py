@@ -91,6 +91,7 @@ class Chaos:
     checked_units: int = 0
     event: int = 0
     checked_upto: int = 0  # answers before this index were covered by an earlier check
+    kinds: tuple[str, ...] = FAULTS  # the faults to take turns with
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -404,7 +405,7 @@ class Chaos:
 
     # -- the run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        plan = [FAULTS[i % len(FAULTS)] for i in range(self.rounds)]
+        plan = [self.kinds[i % len(self.kinds)] for i in range(self.rounds)]
         self.rng.shuffle(plan)
         threads = [
             threading.Thread(target=self.buyer, args=(self.seed * 1000 + i,), daemon=True)
@@ -449,9 +450,18 @@ class Chaos:
 
 
 def run_chaos(
-    *, seed: int, rounds: int, round_s: float, durability: str, workdir: Path
+    *,
+    seed: int,
+    rounds: int,
+    round_s: float,
+    durability: str,
+    workdir: Path,
+    faults: tuple[str, ...] = FAULTS,
 ) -> dict[str, Any]:
-    chaos = Chaos(seed, rounds, round_s, durability, workdir)
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown fault(s) {sorted(unknown)}; choose from {', '.join(FAULTS)}")
+    chaos = Chaos(seed, rounds, round_s, durability, workdir, kinds=tuple(faults))
     chaos.start()
     try:
         return chaos.run()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from hotdeal_local.chaos import FAULTS
 from hotdeal_local.demo import BENCH_DESIGNS, DEFAULT_DESIGNS, DESIGNS, run_demo
 from hotdeal_local.report import picture, table
 from hotdeal_local.servers import REPO, Missing
@@ -95,6 +96,7 @@ def chaos(args: argparse.Namespace) -> int:
         round_s=args.round_seconds,
         durability=args.durability,
         workdir=args.workdir / f"chaos-{args.seed}-{args.durability}",
+        faults=tuple(f for f in args.faults.split(",") if f),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     p_chaos.add_argument("--round-seconds", type=float, default=6.0)
     p_chaos.add_argument("--durability", choices=("replica", "fsync", "none"), default="replica")
     p_chaos.add_argument("--out", default="results/chaos.json")
+    p_chaos.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated kinds to take turns with (default all: {','.join(FAULTS)})",
+    )
     p_chaos.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_probes = sub.add_parser("probes", help="probe and scrape latency under legacy's load")
     p_probes.add_argument("--requests", "-n", type=int, default=3000)

@@ -174,6 +174,16 @@ class OrderWriter:
                 break
         return batch
 
+    def _still_there(self, batch: list[Entry]) -> list[Entry]:
+        pipe = self.client.pipeline(transaction=False)
+        for e in batch:
+            pipe.xrange(e.stream, min=e.entry_id, max=e.entry_id, count=1)
+        found = pipe.execute()
+        kept = [e for e, hit in zip(batch, found, strict=True) if hit]
+        if len(kept) < len(batch):
+            log.warning("%d entries of a retried batch are gone from Redis", len(batch) - len(kept))
+        return kept
+
     def _entries(self, messages: Iterable[tuple[str, tuple[str, dict[str, str]]]]) -> list[Entry]:
         entries: list[Entry] = []
         for stream, (mid, fields) in messages:
@@ -314,8 +324,11 @@ class OrderWriter:
 
     def run_once(self) -> int:
         """Read, store and acknowledge one batch; returns how many entries it handled."""
-        # A batch that failed half-way is retried first (its entries are still pending).
-        batch = self._retry or self._claim_stale() or self._read_new()
+        # A batch that failed half-way is retried first, but only the entries the current
+        # Redis still holds: after a failover it may be a replica that never got them,
+        # and storing those would put orders in the database that Redis has forgotten.
+        batch = self._still_there(self._retry) if self._retry else []
+        batch = batch or self._claim_stale() or self._read_new()
         self._retry = batch
         if batch:
             started = time.perf_counter()

@@ -37,9 +37,18 @@ from sqlalchemy import select
 from hotdeal import redis_keys
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
+from hotdeal.durability import online_replicas
 from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local.proxy import Proxy
-from hotdeal_local.servers import PostgresServer, Process, RedisServer, gunicorn, ops, writer
+from hotdeal_local.servers import (
+    PostgresServer,
+    Process,
+    RedisServer,
+    free_port,
+    gunicorn,
+    ops,
+    writer,
+)
 
 FAULTS = (
     "redis_kill9",
@@ -130,18 +139,12 @@ class Chaos:
         }
         ops(self.env, "init-db")
         ops(self.env, "reset", "--stock", str(self.stock))
-        port = self._free_port()
+        port = free_port()
         self.service = gunicorn(
             "order-redis", port, self.env, log=self.workdir / "order-redis.log"
         ).start()
         self.url = f"http://127.0.0.1:{port}"
         self.writers: list[Process] = [self._writer(n) for n in ("w1", "w2")]
-
-    @staticmethod
-    def _free_port() -> int:
-        from hotdeal_local.servers import free_port
-
-        return free_port()
 
     def _writer(self, name: str) -> Process:
         return writer(
@@ -151,8 +154,6 @@ class Chaos:
         ).start()
 
     def _wait_replica(self, timeout: float = 30) -> None:
-        from hotdeal.durability import online_replicas
-
         client = redis.Redis.from_url(self.primary.url, decode_responses=True)
         deadline = time.monotonic() + timeout
         while online_replicas(client.info("replication")) < 1:

@@ -5,6 +5,7 @@ objects contain."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -226,10 +227,18 @@ def test_external_store_without_url_or_secret_is_refused():
 def test_redis_and_oracle_statefulsets():
     sts = by_kind(objects("default"), "StatefulSet")
     redis = sts["ev-hotdeal-redis"]["spec"]
-    args = redis["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    container = redis["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sh", "-c"]
+    args = shlex.split(container["args"][0])
+    assert args[:2] == ["exec", "redis-server"]
+    assert args[args.index("--requirepass") + 1] == "$REDIS_PASSWORD"
     assert "--appendonly" in args and args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # noeviction refuses writes when full; maxmemory below the limit keeps the OOM killer
+    # away (80% of the container's memory limit, from the downward API).
+    assert args[args.index("--maxmemory") + 1] == "$((MEMORY_LIMIT / 100 * 80))"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MEMORY_LIMIT"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
     assert redis["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
     oracle = sts["ev-hotdeal-oracle"]["spec"]["template"]["spec"]["containers"][0]
     assert oracle["image"].startswith("docker.io/gvenzl/oracle-xe:")

@@ -134,6 +134,20 @@ def _entry(user: str, generation: int, seq: int) -> dict[str, str]:
 
 
 @pytest.fixture
+def private_redis(stack_env):
+    """A Redis database of the test's own: the session's writer process drains db 0."""
+
+    def make(db: int) -> redis.Redis:
+        client = redis.Redis.from_url(
+            stack_env["HOTDEAL_REDIS_URL"].rsplit("/", 1)[0] + f"/{db}", decode_responses=True
+        )
+        client.flushdb()
+        return client
+
+    return make
+
+
+@pytest.fixture
 def poison_product(engine):
     """Product 901 exists only for the test: the other tests see one product."""
     yield POISON_PRODUCT
@@ -143,16 +157,13 @@ def poison_product(engine):
 
 
 def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(
-    engine, stack_env, caplog, poison_product
+    engine, private_redis, caplog, poison_product
 ):
     """A row the database refuses (NUL in a user id, a user id too long for its column)
     goes to the dead-letter stream with the reason; the orders batched with it are
     stored; the writer keeps going and never logs the order's values. In process, on a
     Redis database of its own (the session's writer process drains database 0)."""
-    rclient = redis.Redis.from_url(
-        stack_env["HOTDEAL_REDIS_URL"].rsplit("/", 1)[0] + "/7", decode_responses=True
-    )
-    rclient.flushdb()
+    rclient = private_redis(7)
     reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None)
     generation = int(rclient.hget(redis_keys.books(POISON_PRODUCT), "generation"))
     stream = redis_keys.orders_stream(POISON_PRODUCT)
@@ -245,16 +256,15 @@ def test_legacy_lookups_read_the_database(legacy, reset, engine):
         assert conn.execute(select(func.count()).select_from(order_history)).scalar() >= 1
 
 
-def test_a_retried_batch_keeps_only_what_the_current_redis_holds(engine, stack_env, poison_product):
+def test_a_retried_batch_keeps_only_what_the_current_redis_holds(
+    engine, private_redis, poison_product
+):
     """A batch read from a primary that then failed over is retried against the new
     primary: entries it never received must not reach order_history (chaos found the
     books 'behind the database' after every failover until this)."""
     from hotdeal_order_redis.writer import Entry, _row
 
-    rclient = redis.Redis.from_url(
-        stack_env["HOTDEAL_REDIS_URL"].rsplit("/", 1)[0] + "/8", decode_responses=True
-    )
-    rclient.flushdb()
+    rclient = private_redis(8)
     reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None)
     generation = int(rclient.hget(redis_keys.books(POISON_PRODUCT), "generation"))
     stream = redis_keys.orders_stream(POISON_PRODUCT)

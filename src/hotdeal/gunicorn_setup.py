@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hotdeal.config import ServerSettings, Settings
+from hotdeal.process import die_with_parent
 
 
 def metrics_dir() -> Path:
@@ -44,18 +45,11 @@ def admin_starter(service: str, factory: str, bind: str) -> Callable[[Any], None
             return
         proc = subprocess.Popen(
             [sys.executable, "-m", "hotdeal.admin", service, factory, bind],
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         server.log.info("admin listener (pid %s) on %s", proc.pid, bind)
 
     return when_ready
-
-
-def _die_with_parent() -> None:
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import os
 import secrets
@@ -15,27 +14,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from hotdeal.config import LocalSettings
+from hotdeal.process import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """A preexec_fn: the child gets `sig` when the process that started it dies, so
-    nothing we start outlives us, however we end (even SIGKILL)."""
-
-    def _set() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-    return _set
 
 
 class Missing(RuntimeError):

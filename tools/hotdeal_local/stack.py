@@ -134,7 +134,7 @@ def running(stack: LocalStack) -> Iterator[LocalStack]:
     Once stopping has begun, further SIGINT/SIGTERM (a second Ctrl-C, make and us both
     signalled as one process group) are ignored until it is done: an interrupted
     clean-up is what leaves servers running. Should we die anyway (SIGKILL), every child
-    was started with a parent-death signal (servers.die_with_parent)."""
+    was started with a parent-death signal (hotdeal.process.die_with_parent)."""
 
     def _interrupt(*_: object) -> None:
         raise KeyboardInterrupt

@@ -43,7 +43,7 @@ PROFILES = {
         "redis": {"exporter": {"enabled": True}},
     },
     "load": {
-        "load": {"enabled": True, "k6": {"testRun": {"enabled": True}}},
+        "load": {"enabled": True},
         "orderRedis": {"hpa": {"enabled": True}},
     },
     "legacy-only": {
@@ -52,6 +52,7 @@ PROFILES = {
         "legacy": {"slots": 8},
     },
     "redis-only": {"legacy": {"enabled": False}},
+    "inline": {"orderRedis": {"orderWrite": "inline"}, "writer": {"enabled": False}},
 }
 
 
@@ -163,6 +164,61 @@ def test_hotdeal_pods_are_hardened():
                     assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
 
 
+# Least privilege: the stores each pod's processes use (init-db uses the database).
+USES = {
+    "ev-hotdeal-legacy": {"database"},
+    "ev-hotdeal-order-redis": {"redis"},
+    "ev-hotdeal-writer": {"database", "redis"},
+    "ev-hotdeal-reset": {"database", "redis"},
+    "ev-hotdeal-reconcile": {"database", "redis"},
+    "ev-hotdeal-event": {"database", "redis"},
+}
+SECRET = {"database": "ev-hotdeal-database", "redis": "ev-hotdeal-redis"}
+URL_FILE = {
+    "database": ("HOTDEAL_DATABASE_URL_FILE", "/var/run/secrets/hotdeal/database/database-url"),
+    "redis": ("HOTDEAL_REDIS_URL_FILE", "/var/run/secrets/hotdeal/redis/redis-url"),
+}
+LABEL = {"database": "hotdeal.dev/database-client", "redis": "hotdeal.dev/redis-client"}
+
+
+def _stores_of(template: dict) -> dict[str, set[str]]:
+    """What a pod template can reach: its Secrets, URL variables and NetworkPolicy labels."""
+    pod = template["spec"]
+    containers = pod.get("initContainers", []) + pod["containers"]
+    env = {e["name"] for c in containers for e in c.get("env", [])}
+    secrets = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {
+        "secrets": {k for k, name in SECRET.items() if name in secrets},
+        "urls": {k for k, (var, _) in URL_FILE.items() if var in env},
+        "labels": {k for k, label in LABEL.items() if label in template["metadata"]["labels"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("profile", "overrides"),
+    [
+        ("load", {}),
+        ("legacy-only", {}),
+        ("inline", {"ev-hotdeal-order-redis": {"database", "redis"}}),
+    ],
+)
+def test_each_pod_gets_only_the_stores_it_uses(profile, overrides):
+    """Every pod used to get both Secrets and both NetworkPolicy labels: a legacy pod
+    could read the Redis password and reach Redis. Order-redis needs the database only
+    in inline mode; its init-db container is the only part that does then."""
+    uses = {**USES, **overrides}
+    specs = pod_specs(objects(profile))
+    hotdeal = {name: t for name, t in specs.items() if name in uses}
+    assert hotdeal
+    for name, template in hotdeal.items():
+        reach = _stores_of(template)
+        assert reach == {"secrets": uses[name], "urls": uses[name], "labels": uses[name]}, name
+        for c in template["spec"].get("initContainers", []):
+            assert {e["name"] for e in c["env"] if e["name"].endswith("_URL_FILE")} == {
+                "HOTDEAL_DATABASE_URL_FILE"
+            }, name
+
+
 def test_services_get_secrets_as_files_and_probes():
     docs = objects("default")
     deployments = by_kind(docs, "Deployment")
@@ -170,11 +226,10 @@ def test_services_get_secrets_as_files_and_probes():
     for name, d in deployments.items():
         pod = d["spec"]["template"]["spec"]
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env["HOTDEAL_DATABASE_URL_FILE"] == "/var/run/secrets/hotdeal/database/database-url"
-        assert env["HOTDEAL_REDIS_URL_FILE"] == "/var/run/secrets/hotdeal/redis/redis-url"
+        for store in USES[name]:
+            var, path = URL_FILE[store]
+            assert env[var] == path, name
         assert "HOTDEAL_DATABASE_URL" not in env and "HOTDEAL_REDIS_URL" not in env
-        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-        assert secrets == {"ev-hotdeal-database", "ev-hotdeal-redis"}, name
         assert pod["automountServiceAccountToken"] is False
         if name != "ev-hotdeal-writer":
             c = pod["containers"][0]
@@ -273,16 +328,10 @@ def test_network_policies_admit_exactly_the_hotdeal_pods():
     policies = by_kind(docs, "NetworkPolicy")
     pods = {name: tpl["metadata"]["labels"] for name, tpl in pod_specs(docs).items()}
     stores = {"ev-hotdeal-redis": 6379, "ev-hotdeal-oracle": 1521}
+    store_of = {"ev-hotdeal-redis": "redis", "ev-hotdeal-oracle": "database"}
     assert set(policies) == set(stores)
-    clients = {
-        "ev-hotdeal-legacy",
-        "ev-hotdeal-order-redis",
-        "ev-hotdeal-writer",
-        "ev-hotdeal-reset",
-        "ev-hotdeal-reconcile",
-        "ev-hotdeal-event",
-    }
     for name, policy in policies.items():
+        clients = {pod for pod, uses in USES.items() if store_of[name] in uses}
         spec = policy["spec"]
         assert _matches(spec["podSelector"]["matchLabels"], pods[name])  # guards the store
         rule = spec["ingress"][0]
@@ -326,16 +375,34 @@ def test_ops_and_load_jobs_are_suspended_cronjobs():
     assert event["containers"][0]["args"][:3] == ["event", "--load-cronjob", "ev-hotdeal-load-k6"]
     reset = cron["ev-hotdeal-reset"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert reset["automountServiceAccountToken"] is False
-    role = by_kind(docs, "Role")["ev-hotdeal-ops"]
-    verbs = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
-    assert verbs == {
-        ("batch", "cronjobs"): ["get"],
-        ("batch", "jobs"): ["create", "get"],
-        ("", "pods"): ["list"],
-        ("", "pods/log"): ["get"],
-    }
-    run = by_kind(docs, "TestRun")["ev-hotdeal-load-k6"]
-    assert run["spec"]["script"]["configMap"]["file"] == "workshop.js"
+    assert "TestRun" not in {d["kind"] for d in docs}  # on demand only: see the next test
+
+
+def test_the_k6_testrun_is_rendered_on_demand_with_the_cronjobs_env(tmp_path):
+    """The k6-operator starts a TestRun as soon as it exists: installed with the release
+    it loaded the services before reset and the schema, and its runner lacked spike.js's
+    RATE and DURATION. Now only `-s templates/load-testrun.yaml` with a runId renders
+    it, with the k6 CronJob's variables."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"load": {"enabled": True, "k6": {"script": "spike.js"}}}))
+    base = ["template", "ev", str(CHART), "-f", str(values)]
+    for binary in HELMS:
+        plain = helm(binary, *base).stdout
+        assert "kind: TestRun" not in plain
+        on_demand = helm(
+            binary, *base, "-s", "templates/load-testrun.yaml", "--set", "load.k6.testRun.runId=42"
+        ).stdout
+        (run,) = [d for d in yaml.safe_load_all(on_demand) if d]
+        assert run["kind"] == "TestRun" and run["metadata"]["name"] == "ev-hotdeal-load-k6-42"
+        assert run["spec"]["script"]["configMap"] == {
+            "name": "ev-hotdeal-load-k6",
+            "file": "spike.js",
+        }
+        cron = by_kind([d for d in yaml.safe_load_all(plain) if d], "CronJob")["ev-hotdeal-load-k6"]
+        k6 = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert run["spec"]["runner"]["env"] == k6["env"]
+        assert {e["name"] for e in k6["env"]} >= {"RATE", "DURATION", "BASE_URL", "VUS"}
+        assert run["spec"]["runner"]["image"] == k6["image"]
 
 
 def test_monitoring_objects_use_the_shared_files():
@@ -490,6 +557,7 @@ def test_statefulsets_are_governed_by_headless_services():
             {"legacy": {"enabled": False}, "load": {"enabled": True, "target": "legacy"}},
             "load.target=legacy",
         ),
+        ({"load": {"k6": {"testRun": {"runId": "1"}}}}, "runId needs load.enabled=true"),
     ],
 )
 def test_contradictory_values_fail_with_a_message(binary, tmp_path, values, message):
@@ -508,3 +576,92 @@ def test_common_labels_reach_every_object(tmp_path):
     assert docs
     for d in docs:
         assert d["metadata"]["labels"].get("team") == "shop", (d["kind"], d["metadata"]["name"])
+
+
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def _restricted_violations(template: dict) -> list[str]:
+    """The Pod Security Standard `restricted` (v1.33), as the admission plugin checks it."""
+    pod = template["spec"]
+    psc = pod.get("securityContext", {})
+    problems = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(key)
+    for v in pod.get("volumes", []):
+        if not set(v) - {"name"} <= ALLOWED_VOLUMES:
+            problems.append(f"volume {v['name']}")
+    if psc.get("runAsUser") == 0:
+        problems.append("pod runAsUser 0")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        where = c["name"]
+        if sc.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: capabilities")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            problems.append(f"{where}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            problems.append(f"{where}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{where}: hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("profile", ["load", "monitoring", "inline"])
+def test_every_pod_passes_the_restricted_pod_security_standard(profile):
+    """The README tells operators to enforce `restricted` on the namespace (it bounds what
+    the event runner's `jobs: create` can start): every pod the chart makes must pass."""
+    specs = pod_specs(objects(profile))
+    bad = {name: v for name, t in specs.items() if (v := _restricted_violations(t))}
+    assert not bad, bad
+
+
+def _values_schema(*args: str) -> subprocess.CompletedProcess:
+    script = REPO / "scripts" / "values_schema.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_every_value_has_an_at_param_and_the_schema_carries_it():
+    """Bitnami's `## @param` lines document every value; values.schema.json holds the
+    same descriptions and the values' defaults (scripts/values_schema.py writes them)."""
+    done = _values_schema("--check")
+    assert done.returncode == 0, done.stderr
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    redis = schema["properties"]["orderRedis"]["properties"]["durability"]
+    assert redis["default"] == "fsync" and "201" in redis["description"]
+
+
+def test_an_undocumented_or_stale_value_fails_the_check(tmp_path):
+    chart = tmp_path / "chart"
+    chart.mkdir()
+    schema = (CHART / "values.schema.json").read_text()
+    (chart / "values.schema.json").write_text(schema)
+    text = (CHART / "values.yaml").read_text()
+    (chart / "values.yaml").write_text(
+        "\n".join(line for line in text.splitlines() if "@param writer.batch " not in line)
+    )
+    done = _values_schema("--check", "--chart", str(chart))
+    assert done.returncode == 1 and "writer.batch: no @param line" in done.stderr
+    (chart / "values.yaml").write_text(text.replace("batch: 500", "batch: 600"))
+    done = _values_schema("--check", "--chart", str(chart))
+    assert done.returncode == 1 and "not up to date" in done.stderr

@@ -147,6 +147,45 @@ def test_non_root_and_read_only_root(service):
     assert lines[-1] == "tmp-ok"
 
 
+# Top-level modules each image must (True) or must not (False) be able to import.
+CONTENTS = {
+    "legacy": {
+        "hotdeal_legacy": True,
+        "hotdeal": True,
+        "yaml": True,
+        "hotdeal_order_redis": False,
+        "hotdeal_ops": False,
+        "hotdeal_local": False,
+        "kubernetes": False,
+    },
+    "order-redis": {
+        "hotdeal_order_redis": True,
+        "hotdeal_ops": True,
+        "kubernetes": True,
+        "hotdeal_legacy": False,
+        "hotdeal_local": False,
+    },
+}
+
+
+@pytest.mark.parametrize("service", list(CONTENTS))
+def test_an_image_carries_only_what_its_processes_run(service):
+    """The built image, as tests/test_images_contents.py checks its recipe."""
+    probe = (
+        "import importlib.util as u, json, sys; "
+        "print(json.dumps({m: u.find_spec(m) is not None for m in sys.argv[1:]}))"
+    )
+    done = podman(
+        "run", "--rm", "--network", "none", image(service),
+        "python", "-c", probe, *CONTENTS[service],
+    )  # fmt: skip
+    assert json.loads(done.stdout) == CONTENTS[service]
+    scripts = podman("run", "--rm", "--network", "none", image(service), "ls", "/opt/venv/bin")
+    has_ops = "hotdeal-ops" in scripts.stdout.split()
+    assert has_ops == (service == "order-redis")
+    assert "hotdeal-local" not in scripts.stdout.split()
+
+
 def test_order_redis_and_writer_containers_sell_and_persist(secrets, containers, reset, stack_env):
     reset(20)
     service = serve("order-redis", secrets, containers)

@@ -226,14 +226,25 @@ def test_no_kubernetes_configuration(stack_env):
     assert "no Kubernetes configuration" in done.stderr
 
 
-def _rbac_request(method: str, path: str) -> tuple[str, str, str]:
-    """(apiGroup, resource[/subresource], verb) of a namespaced API request path."""
+def _rbac_request(method: str, path: str) -> tuple[str, str, str, str | None]:
+    """(apiGroup, resource[/subresource], verb, name) of a namespaced API request path."""
     parts = path.strip("/").split("/")
     group = "" if parts[0] == "api" else parts[1]
     rest = parts[parts.index("namespaces") + 2 :]
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     verb = {"POST": "create"}.get(method, "get" if len(rest) > 1 else "list")
-    return group, resource, verb
+    return group, resource, verb, rest[1] if len(rest) > 1 else None
+
+
+def _allows(rule: dict, group: str, resource: str, verb: str, name: str | None) -> bool:
+    """RBAC's match: a rule with resourceNames allows only requests for those names."""
+    names = rule.get("resourceNames")
+    return (
+        group in rule["apiGroups"]
+        and resource in rule["resources"]
+        and verb in rule["verbs"]
+        and (not names or name in names)
+    )
 
 
 def test_the_chart_role_grants_every_call_the_runner_makes(fake_api, stack_env, writer_proc):
@@ -245,12 +256,32 @@ def test_the_chart_role_grants_every_call_the_runner_makes(fake_api, stack_env, 
     done = event(stack_env, fake_api, "--job-name", "k6-rbac")
     assert done.returncode == 0, done.stderr
     role = next(d for d in objects("load") if d["kind"] == "Role")
-    allowed = {
+    requests = {_rbac_request(m, p) for m, p in FakeApi.calls}
+    assert requests
+    denied = {r for r in requests if not any(_allows(rule, *r) for rule in role["rules"])}
+    assert not denied, denied
+
+
+def test_the_role_grants_nothing_the_runner_does_not_use():
+    """Least privilege: every rule is used, and the only by-name-able read (the load
+    CronJob) is limited to that name; the chart has no Role without the event runner."""
+    from .test_chart import objects
+
+    role = next(d for d in objects("load") if d["kind"] == "Role")
+    grants = {
         (group, resource, verb)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    requests = {_rbac_request(m, p) for m, p in FakeApi.calls}
-    assert requests and requests <= allowed, requests - allowed
+    assert grants == {
+        ("batch", "cronjobs", "get"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "get"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+    }
+    cronjobs = next(r for r in role["rules"] if r["resources"] == ["cronjobs"])
+    assert cronjobs["resourceNames"] == ["ev-hotdeal-load-k6"]
+    assert not [d for d in objects("default") if d["kind"] in ("Role", "RoleBinding")]

@@ -51,15 +51,26 @@ app.kubernetes.io/part-of: hotdeal
 {{- if and .Values.load.enabled (eq .Values.load.target "legacy") (not .Values.legacy.enabled) -}}
 {{- $errors = append $errors "load.target=legacy needs legacy.enabled=true" -}}
 {{- end -}}
+{{- if and .Values.load.k6.testRun.runId (not (and .Values.load.enabled .Values.load.k6.enabled)) -}}
+{{- $errors = append $errors "load.k6.testRun.runId needs load.enabled=true and load.k6.enabled=true (the TestRun runs the k6 scripts' ConfigMap)" -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\nhotdeal: invalid values:\n- %s" (join "\n- " $errors)) -}}
 {{- end -}}
 {{- end -}}
 
+{{/* Least privilege: a pod gets the NetworkPolicy label, the Secret and the URL of
+     only the stores its process uses. Each helper below takes
+     (dict "root" $ "database" true|false "redis" true|false). */}}
+
 {{/* Pod labels that the NetworkPolicies of Redis and Oracle admit. */}}
 {{- define "hotdeal.clientLabels" -}}
+{{- if .redis }}
 hotdeal.dev/redis-client: "true"
+{{- end }}
+{{- if .database }}
 hotdeal.dev/database-client: "true"
+{{- end }}
 {{- end -}}
 
 {{/* A hotdeal image: hotdeal.image (dict "root" $ "image" .Values.legacy.image) */}}
@@ -108,36 +119,48 @@ imagePullSecrets:
 {{/* Connection settings: the URLs are read from the mounted Secrets (*_FILE), never
      put in the pod spec. */}}
 {{- define "hotdeal.connectionEnv" -}}
+{{- if .database }}
 - name: HOTDEAL_DATABASE_URL_FILE
   value: /var/run/secrets/hotdeal/database/database-url
+{{- end }}
+{{- if .redis }}
 - name: HOTDEAL_REDIS_URL_FILE
   value: /var/run/secrets/hotdeal/redis/redis-url
+{{- end }}
 - name: HOTDEAL_HOLD_MS
-  value: {{ .Values.event.holdMs | quote }}
+  value: {{ .root.Values.event.holdMs | quote }}
 - name: HOTDEAL_MAX_PER_ORDER
-  value: {{ .Values.event.maxPerOrder | quote }}
+  value: {{ .root.Values.event.maxPerOrder | quote }}
 {{- end -}}
 
 {{- define "hotdeal.secretVolumes" -}}
+{{- if .database }}
 - name: database-secret
   secret:
-    secretName: {{ include "hotdeal.databaseSecret" . }}
+    secretName: {{ include "hotdeal.databaseSecret" .root }}
     items: [{key: database-url, path: database-url}]
+{{- end }}
+{{- if .redis }}
 - name: redis-secret
   secret:
-    secretName: {{ include "hotdeal.redisSecret" . }}
+    secretName: {{ include "hotdeal.redisSecret" .root }}
     items: [{key: redis-url, path: redis-url}]
+{{- end }}
 - name: tmp
   emptyDir: {medium: Memory, sizeLimit: 64Mi}
 {{- end -}}
 
 {{- define "hotdeal.secretMounts" -}}
+{{- if .database }}
 - name: database-secret
   mountPath: /var/run/secrets/hotdeal/database
   readOnly: true
+{{- end }}
+{{- if .redis }}
 - name: redis-secret
   mountPath: /var/run/secrets/hotdeal/redis
   readOnly: true
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- end -}}
@@ -166,6 +189,8 @@ securityContext:
      "apiAccess" true) - only the event runner gets a Kubernetes API token. */}}
 {{- define "hotdeal.opsPodSpec" -}}
 {{- $root := .root -}}
+{{- /* reset, reconcile and the event runner read and write both stores. */}}
+{{- $stores := dict "root" $root "database" true "redis" true -}}
 serviceAccountName: {{ include "hotdeal.component" (dict "root" $root "component" "ops") }}
 automountServiceAccountToken: {{ .apiAccess | default false }}
 restartPolicy: Never
@@ -178,7 +203,7 @@ containers:
     command: ["hotdeal-ops"]
     args: {{ toJson .args }}
     env:
-      {{- include "hotdeal.connectionEnv" $root | nindent 6 }}
+      {{- include "hotdeal.connectionEnv" $stores | nindent 6 }}
       - name: HOTDEAL_LEGACY_SLOTS
         value: {{ $root.Values.legacy.slots | quote }}
       - name: HOTDEAL_NAMESPACE
@@ -187,7 +212,26 @@ containers:
     resources:
       {{- toYaml $root.Values.ops.resources | nindent 6 }}
     volumeMounts:
-      {{- include "hotdeal.secretMounts" $root | nindent 6 }}
+      {{- include "hotdeal.secretMounts" $stores | nindent 6 }}
 volumes:
-  {{- include "hotdeal.secretVolumes" $root | nindent 2 }}
+  {{- include "hotdeal.secretVolumes" $stores | nindent 2 }}
+{{- end -}}
+
+{{/* The URL the load generators target. */}}
+{{- define "hotdeal.loadBaseUrl" -}}
+{{- $l := .Values.load -}}
+{{- $svc := include "hotdeal.component" (dict "root" . "component" $l.target) -}}
+{{- $port := ternary .Values.legacy.service.port .Values.orderRedis.service.port (eq $l.target "legacy") -}}
+{{- printf "http://%s:%v" $svc $port -}}
+{{- end -}}
+
+{{/* The k6 scripts' variables, one list for the CronJob and the TestRun runner. */}}
+{{- define "hotdeal.k6Env" -}}
+{{- $l := .Values.load -}}
+- {name: BASE_URL, value: {{ include "hotdeal.loadBaseUrl" . | quote }}}
+- {name: TARGET, value: {{ $l.target | quote }}}
+- {name: ITERATIONS, value: {{ $l.requests | quote }}}
+- {name: VUS, value: {{ $l.concurrency | quote }}}
+- {name: RATE, value: {{ $l.k6.spike.rate | quote }}}
+- {name: DURATION, value: {{ $l.k6.spike.duration | quote }}}
 {{- end -}}

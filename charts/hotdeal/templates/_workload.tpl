@@ -1,11 +1,15 @@
 {{/* One Deployment of a hotdeal process (legacy, order-redis, writer):
      hotdeal.deployment (dict "root" $ "component" "legacy" "values" .Values.legacy
        "image" .Values.legacy.image "env" (list ...) "command" (list ...) "port" 8080
-       "probe" "http" | "metrics") */}}
+       "probe" "http" | "metrics" "database" true "redis" false): database and redis name
+     the stores the process uses; it gets the Secret, URL and NetworkPolicy label of
+     those only. */}}
 {{- define "hotdeal.deployment" -}}
 {{- $root := .root -}}
 {{- $v := .values -}}
 {{- $ctx := dict "root" $root "component" .component -}}
+{{- $stores := dict "root" $root "database" .database "redis" .redis -}}
+{{- $dbOnly := dict "root" $root "database" true "redis" false -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -24,7 +28,7 @@ spec:
     metadata:
       labels:
         {{- include "hotdeal.labels" $ctx | nindent 8 }}
-        {{- include "hotdeal.clientLabels" $root | nindent 8 }}
+        {{- include "hotdeal.clientLabels" $stores | nindent 8 }}
       annotations:
         checksum/config: {{ toJson $v | sha256sum | trunc 16 }}
     spec:
@@ -32,7 +36,7 @@ spec:
       {{- include "hotdeal.pullSecrets" $root | nindent 6 }}
       {{- include "hotdeal.podSecurity" $root | nindent 6 }}
       terminationGracePeriodSeconds: 40
-      {{- if and .usesDatabase $root.Values.database.initSchema.enabled }}
+      {{- if and .database $root.Values.database.initSchema.enabled }}
       # The tables exist before the process starts, and readiness never waits for a
       # Helm hook: a post-install hook runs only after `helm install --wait` (and Argo
       # CD, Flux) saw the pods Ready, which they can't be without the tables. init-db
@@ -44,12 +48,12 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: ["hotdeal-ops", "init-db", "--wait", {{ $root.Values.database.initSchema.waitSeconds | toString | quote }}]
           env:
-            {{- include "hotdeal.connectionEnv" $root | nindent 12 }}
+            {{- include "hotdeal.connectionEnv" $dbOnly | nindent 12 }}
           {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
           resources:
             {{- toYaml $root.Values.ops.resources | nindent 12 }}
           volumeMounts:
-            {{- include "hotdeal.secretMounts" $root | nindent 12 }}
+            {{- include "hotdeal.secretMounts" $dbOnly | nindent 12 }}
       {{- end }}
       containers:
         - name: {{ .component }}
@@ -59,7 +63,7 @@ spec:
           command: {{ toJson . }}
           {{- end }}
           env:
-            {{- include "hotdeal.connectionEnv" $root | nindent 12 }}
+            {{- include "hotdeal.connectionEnv" $stores | nindent 12 }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -102,9 +106,9 @@ spec:
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           volumeMounts:
-            {{- include "hotdeal.secretMounts" $root | nindent 12 }}
+            {{- include "hotdeal.secretMounts" $stores | nindent 12 }}
       volumes:
-        {{- include "hotdeal.secretVolumes" $root | nindent 8 }}
+        {{- include "hotdeal.secretVolumes" $stores | nindent 8 }}
       {{- with $v.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}

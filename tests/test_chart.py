@@ -273,6 +273,44 @@ def test_existing_secrets_replace_the_stores():
     }
 
 
+def test_existing_secrets_with_their_own_key_names(tmp_path):
+    """Bitnami's existingSecret + key names: an operator's Secrets rarely use ours."""
+    values = tmp_path / "values.yaml"
+    keys_db = {"url": "dsn", "oraclePassword": "sys-pw", "appPassword": "app-pw"}
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"existingSecret": "corp-db", "existingSecretKeys": keys_db},
+                "redis": {
+                    "existingSecret": "corp-redis",
+                    "existingSecretKeys": {"url": "uri", "password": "pw"},
+                },
+            }
+        )
+    )
+    out = helm("helm4", "template", "ev", str(CHART), "-f", str(values)).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert not by_kind(docs, "Secret")
+    used = set()
+    for template in pod_specs(docs).values():
+        spec = template["spec"]
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                used |= {(v["secret"]["secretName"], i["key"]) for i in v["secret"]["items"]}
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.add((ref["name"], ref["key"]))
+    assert used == {
+        ("corp-db", "dsn"),
+        ("corp-db", "sys-pw"),
+        ("corp-db", "app-pw"),
+        ("corp-redis", "uri"),
+        ("corp-redis", "pw"),
+    }
+
+
 def test_external_store_without_url_or_secret_is_refused():
     done = helm("helm4", "template", "x", str(CHART), "--set", "redis.enabled=false", check=False)
     assert done.returncode != 0

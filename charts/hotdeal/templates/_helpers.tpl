@@ -138,13 +138,13 @@ imagePullSecrets:
 - name: database-secret
   secret:
     secretName: {{ include "hotdeal.databaseSecret" .root }}
-    items: [{key: database-url, path: database-url}]
+    items: [{key: {{ .root.Values.database.existingSecretKeys.url }}, path: database-url}]
 {{- end }}
 {{- if .redis }}
 - name: redis-secret
   secret:
     secretName: {{ include "hotdeal.redisSecret" .root }}
-    items: [{key: redis-url, path: redis-url}]
+    items: [{key: {{ .root.Values.redis.existingSecretKeys.url }}, path: redis-url}]
 {{- end }}
 - name: tmp
   emptyDir: {medium: Memory, sizeLimit: 64Mi}

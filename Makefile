@@ -12,7 +12,7 @@ help:
 	@echo "make test         set up everything missing, then run the test suite"
 	@echo "make test-images  build the images with podman (offline) and test them as containers"
 	@echo "make up           run the whole stack locally in the foreground (Ctrl-C stops it)"
-	@echo "make bench        the demo with -n 30000 against 10000 stock"
+	@echo "make bench        the demo with -n 30000 against 10000 stock, and the ceilings"
 	@echo "make bench-probes probe/scrape latency under legacy's load, order port vs admin port"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
@@ -58,7 +58,8 @@ demo: deps venv
 
 bench: deps venv
 	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json \
-	  --designs legacy,order-redis-inline,order-redis,order-redis-none,legacy-slots-8 $(DEMO_ARGS)
+	  --designs legacy,order-redis-inline,order-redis,order-redis-none,legacy-slots-8 \
+	  --ceilings 3 $(DEMO_ARGS)
 
 # /healthz, /readyz, /metrics latency on the order port and the admin port while legacy's
 # hot row is under ab -c 150 (results/probes.json).

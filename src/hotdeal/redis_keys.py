@@ -7,6 +7,8 @@ ElastiCache cluster mode) allows only within one slot.
 
 from __future__ import annotations
 
+from functools import cache
+
 # Set of the order streams the writers must drain (one stream per product).
 STREAMS = "hotdeal:streams"
 # Set of the product ids `hotdeal-ops reset` has set up (for the stock gauges).
@@ -53,6 +55,19 @@ def orders(product_id: int) -> str:
 
 def orders_stream(product_id: int) -> str:
     return f"{prefix(product_id)}-stream"
+
+
+@cache
+def take_keys(product_id: int) -> tuple[str, str, str, str, str]:
+    """The keys every take touches, in take_stock.lua's KEYS order (kept per product:
+    built on every order they cost a few microseconds)."""
+    return (
+        books(product_id),
+        buyers(product_id),
+        buyer_orders(product_id),
+        orders(product_id),
+        orders_stream(product_id),
+    )
 
 
 def idempotency(product_id: int, user_id: str, key: str) -> str:

@@ -71,6 +71,8 @@ def demo(args: argparse.Namespace) -> int:
         hold_ms=args.hold_ms,
         designs=designs,
         workdir=args.workdir,
+        ceiling_rounds=args.ceilings,
+        ceiling_requests=args.ceiling_requests,
     )
     out = Path(args.out)
     png = out.with_suffix(".png")
@@ -154,6 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     p_demo.add_argument(
         "--out", default="results/demo.json", help="JSON results; the PNG goes beside it"
     )
+    p_demo.add_argument(
+        "--ceilings",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also measure order-redis beside a bare Flask route and Flask + one EVALSHA, "
+        "taking turns for ROUNDS rounds (make bench: 3)",
+    )
+    p_demo.add_argument("--ceiling-requests", type=int, default=20_000)
     p_demo.add_argument("--workdir", type=Path, default=REPO / ".local" / "demo")
     p_chaos = sub.add_parser("chaos", help="fault-injection run with a checker")
     p_chaos.add_argument("--seed", type=int, default=1)

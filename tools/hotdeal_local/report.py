@@ -42,11 +42,36 @@ def table(result: dict[str, Any]) -> str:
             )
         )
     lines.append("")
+    lines += ceiling_lines(result)
     lines += workshop_lines(result)
     for check in result.get("speed_bar", []):
         mark = "met " if check["ok"] else "MISS"
         lines.append(f"  [{mark}] {check['check']}: {check['value']}")
     return "\n".join(lines)
+
+
+def ceiling_lines(result: dict[str, Any]) -> list[str]:
+    c = result.get("ceilings")
+    if not c:
+        return []
+    lines = [
+        f"Ceilings (same gunicorn settings, every request a sale, median of {c['rounds']} "
+        "rounds; CPU us per request):"
+    ]
+    keys = ("gunicorn", "redis", "writer", "postgres")
+    lines.append("  " + "".ljust(26) + "req/s".rjust(9) + "".join(k.rjust(10) for k in keys))
+    for name, col in c["columns"].items():
+        cpu = "".join(
+            (f"{col[f'cpu_us_{k}']:.0f}" if f"cpu_us_{k}" in col else "-").rjust(10) for k in keys
+        )
+        lines.append(f"  {name:<26}{col['requests_per_second']:9.0f}{cpu}")
+    lines.append(
+        f"  order-redis / flask+script: {c['order_redis_vs_script']:.2f}; "
+        f"/ flask: {c['order_redis_vs_flask']:.2f}; "
+        f"order-redis-none / flask+script (everysec): {c['none_vs_script_everysec']:.2f}"
+    )
+    lines.append("")
+    return lines
 
 
 def workshop_lines(result: dict[str, Any]) -> list[str]:

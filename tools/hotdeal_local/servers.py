@@ -347,13 +347,20 @@ class Process:
         self.proc = None
 
 
-def gunicorn(service: str, port: int, env: dict[str, str], log: Path | None = None) -> Process:
-    """The service exactly as its image runs it: `gunicorn -c images/<service>/gunicorn.conf.py`."""
+def gunicorn(
+    service: str,
+    port: int,
+    env: dict[str, str],
+    log: Path | None = None,
+    app: str | None = None,
+) -> Process:
+    """The service exactly as its image runs it: `gunicorn -c images/<service>/gunicorn.conf.py`
+    (`app`: another WSGI app under the same settings, e.g. a benchmark ceiling)."""
     conf = REPO / "images" / service / "gunicorn.conf.py"
     admin = free_port()
     proc = Process(
-        service,
-        [str(BIN / "gunicorn"), "-c", str(conf)],
+        app or service,
+        [str(BIN / "gunicorn"), "-c", str(conf), *([app] if app else [])],
         {
             **env,
             "HOTDEAL_BIND": f"127.0.0.1:{port}",
@@ -396,3 +403,26 @@ def ops(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
         text=True,
         check=check,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its descendants that are
+    alive (gunicorn's workers, PostgreSQL's backends), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0.0)
+        todo += children.get(current, [])
+    return total

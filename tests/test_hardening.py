@@ -185,7 +185,7 @@ def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(
             ).scalars()
         )
     assert stored == {"ok-1", "ok-2", "ok-3", "ok-4"}
-    dead = rclient.xrange(redis_keys.DEAD_LETTER)
+    dead = rclient.xrange(redis_keys.dead_letter(POISON_PRODUCT))
     assert sorted(f["seq"] for _, f in dead) == ["2", "4"]
     assert [f["reason"] for _, f in dead] == [
         "refused by the database: DataError: PostgreSQL text fields cannot contain NUL "

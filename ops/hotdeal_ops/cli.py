@@ -23,7 +23,7 @@ from hotdeal import fence
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.errors import is_unavailable
-from hotdeal.redis_client import make_redis
+from hotdeal.redis_client import Client, redis_from_settings
 from hotdeal.schema import metadata
 from hotdeal_ops.event import EventError, run_event
 from hotdeal_ops.reconcile import reconcile
@@ -70,7 +70,7 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._engine: Engine | None = None
-        self._redis: redis.Redis | None = None
+        self._redis: Client | None = None
 
     @property
     def engine(self) -> Engine:
@@ -83,9 +83,9 @@ class Context:
         return self._engine
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Client:
         if self._redis is None:
-            self._redis = make_redis(self.settings.need_redis(), timeout_s=5.0)
+            self._redis = redis_from_settings(self.settings, timeout_s=5.0)
         return self._redis
 
     def slots(self, asked: int | None) -> int:

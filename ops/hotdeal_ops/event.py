@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from sqlalchemy import Engine
 
+from hotdeal.redis_client import Client
 from hotdeal_ops.reconcile import reconcile
 from hotdeal_ops.reset import reset
 
@@ -175,7 +175,7 @@ class LoadRun:
 def run_event(
     args: Any,
     engine: Engine,
-    client: redis.Redis,
+    client: Client,
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> int:
     """reset -> load Job -> wait -> summary -> reconcile; 0 only if the load succeeded

@@ -20,11 +20,11 @@ import time
 from collections import Counter
 from typing import Any
 
-import redis
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from hotdeal import redis_keys
 from hotdeal.designs import Design
+from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
 
@@ -52,7 +52,7 @@ def _stock_books(
     return {"initial": initial, "remaining": remaining, "sold": sold}
 
 
-def _redis_picture(client: redis.Redis, pid: int) -> dict[str, Any]:
+def _redis_picture(client: Client, pid: int) -> dict[str, Any]:
     stream = redis_keys.orders_stream(pid)
     pipe = client.pipeline(transaction=True)
     pipe.hgetall(redis_keys.books(pid))
@@ -62,7 +62,7 @@ def _redis_picture(client: redis.Redis, pid: int) -> dict[str, Any]:
     return {"books": books, "buyers": buyers, "last_id": last[0][0] if last else None}
 
 
-def _in_flight(client: redis.Redis, pid: int, last_id: str | None) -> list[dict[str, str]]:
+def _in_flight(client: Client, pid: int, last_id: str | None) -> list[dict[str, str]]:
     """Entries up to `last_id` still in the stream (persisted ones are deleted)."""
     if last_id is None:
         return []
@@ -77,7 +77,7 @@ def _in_flight(client: redis.Redis, pid: int, last_id: str | None) -> list[dict[
         start = "(" + batch[-1][0]
 
 
-def _wait_for_writer(client: redis.Redis, pid: int, last_id: str | None, wait_s: float) -> None:
+def _wait_for_writer(client: Client, pid: int, last_id: str | None, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     stream = redis_keys.orders_stream(pid)
     while last_id and time.monotonic() < deadline:
@@ -87,7 +87,7 @@ def _wait_for_writer(client: redis.Redis, pid: int, last_id: str | None, wait_s:
 
 
 def reconcile(
-    engine: Engine, client: redis.Redis | None, product_id: int, *, wait_s: float = 0
+    engine: Engine, client: Client | None, product_id: int, *, wait_s: float = 0
 ) -> dict[str, Any]:
     """The report; `client=None` checks the database's books only. With `wait_s`, waits
     up to that long for the writer to persist the orders of the Redis picture."""

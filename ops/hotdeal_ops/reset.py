@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import redis
 from sqlalchemy import Engine, delete, insert, select, update
 
 from hotdeal import redis_keys
+from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
 
@@ -33,7 +33,7 @@ class Fresh:
     epoch: int
 
 
-def redis_marks(client: redis.Redis | None, product_id: int) -> tuple[int, int]:
+def redis_marks(client: Client | None, product_id: int) -> tuple[int, int]:
     """(generation, epoch) Redis's books are at, 0 when it has none."""
     if client is None:
         return 0, 0
@@ -87,7 +87,7 @@ def reset_database(
 
 
 def reset_redis(
-    client: redis.Redis,
+    client: Client,
     product_id: int,
     stock: int,
     *,
@@ -114,6 +114,10 @@ def reset_redis(
     }
     if opens_at is not None:
         books[redis_keys.OPENS_AT] = int(opens_at.timestamp() * 1000)
+    # The registries are global keys, outside the product's slot (a cluster allows a
+    # transaction within one slot only): registered first, so a writer finds the stream.
+    client.sadd(redis_keys.STREAMS, stream)
+    client.sadd(redis_keys.PRODUCTS, product_id)
     pipe = client.pipeline(transaction=True)
     # Again inside the transaction: a writer or a take may have recreated some meanwhile.
     pipe.delete(
@@ -127,14 +131,12 @@ def reset_redis(
     # The group starts at id 0 so writers read every order, even ones enqueued
     # before any writer was running.
     pipe.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
-    pipe.sadd(redis_keys.STREAMS, stream)
-    pipe.sadd(redis_keys.PRODUCTS, product_id)
     pipe.execute()
 
 
 def reset(
     engine: Engine,
-    client: redis.Redis | None,
+    client: Client | None,
     product_id: int,
     stock: int,
     *,

@@ -104,6 +104,9 @@ class Settings(_FromEnv):
     db_pool_size: int | None = setting("HOTDEAL_DB_POOL_SIZE", None, minimum=1, kind=int)
     db_connect_timeout_s: int = setting("HOTDEAL_DB_CONNECT_TIMEOUT_S", 2, minimum=1, kind=int)
     redis_timeout_ms: int = setting("HOTDEAL_REDIS_TIMEOUT_MS", 1000, minimum=50, kind=int)
+    # Redis Cluster / ElastiCache cluster mode (HOTDEAL_REDIS_URL: any node, or the
+    # configuration endpoint).
+    redis_cluster: bool = setting("HOTDEAL_REDIS_CLUSTER", False, kind=bool)
     # order-redis and writer: how durable a take is before it is answered 201 (see
     # hotdeal.durability): "fsync" (default), "replica" or "none" (unsafe).
     redis_durability: str = setting(

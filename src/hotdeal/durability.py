@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from hotdeal.redis_client import primaries
+
 MODES = ("fsync", "replica", "none")
 
 
@@ -110,3 +112,15 @@ def plan(client: redis.Redis, mode: str, timeout_ms: int) -> WaitPlan:
         )
     local = (("WAITAOF", 1, 0, timeout_ms),) if waitaof and aof else ()
     return WaitPlan((*local, ("WAIT", 1, timeout_ms)))
+
+
+def plan_all(client: Any, mode: str, timeout_ms: int) -> WaitPlan:
+    """`plan` for every primary (one on a single Redis, each node of a cluster): a take
+    may land on any of them, so each must give the level, and the same way."""
+    plans = {plan(node, mode, timeout_ms) for node in primaries(client)}
+    if len(plans) > 1:
+        raise DurabilityError(
+            "the cluster's primaries differ (Redis versions or AOF settings): "
+            f"{sorted(p.commands for p in plans)}"
+        )
+    return plans.pop()

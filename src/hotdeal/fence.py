@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from sqlalchemy import Engine, func, select, update
 
 from hotdeal import redis_keys
 from hotdeal.designs import Design
+from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, order_history
 
 ROLLBACK = "rollback: "
@@ -63,7 +63,7 @@ def database_marks(engine: Engine, pid: int, generation: int) -> DatabaseMarks:
     return DatabaseMarks(generation, int(units), int(epoch or 0), int(seq or 0))
 
 
-def pause(client: redis.Redis, pid: int, reason: str) -> bool:
+def pause(client: Client, pid: int, reason: str) -> bool:
     """Stop selling `pid` (the first reason is kept). False if the product has no books."""
     books = redis_keys.books(pid)
     pipe = client.pipeline(transaction=True)
@@ -89,7 +89,7 @@ def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
     return None
 
 
-def check(engine: Engine, client: redis.Redis, pid: int) -> str | None:
+def check(engine: Engine, client: Client, pid: int) -> str | None:
     """Pause `pid` if Redis's books are behind the database; returns the reason.
 
     The database is read first, Redis second: Redis only moves forward, so books read
@@ -146,7 +146,7 @@ def _history(engine: Engine, pid: int) -> tuple[dict[str, Any], list[Any]]:
 
 def repair(
     engine: Engine,
-    client: redis.Redis,
+    client: Client,
     pid: int,
     *,
     idempotency_ttl_s: int = 86400,

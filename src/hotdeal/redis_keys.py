@@ -14,8 +14,6 @@ STREAMS = "hotdeal:streams"
 # Set of the product ids `hotdeal-ops reset` has set up (for the stock gauges).
 PRODUCTS = "hotdeal:products"
 WRITER_GROUP = "order-writers"
-# Stream entries no writer could store, kept with the reason for a human to look at.
-DEAD_LETTER = "hotdeal:dead-letter"
 
 # Fields of the per-product books hash (`books`).
 QUANTITY = "quantity"  # units left
@@ -55,6 +53,12 @@ def orders(product_id: int) -> str:
 
 def orders_stream(product_id: int) -> str:
     return f"{prefix(product_id)}-stream"
+
+
+def dead_letter(product_id: int) -> str:
+    """Stream of the product's orders no writer could store, each with the reason, for a
+    human to look at (in the product's slot: moved there in one transaction)."""
+    return f"{prefix(product_id)}-dead-letter"
 
 
 @cache

@@ -74,8 +74,10 @@ class RedisServer:
         password: str | None = None,
         replica_of: RedisServer | None = None,
         primary_port: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self.binary = binary or need_program("redis-server", "redis-server")
+        self.cluster = cluster
         self.workdir = workdir
         self.port = port or free_port()
         self.password = password or (replica_of.password if replica_of else secrets.token_hex(12))
@@ -109,6 +111,15 @@ class RedisServer:
                         f'masterauth "{self.password}"',
                     ]
                     if self.replica_of
+                    else []
+                ),
+                *(
+                    [
+                        "cluster-enabled yes",
+                        f"cluster-config-file {self.workdir / 'nodes.conf'}",
+                        "cluster-node-timeout 3000",
+                    ]
+                    if self.cluster
                     else []
                 ),
                 f"logfile {self.workdir / 'redis.log'}",
@@ -146,6 +157,84 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not port_taken(port + 10000):
+            return port
+
+
+class RedisClusterServers:
+    """A Redis Cluster of `size` primaries on loopback (no replicas), made as an operator
+    would: redis-server --cluster-enabled yes, then redis-cli --cluster create."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        *,
+        appendfsync: str = "always",
+        binary: str | None = None,
+    ) -> None:
+        password = secrets.token_hex(12)
+        self.nodes = [
+            RedisServer(
+                workdir / f"node-{i}",
+                _cluster_port(),
+                appendfsync=appendfsync,
+                binary=binary,
+                password=password,
+                cluster=True,
+            )
+            for i in range(size)
+        ]
+        self.password = password
+
+    @property
+    def url(self) -> str:
+        """Any node will do: the client learns the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        cli = need_program("redis-cli", "redis-tools")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            env={**os.environ, "REDISCLI_AUTH": self.password},  # not in argv (ps)
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        _wait("the Redis cluster", self.ready, 30, None)
+        return self
+
+    def ready(self) -> bool:
+        import redis
+
+        for node in self.nodes:
+            client = redis.Redis.from_url(node.url, decode_responses=True)
+            try:
+                if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def _postgres_bindir() -> Path:

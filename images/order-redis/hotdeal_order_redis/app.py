@@ -44,7 +44,7 @@ def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Re
 
     def redis_ready() -> None:
         client.ping()
-        durability.plan(client, settings.redis_durability, settings.redis_durability_timeout_ms)
+        durability.plan_all(client, settings.redis_durability, settings.redis_durability_timeout_ms)
 
     checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
     if settings.order_write == "inline":

@@ -29,6 +29,7 @@ from hotdeal import durability, errors, redis_keys
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
+from hotdeal.redis_client import Client, node_client, refresh_topology
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 
@@ -58,7 +59,7 @@ class RedisStock:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         write: str,
         engine: Engine | None = None,
@@ -106,7 +107,7 @@ class RedisStock:
             return self._plan
         with self._plan_lock:
             try:
-                self._plan = durability.plan(
+                self._plan = durability.plan_all(
                     self.client, self.durability_mode, self.durability_timeout_ms
                 )
             except durability.DurabilityError:
@@ -121,21 +122,26 @@ class RedisStock:
         self.durability_plan(force=True)
 
     # -- the take ----------------------------------------------------------------------
-    def _connection(self) -> redis.connection.AbstractConnection:
-        """This thread's own connection to Redis, kept outside the pool: taking one from
-        redis-py's pool and giving it back cost ~35 us per order (measured with
-        cProfile), a tenth of a request's CPU. A forked worker makes its own."""
+    def _connection(self, node: redis.Redis) -> redis.connection.AbstractConnection:
+        """This thread's own connection to `node` (the product's Redis), kept outside the
+        pool: taking one from redis-py's pool and giving it back cost ~35 us per order
+        (measured with cProfile), a tenth of a request's CPU. A forked worker makes its
+        own."""
         line = self._line
         if getattr(line, "pid", None) != os.getpid():
-            line.conn = self.client.connection_pool.make_connection()
-            line.pid = os.getpid()
-        return line.conn
+            line.conns, line.pid = {}, os.getpid()
+        pool = node.connection_pool
+        conn = line.conns.get(id(pool))
+        if conn is None:
+            conn = line.conns[id(pool)] = pool.make_connection()
+        return conn
 
-    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send `commands` in one write, read every reply (errors as values). Raises
-        `unavailable` if nothing was sent, `outcome_unknown` if a reply went missing."""
+    def _round_trip(self, node: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` to `node` in one write, read every reply (errors as values).
+        Raises `unavailable` if nothing was sent, `outcome_unknown` if a reply went
+        missing."""
         try:
-            conn = self._connection()
+            conn = self._connection(node)
             conn.connect()  # no-op when connected
             # An idle connection that can be read from was closed by Redis (a restart, a
             # failover, a timeout): reconnect before sending, as redis-py's pool does,
@@ -166,12 +172,21 @@ class RedisStock:
     def _run_take(self, keys: list[str], args: list[Any], plan: durability.WaitPlan) -> list[Any]:
         script: Script = self._take
         for attempt in (1, 2):
+            # The product's node (the client itself on one Redis): a take and its
+            # durability wait must share one connection there.
+            node = node_client(self.client, keys[0])
             take = ("EVALSHA", script.sha, len(keys), *keys, *args)
-            replies = self._round_trip([take, *plan.commands])
+            replies = self._round_trip(node, [take, *plan.commands])
             reply = replies[0]
-            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
-                script.sha = self.client.script_load(script.script)  # not run: safe to resend
-                continue
+            if isinstance(reply, Exception) and attempt == 1:
+                # Not run, so safe to send again: a node without the script (restarted,
+                # or new to the cluster), or a slot that moved to another node.
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    script.sha = node.script_load(script.script)
+                    continue
+                if isinstance(reply, redis.exceptions.AskError):  # MOVED is one too
+                    refresh_topology(self.client)
+                    continue
             if isinstance(reply, Exception):
                 # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was sold.
                 log.warning("take refused by Redis: %s", str(reply).split("\n")[0][:200])

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hotdeal import redis_keys
 from hotdeal.metrics import stock_families
+from hotdeal.redis_client import Client
 
 
-def _products(client: redis.Redis) -> list[int]:
+def _products(client: Client) -> list[int]:
     return sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS))
 
 
-def read_stock(client: redis.Redis, service: str) -> Iterable[Metric]:
+def read_stock(client: Client, service: str) -> Iterable[Metric]:
     remaining, initial = stock_families()
     paused = GaugeMetricFamily(
         "hotdeal_sales_paused",

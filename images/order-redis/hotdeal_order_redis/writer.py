@@ -42,11 +42,13 @@ from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.errors import is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
-from hotdeal.redis_client import make_redis
+from hotdeal.redis_client import Client, is_cluster, node_client, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal_order_redis import writer_metrics
 
 log = logging.getLogger("hotdeal.writer")
+# How often an idle writer looks at a cluster's streams (it can't block on all at once).
+CLUSTER_POLL_MS = 20
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def _product(stream: str) -> int:
 class OrderWriter:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         engine: Engine,
         *,
         consumer: str,
@@ -93,6 +95,8 @@ class OrderWriter:
         idempotency_ttl_s: int = 86400,
     ) -> None:
         self.client = client
+        # In a cluster each product's stream is in its own slot: no read spans several.
+        self.cluster = is_cluster(client)
         self.engine = engine
         self.consumer = consumer
         self.batch_size = min(batch_size, MAX_IN_LIST)
@@ -170,6 +174,8 @@ class OrderWriter:
         return batch
 
     def _read(self, streams: list[str], count: int, *, block_ms: int | None) -> list[Entry]:
+        if self.cluster and len(streams) > 1:
+            return self._read_each(streams, count, block_ms=block_ms)
         reply = self.client.xreadgroup(
             redis_keys.WRITER_GROUP,
             self.consumer,
@@ -178,6 +184,25 @@ class OrderWriter:
             block=block_ms,
         )
         return self._entries((s, m) for s, messages in reply or [] for m in messages)
+
+    def _read_each(self, streams: list[str], count: int, *, block_ms: int | None) -> list[Entry]:
+        """A cluster refuses a read of streams in different slots (CROSSSLOT), so each
+        is read on its own, and an empty pass polls again after a short wait instead of
+        a blocking read."""
+        entries: list[Entry] = []
+        for stream in streams:
+            if len(entries) >= count:
+                break
+            reply = self.client.xreadgroup(
+                redis_keys.WRITER_GROUP,
+                self.consumer,
+                {stream: ">"},
+                count=count - len(entries),
+            )
+            entries += self._entries((s, m) for s, messages in reply or [] for m in messages)
+        if not entries and block_ms:
+            self.stop.wait(min(block_ms, CLUSTER_POLL_MS) / 1000)
+        return entries
 
     def _still_there(self, batch: list[Entry]) -> list[Entry]:
         pipe = self.client.pipeline(transaction=False)
@@ -200,9 +225,10 @@ class OrderWriter:
 
     def dead_letter(self, stream: str, mid: str, fields: dict[str, str], reason: str) -> None:
         """Keep the entry for a human (with why), and let the stream move on."""
-        log.error("entry %s %s moved to %s: %s", stream, mid, redis_keys.DEAD_LETTER, reason)
+        log.error("entry %s %s moved to the dead-letter stream: %s", stream, mid, reason)
+        dead = redis_keys.dead_letter(_product(stream))  # the product's slot: one MULTI
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(redis_keys.DEAD_LETTER, {"stream": stream, "id": mid, "reason": reason, **fields})
+        pipe.xadd(dead, {"stream": stream, "id": mid, "reason": reason, **fields})
         pipe.xack(stream, redis_keys.WRITER_GROUP, mid)
         pipe.xdel(stream, mid)
         pipe.execute()
@@ -217,22 +243,27 @@ class OrderWriter:
         once that write is durable every entry read before it is too."""
         if self._plan is None or time.monotonic() - self._plan_at > 5:
             self._plan = None
-            self._plan = durability.plan(
+            self._plan = durability.plan_all(
                 self.client, self.durability_mode, self.durability_timeout_ms
             )
             self._plan_at = time.monotonic()
         plan = self._plan
         if not plan.commands:
             return
-        pipe = self.client.pipeline(transaction=False)
-        streams = sorted({e.stream for e in batch})
-        for stream in streams:
-            pipe.set(f"{redis_keys.prefix(_product(stream))}-writer-sync", self.consumer)
-        for command in plan.commands:
-            pipe.execute_command(*command)
-        replies = pipe.execute(raise_on_error=False)[len(streams) :]
-        if not plan.satisfied(replies):
-            raise durability.DurabilityError(f"durability wait timed out: {replies!r}")
+        # Per node (one on a single Redis): the waits cover that connection's writes.
+        by_node: dict[int, tuple[redis.Redis, list[str]]] = {}
+        for stream in sorted({e.stream for e in batch}):
+            node = node_client(self.client, stream)
+            by_node.setdefault(id(node), (node, []))[1].append(stream)
+        for node, streams in by_node.values():
+            pipe = node.pipeline(transaction=False)
+            for stream in streams:
+                pipe.set(f"{redis_keys.prefix(_product(stream))}-writer-sync", self.consumer)
+            for command in plan.commands:
+                pipe.execute_command(*command)
+            replies = pipe.execute(raise_on_error=False)[len(streams) :]
+            if not plan.satisfied(replies):
+                raise durability.DurabilityError(f"durability wait timed out: {replies!r}")
 
     # -- writing -------------------------------------------------------------------
     def _insert(self, rows: list[OrderRow]) -> int:
@@ -268,18 +299,20 @@ class OrderWriter:
         return done_a + done_b, refused_a + refused_b
 
     def acknowledge(self, batch: list[Entry]) -> dict[str, dict[str, str]]:
-        """XACK + XDEL the batch, and read each product's books in the same round trip."""
+        """XACK + XDEL the batch, and read each product's books in the same transaction."""
         by_stream: dict[str, list[str]] = {}
         for e in batch:
             by_stream.setdefault(e.stream, []).append(e.entry_id)
-        pipe = self.client.pipeline(transaction=True)
+        books = {}
         for stream, ids in by_stream.items():
+            # One transaction per product: its keys share a slot (a cluster's condition).
+            pipe = self.client.pipeline(transaction=True)
             pipe.xack(stream, redis_keys.WRITER_GROUP, *ids)
             # Persisted entries leave the stream, so its length is the backlog.
             pipe.xdel(stream, *ids)
             pipe.hgetall(redis_keys.books(_product(stream)))
-        replies = pipe.execute()
-        return {s: replies[3 * i + 2] for i, s in enumerate(by_stream)}
+            books[stream] = pipe.execute()[2]
+        return books
 
     def check_fence(self, batch: list[Entry], books: dict[str, dict[str, str]]) -> None:
         """The batch just stored is in the database: Redis's books must be at or past
@@ -408,8 +441,8 @@ def _code(exc: BaseException) -> str:
 def build_writer(settings: Settings | None = None) -> OrderWriter:
     settings = settings or Settings.from_env()
     return OrderWriter(
-        make_redis(
-            settings.need_redis(),
+        redis_from_settings(
+            settings,
             timeout_s=(settings.redis_timeout_ms + settings.redis_durability_timeout_ms) / 1000
             + 5.0,
         ),

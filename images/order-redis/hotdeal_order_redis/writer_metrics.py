@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from hotdeal import redis_keys
 from hotdeal.metrics import LATENCY_BUCKETS
+from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, order_history
 
 PERSISTED = Counter(
@@ -70,7 +71,7 @@ def read_persisted(engine: Engine) -> Iterable[Metric]:
     yield family
 
 
-def read_backlog(client: redis.Redis) -> Iterable[Metric]:
+def read_backlog(client: Client) -> Iterable[Metric]:
     """Persisted entries are deleted from the stream, so its length is the backlog:
     `pending` (delivered to a writer, not yet acknowledged) and `unread`."""
     backlog = GaugeMetricFamily(

@@ -53,6 +53,9 @@ PROFILES = {
     },
     "redis-only": {"legacy": {"enabled": False}},
     "inline": {"orderRedis": {"orderWrite": "inline"}, "writer": {"enabled": False}},
+    "elasticache-cluster": {
+        "redis": {"enabled": False, "existingSecret": "elasticache", "clusterMode": True},
+    },
 }
 
 
@@ -596,6 +599,7 @@ def test_statefulsets_are_governed_by_headless_services():
             "load.target=legacy",
         ),
         ({"load": {"k6": {"testRun": {"runId": "1"}}}}, "runId needs load.enabled=true"),
+        ({"redis": {"clusterMode": True}}, "redis.clusterMode=true is for an external"),
     ],
 )
 def test_contradictory_values_fail_with_a_message(binary, tmp_path, values, message):
@@ -703,3 +707,13 @@ def test_an_undocumented_or_stale_value_fails_the_check(tmp_path):
     (chart / "values.yaml").write_text(text.replace("batch: 500", "batch: 600"))
     done = _values_schema("--check", "--chart", str(chart))
     assert done.returncode == 1 and "not up to date" in done.stderr
+
+
+def test_cluster_mode_reaches_every_redis_client():
+    """ElastiCache cluster mode: every process that talks to Redis uses the cluster
+    client (the take script would fail with MOVED on a plain one), no other does."""
+    for name, template in pod_specs(objects("elasticache-cluster")).items():
+        for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            uses_redis = "HOTDEAL_REDIS_URL_FILE" in env
+            assert (env.get("HOTDEAL_REDIS_CLUSTER") == "true") == uses_redis, (name, c["name"])

@@ -51,6 +51,9 @@ app.kubernetes.io/part-of: hotdeal
 {{- if and .Values.load.enabled (eq .Values.load.target "legacy") (not .Values.legacy.enabled) -}}
 {{- $errors = append $errors "load.target=legacy needs legacy.enabled=true" -}}
 {{- end -}}
+{{- if and .Values.redis.clusterMode .Values.redis.enabled -}}
+{{- $errors = append $errors "redis.clusterMode=true is for an external Redis Cluster (e.g. ElastiCache cluster mode); the in-chart Redis is a single server (set redis.enabled=false)" -}}
+{{- end -}}
 {{- if and .Values.load.k6.testRun.runId (not (and .Values.load.enabled .Values.load.k6.enabled)) -}}
 {{- $errors = append $errors "load.k6.testRun.runId needs load.enabled=true and load.k6.enabled=true (the TestRun runs the k6 scripts' ConfigMap)" -}}
 {{- end -}}
@@ -126,6 +129,10 @@ imagePullSecrets:
 {{- if .redis }}
 - name: HOTDEAL_REDIS_URL_FILE
   value: /var/run/secrets/hotdeal/redis/redis-url
+{{- if .root.Values.redis.clusterMode }}
+- name: HOTDEAL_REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- end }}
 - name: HOTDEAL_HOLD_MS
   value: {{ .root.Values.event.holdMs | quote }}

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes chaos clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis chaos clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -14,6 +14,7 @@ help:
 	@echo "make up           run the whole stack locally in the foreground (Ctrl-C stops it)"
 	@echo "make bench        the demo with -n 30000 against 10000 stock, and the ceilings"
 	@echo "make bench-probes probe/scrape latency under legacy's load, order port vs admin port"
+	@echo "make bench-redis  the take script's capacity on one Redis core (for the scale plan)"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -65,6 +66,10 @@ bench: deps venv
 # hot row is under ab -c 150 (results/probes.json).
 bench-probes: deps venv
 	$(BIN)/hotdeal-local probes $(PROBE_ARGS)
+
+# take_stock.lua through redis-benchmark: takes/s and Redis CPU per take (results/redis-capacity.json).
+bench-redis: deps venv
+	$(BIN)/hotdeal-local capacity $(CAPACITY_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

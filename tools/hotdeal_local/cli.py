@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -86,6 +87,25 @@ def demo(args: argparse.Namespace) -> int:
     if not result["ok"]:
         print("the books do not balance: see 'violations' in the JSON", file=sys.stderr)
         return 1
+    return 0
+
+
+def capacity(args: argparse.Namespace) -> int:
+    from hotdeal_local.capacity import measure
+
+    print("take_stock.lua on one Redis core (redis-benchmark, same machine):", flush=True)
+    rows = measure(
+        args.workdir,
+        requests=args.requests,
+        clients=tuple(int(c) for c in args.clients.split(",")),
+        fsyncs=tuple(args.appendfsync.split(",")),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"machine": {"cores": os.cpu_count()}, "runs": rows}, indent=2) + "\n"
+    )
+    print(f"wrote {out}")
     return 0
 
 
@@ -178,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"comma-separated kinds to take turns with (default all: {','.join(FAULTS)})",
     )
     p_chaos.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_cap = sub.add_parser("capacity", help="the take script's capacity on one Redis core")
+    p_cap.add_argument("--requests", "-n", type=int, default=200_000)
+    p_cap.add_argument("--clients", default="8,50,200")
+    p_cap.add_argument("--appendfsync", default="always,everysec")
+    p_cap.add_argument("--out", default="results/redis-capacity.json")
+    p_cap.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_probes = sub.add_parser("probes", help="probe and scrape latency under legacy's load")
     p_probes.add_argument("--requests", "-n", type=int, default=3000)
     p_probes.add_argument("--concurrency", "-c", type=int, default=150)
@@ -185,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     p_probes.add_argument("--out", default="results/probes.json")
     p_probes.add_argument("--workdir", type=Path, default=REPO / ".local")
     args = parser.parse_args(argv)
-    commands = {"up": up, "demo": demo, "chaos": chaos, "probes": probes}
+    commands = {"up": up, "demo": demo, "chaos": chaos, "probes": probes, "capacity": capacity}
     try:
         code = commands[args.command](args)
     except (Missing, PortTaken) as exc:

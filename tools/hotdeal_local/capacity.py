@@ -1,0 +1,104 @@
+"""`make bench-redis`: what one Redis core can take, for the scale plan (README "Scale").
+
+redis-benchmark sends the real take script (take_stock.lua) with realistic keys and
+arguments to a private redis-server, as the services send it:
+- the workshop's shape: one shared buyer, no per-user limit, no Idempotency-Key;
+- the API's shape: a new buyer each time, limit 1, an Idempotency-Key (more writes);
+- the two-line check-and-decrement script of `make bench`'s ceiling, for scale;
+with appendfsync always (durability fsync on Redis 7.0) and everysec (durability none),
+at several client counts. Redis is single-threaded: its CPU per take (from /proc) is
+what bounds one primary. redis-benchmark runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from hotdeal import redis_keys
+from hotdeal_local.servers import RedisServer, cpu_seconds, need_program
+
+PRODUCT = 1
+DECREMENT = """
+local n = tonumber(redis.call("GET", KEYS[1]) or "0")
+if n < 1 then return -1 end return redis.call("DECR", KEYS[1])
+"""
+
+
+def _commands(take_sha: str, decrement_sha: str) -> dict[str, list[str]]:
+    keys = list(redis_keys.take_keys(PRODUCT))
+    order_id = f"{PRODUCT}-__rand_int__-4f6c-4a8e-9d2b-7c1e5a3f9b60"
+    return {
+        "take, workshop shape": [
+            "EVALSHA", take_sha, "6", *keys, redis_keys.idempotency_placeholder(PRODUCT),
+            "1", "workshop", "0", order_id, str(PRODUCT), "stream", "86400", "", "0", "0", "0",
+        ],
+        "take, API shape (new buyer, limit 1, key)": [
+            "EVALSHA", take_sha, "6", *keys,
+            redis_keys.idempotency(PRODUCT, "buyer-__rand_int__", "key-__rand_int__"),
+            "1", "buyer-__rand_int__", "1", order_id, str(PRODUCT), "stream", "86400",
+            "key-__rand_int__", "0", "0", "1",
+        ],
+        "ceiling: two-line decrement": ["EVALSHA", decrement_sha, "1", "{ceiling}-stock"],
+    }  # fmt: skip
+
+
+def measure(
+    workdir: Path, *, requests: int, clients: tuple[int, ...], fsyncs: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    bench = need_program("redis-benchmark", "redis-tools")
+    rows = []
+    for fsync in fsyncs:
+        server = RedisServer(workdir / f"capacity-{fsync}", appendfsync=fsync).start()
+        assert server.proc is not None
+        try:
+            client = redis.Redis.from_url(server.url, decode_responses=True)
+            take = files("hotdeal_order_redis").joinpath("take_stock.lua").read_text()
+            shas = client.script_load(take), client.script_load(DECREMENT)
+            for name, command in _commands(*shas).items():
+                for n_clients in clients:
+                    # Enough stock that every take sells; a fresh stream each time.
+                    client.delete(*redis_keys.take_keys(PRODUCT))
+                    client.hset(
+                        redis_keys.books(PRODUCT),
+                        mapping={"quantity": 10**9, "initial": 10**9, "sold": 0, "seq": 0,
+                                 "epoch": 1, "generation": 1},
+                    )  # fmt: skip
+                    client.set("{ceiling}-stock", 10**9)
+                    before = cpu_seconds(server.proc.pid)
+                    done = subprocess.run(
+                        # -a: redis-benchmark has no other way; a throwaway password
+                        # of a private server.
+                        [bench, "-p", str(server.port), "-a", server.password, "-n",
+                         str(requests), "-c", str(n_clients), "-r", "100000000", "--csv",
+                         *command],
+                        capture_output=True, text=True, check=True,
+                    )  # fmt: skip
+                    used = cpu_seconds(server.proc.pid) - before
+                    row = next(csv.DictReader(io.StringIO(done.stdout)))
+                    rows.append(
+                        {
+                            "script": name,
+                            "appendfsync": fsync,
+                            "clients": n_clients,
+                            "takes_per_second": round(float(row["rps"])),
+                            "p50_ms": float(row["p50_latency_ms"]),
+                            "redis_cpu_us_per_take": round(used / requests * 1e6, 1),
+                        }
+                    )
+                    print(
+                        f"  {name:<42} appendfsync {fsync:<8} {n_clients:>4} clients: "
+                        f"{rows[-1]['takes_per_second']:>7} /s, Redis CPU "
+                        f"{rows[-1]['redis_cpu_us_per_take']:5.1f} us each",
+                        flush=True,
+                    )
+            client.close()
+        finally:
+            server.stop()
+    return rows

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from hotdeal_local.demo import BENCH_DESIGNS
+from hotdeal_local.demo import BENCH_DESIGNS, CEILING_COLUMNS
 from hotdeal_local.servers import BIN, free_port
 
 from .helpers import workdir
@@ -52,6 +52,10 @@ def test_demo_runs_end_to_end(tmp_path):
             str(workdir("demo")),
             "--designs",
             ",".join(BENCH_DESIGNS),
+            "--ceilings",
+            "1",
+            "--ceiling-requests",
+            "300",
         ],
         env=env,
         capture_output=True,
@@ -83,6 +87,27 @@ def test_demo_runs_end_to_end(tmp_path):
     assert workshop["here_speedup_order-redis"] > 0
     assert "The workshop's own runs" in done.stdout
     assert out.with_suffix(".png").stat().st_size > 10_000
+    # The ceilings beside order-redis, with the ratios and CPU per request.
+    ceilings = result["ceilings"]
+    assert list(ceilings["columns"]) == [c.name for c in CEILING_COLUMNS]
+    for column in ceilings["columns"].values():
+        assert column["requests_per_second"] > 0 and column["failed"] == 0
+    assert ceilings["columns"]["order-redis"]["cpu_us_writer"] > 0
+    assert ceilings["order_redis_vs_script"] > 0 and "order-redis / flask+script" in done.stdout
+    assert any("flask+script" in c["check"] for c in result["speed_bar"])
+
+
+def test_redis_capacity_tool_measures_the_take_script(tmp_path):
+    out = tmp_path / "capacity.json"
+    done = subprocess.run(
+        [str(BIN / "hotdeal-local"), "capacity", "-n", "2000", "--clients", "4",
+         "--appendfsync", "everysec", "--out", str(out), "--workdir", str(workdir("cap"))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 3 and all(r["takes_per_second"] > 0 for r in runs)
+    assert all(r["redis_cpu_us_per_take"] > 0 for r in runs)
 
 
 def test_demo_says_clearly_when_a_port_is_taken(tmp_path):

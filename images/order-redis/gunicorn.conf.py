@@ -9,6 +9,16 @@ Worker model, chosen by measurement on 2 cores (ab -c 150, write-behind mode):
   database transaction, so a worker must overlap many of them.
 os.cpu_count() sees the node, not the container's CPU limit: in Kubernetes the chart sets
 HOTDEAL_WORKERS from the pod's CPU request.
+
+Where a request's CPU goes (py-spy and cProfile on a worker under ab -c 150, 2 cores;
+`make bench` prints the CPU columns): gunicorn and Flask ~300 us for a route that does
+nothing; a Redis round trip ~120 us more through redis-py's Script call (the
+"flask+script" ceiling). order-redis adds ~25 us on top of that ceiling: the take goes
+out on the worker's own connection, packed by hiredis (redis-py's pool and encoder
+cost ~45 us, hotdeal_order_redis.stock), and the metric children are kept
+(labels() ~4 us a call, hotdeal.web). The rest of the gap to the ceiling is not in the
+worker: Redis runs the bigger script and fsyncs more (~40 us), and the writer and
+PostgreSQL store the order (~55 us), all on the same cores.
 """
 
 import os

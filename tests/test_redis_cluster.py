@@ -14,12 +14,12 @@ import pytest
 import redis
 import requests
 from redis.crc import key_slot
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from hotdeal import errors, redis_keys
 from hotdeal.errors import ApiError
 from hotdeal.redis_client import make_redis, node_client
-from hotdeal.schema import order_history
+from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal.validation import OrderRequest
 from hotdeal_local.servers import RedisClusterServers, ops, writer
 from hotdeal_ops.reconcile import reconcile
@@ -57,14 +57,18 @@ def client(cluster) -> Iterator[redis.RedisCluster]:
 
 
 @pytest.fixture(scope="module")
-def products(client) -> list[int]:
-    """One product per node (ids of their own: the session's database is shared)."""
+def products(client, engine) -> Iterator[list[int]]:
+    """One product per node, with ids of their own; gone from the session's shared
+    database afterwards (the other tests see one product)."""
     chosen: dict[str, int] = {}
     for pid in range(201, 300):
         node = client.get_node_from_key(redis_keys.books(pid)).name
         chosen.setdefault(node, pid)
     assert len(chosen) == 3
-    return sorted(chosen.values())
+    yield sorted(chosen.values())
+    with engine.begin() as conn:
+        for table in (order_history, hotdeal_slot, hotdeal_list):
+            conn.execute(delete(table).where(table.c.prod_id.in_(chosen.values())))
 
 
 @pytest.fixture

@@ -35,8 +35,12 @@ def service(request, writer_proc):
 
 
 def db_units(engine, source: str | None = None) -> int:
+    """Units stored for the current event. A writer may still store an order of the
+    previous one after a reset (it read it before): that row keeps its generation."""
+    generation = select(hotdeal_list.c.generation).where(hotdeal_list.c.prod_id == 1)
     query = select(func.coalesce(func.sum(order_history.c.quantity), 0)).where(
-        order_history.c.prod_id == 1
+        order_history.c.prod_id == 1,
+        order_history.c.generation == generation.scalar_subquery(),
     )
     if source:
         query = query.where(order_history.c.source == source)

@@ -5,8 +5,9 @@ Every take gets the next number (epoch, seq) in Redis's books (`seq` counts take
 `epoch` is bumped by every reset and repair). It travels with the order into
 order_history (take_epoch, take_seq). Redis only moves forward, so while its books are
 intact:
-- every process that answered 201 for take (e, s) finds the books at >= (e, s): the
-  take script compares with what the caller passes and pauses the product otherwise;
+- every server that answered 201 for take (e, s) finds the books at >= (e, s): the
+  take script compares with what the caller passes (hotdeal_order_redis.seen, shared by
+  the server's workers) and pauses the product otherwise;
 - every order in order_history of the current generation is at <= the books' (epoch,
   seq), and its units are <= `sold` (the writer checks after each batch and every few
   seconds, see `check`).

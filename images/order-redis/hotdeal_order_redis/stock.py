@@ -32,6 +32,7 @@ from hotdeal.history import OrderRow, insert_new, new_order_id
 from hotdeal.redis_client import Client, node_client, refresh_topology
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
+from hotdeal_order_redis.seen import SeenMarks
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class RedisStock:
         self._plan: durability.WaitPlan | None = None
         self._plan_checked = 0.0
         self._plan_lock = threading.Lock()
-        # The fence: per product, the highest (epoch, seq) this process answered 201 for.
-        self._seen: dict[int, tuple[int, int]] = {}
+        # The fence: per product, the highest (epoch, seq) this server answered 201 for.
+        self._seen = SeenMarks()
         self._line = threading.local()
 
     # -- start-up and readiness ------------------------------------------------------
@@ -217,7 +218,7 @@ class RedisStock:
             else redis_keys.idempotency_placeholder(pid)
         )
         keys = [*redis_keys.take_keys(pid), idem_key]
-        seen_epoch, seen_seq = self._seen.get(pid, (0, 0))
+        seen_epoch, seen_seq = self._seen.get(pid)
         args = [
             order.quantity,
             user,
@@ -234,8 +235,7 @@ class RedisStock:
         status, *rest = self._run_take(keys, args, plan)
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation = rest
-            if (epoch, seq) > self._seen.get(pid, (0, 0)):
-                self._seen[pid] = (int(epoch), int(seq))
+            self._seen.raise_to(pid, int(epoch), int(seq))
             taken = Taken(order_id, int(remaining), _at(at_ms), replayed=False)
             if self.write == "inline":
                 marks = (int(generation), int(epoch), int(seq))

@@ -1,0 +1,44 @@
+"""The fence's memory is shared by the workers one gunicorn forks, and a worker that
+dies holding its lock does not stop the others."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from hotdeal_order_redis.seen import SLOTS, SeenMarks
+
+
+def _in_child(work) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child: do it and vanish (as a worker killed with -9 would)
+        try:
+            work()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def test_a_mark_raised_in_one_worker_is_seen_by_the_others():
+    marks = SeenMarks()  # made before the fork, as gunicorn's preload makes it
+    _in_child(lambda: marks.raise_to(7, 3, 80))
+    assert marks.get(7) == (3, 80)
+    assert marks.get(8) == (0, 0)
+    marks.raise_to(7, 3, 50)  # never lowered
+    assert marks.get(7) == (3, 80)
+    marks.raise_to(7, 4, 1)  # a new epoch is higher whatever its seq
+    assert marks.get(7) == (4, 1)
+
+
+def test_products_sharing_a_slot_keep_their_own_marks():
+    marks = SeenMarks()
+    marks.raise_to(1, 1, 10)
+    marks.raise_to(1 + SLOTS, 1, 20)
+    assert (marks.get(1), marks.get(1 + SLOTS)) == ((1, 10), (1, 20))
+
+
+def test_a_worker_dying_with_the_lock_releases_it():
+    marks = SeenMarks()
+    _in_child(lambda: fcntl.lockf(marks._lock_file.fileno(), fcntl.LOCK_EX))
+    marks.raise_to(9, 1, 1)  # would hang forever with a semaphore
+    assert marks.get(9) == (1, 1)

@@ -132,9 +132,10 @@ class RedisStock:
         if getattr(line, "pid", None) != os.getpid():
             line.conns, line.pid = {}, os.getpid()
         pool = node.connection_pool
-        conn = line.conns.get(id(pool))
+        where = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
+        conn = line.conns.get(where)
         if conn is None:
-            conn = line.conns[id(pool)] = pool.make_connection()
+            conn = line.conns[where] = pool.make_connection()
         return conn
 
     def _round_trip(self, node: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -287,3 +287,36 @@ def test_a_retried_batch_keeps_only_what_the_current_redis_holds(
             ).scalars()
         )
     assert users == {"survivor"}
+
+
+def test_takes_on_many_threads_never_exhaust_the_pool(stack_env, reset):
+    """Each thread takes on a connection of its own; those must not count against the
+    pool's cap, which the pool's own users need (inline mode's give-backs and commits:
+    32 gthread threads used to exhaust a 64-connection pool, and an answered take lost
+    its give-back)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hotdeal.errors import ApiError
+    from hotdeal.redis_client import make_redis
+    from hotdeal.validation import OrderRequest
+    from hotdeal_order_redis.stock import RedisStock
+
+    reset(100)
+    client = make_redis(stack_env["HOTDEAL_REDIS_URL"], max_connections=4)
+    stock = RedisStock(client, write="stream", durability_mode="fsync")
+
+    def buy(i: int) -> str:
+        try:
+            stock.take(
+                OrderRequest(product_id=1, user_id=f"t{i}", quantity=1),
+                limit=1,
+                idempotency_key=None,
+            )
+            return "ok"
+        except ApiError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(buy, range(24)))
+    assert answers == ["ok"] * 24
+    assert client.hget("{prod-001}-books", "quantity") == "76"  # the pool is still whole

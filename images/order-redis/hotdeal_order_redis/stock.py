@@ -135,7 +135,10 @@ class RedisStock:
         where = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
         conn = line.conns.get(where)
         if conn is None:
-            conn = line.conns[where] = pool.make_connection()
+            # Not pool.make_connection(): that counts against the pool's max_connections,
+            # which the pool's own connections (inline mode's give-backs, lookups) need;
+            # 32 threads holding one each exhausted it.
+            conn = line.conns[where] = pool.connection_class(**pool.connection_kwargs)
         return conn
 
     def _round_trip(self, node: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from hotdeal.redis_client import primaries
+from hotdeal.redis_client import Client, primaries
 
 MODES = ("fsync", "replica", "none")
 
@@ -114,7 +114,7 @@ def plan(client: redis.Redis, mode: str, timeout_ms: int) -> WaitPlan:
     return WaitPlan((*local, ("WAIT", 1, timeout_ms)))
 
 
-def plan_all(client: Any, mode: str, timeout_ms: int) -> WaitPlan:
+def plan_all(client: Client, mode: str, timeout_ms: int) -> WaitPlan:
     """`plan` for every primary (one on a single Redis, each node of a cluster): a take
     may land on any of them, so each must give the level, and the same way."""
     plans = {plan(node, mode, timeout_ms) for node in primaries(client)}

@@ -22,13 +22,11 @@ from typing import Any
 import redis
 
 from hotdeal import redis_keys
+from hotdeal_local.ceiling import DECREMENT
+from hotdeal_local.ceiling import KEY as CEILING_KEY
 from hotdeal_local.servers import RedisServer, cpu_seconds, need_program
 
 PRODUCT = 1
-DECREMENT = """
-local n = tonumber(redis.call("GET", KEYS[1]) or "0")
-if n < 1 then return -1 end return redis.call("DECR", KEYS[1])
-"""
 
 
 def _commands(take_sha: str, decrement_sha: str) -> dict[str, list[str]]:
@@ -45,7 +43,7 @@ def _commands(take_sha: str, decrement_sha: str) -> dict[str, list[str]]:
             "1", "buyer-__rand_int__", "1", order_id, str(PRODUCT), "stream", "86400",
             "key-__rand_int__", "0", "0", "1",
         ],
-        "ceiling: two-line decrement": ["EVALSHA", decrement_sha, "1", "{ceiling}-stock"],
+        "ceiling: two-line decrement": ["EVALSHA", decrement_sha, "1", CEILING_KEY],
     }  # fmt: skip
 
 
@@ -70,7 +68,7 @@ def measure(
                         mapping={"quantity": 10**9, "initial": 10**9, "sold": 0, "seq": 0,
                                  "epoch": 1, "generation": 1},
                     )  # fmt: skip
-                    client.set("{ceiling}-stock", 10**9)
+                    client.set(CEILING_KEY, 10**9)
                     before = cpu_seconds(server.proc.pid)
                     done = subprocess.run(
                         # -a: redis-benchmark has no other way; a throwaway password

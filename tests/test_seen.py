@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from hotdeal_order_redis.seen import SLOTS, SeenMarks
+from hotdeal_order_redis.seen import SEQ_BITS, SLOTS, SeenMarks
 
 
 def _in_child(work) -> None:
@@ -42,3 +42,34 @@ def test_a_worker_dying_with_the_lock_releases_it():
     _in_child(lambda: fcntl.lockf(marks._lock_file.fileno(), fcntl.LOCK_EX))
     marks.raise_to(9, 1, 1)  # would hang forever with a semaphore
     assert marks.get(9) == (1, 1)
+
+
+def test_workers_raising_at_once_keep_the_highest():
+    marks = SeenMarks()
+    children = []
+    for worker in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for seq in range(worker, 2000, 4):
+                    marks.raise_to(5, 2, seq)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    assert marks.get(5) == (2, 1999)
+
+
+def test_a_product_first_seen_by_another_worker_is_found():
+    marks = SeenMarks()
+    assert marks.get(11) == (0, 0)  # not there yet: nothing cached
+    _in_child(lambda: marks.raise_to(11, 1, 3))
+    assert marks.get(11) == (1, 3)
+
+
+def test_a_mark_too_big_to_pack_is_left_to_the_writer():
+    marks = SeenMarks()
+    marks.raise_to(3, 1, 5)
+    marks.raise_to(3, 1, 1 << SEQ_BITS)  # ignored: it must not spill into the epoch
+    assert marks.get(3) == (1, 5)

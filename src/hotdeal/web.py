@@ -3,7 +3,7 @@
 - init_errors: every failure becomes a JSON answer; backends that are down become 503.
 - init_health: /healthz, /readyz and /openapi.json.
 - init_metrics: /metrics (every worker's samples plus the scrape-time readers).
-- orders_blueprint: the order routes, whose requests are counted by outcome and timed.
+- OrderRoutes: the order routes, whose requests are counted by outcome and timed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from importlib.resources import files
 from typing import Any
 
 import yaml
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
 from werkzeug.exceptions import HTTPException
@@ -58,22 +59,47 @@ PRODUCT_KNOWN = {
 OUT_OF_STOCK = "Out Of Stock"
 
 
-def error_response(err: ApiError) -> tuple[Response, int]:
-    g.order_result = err.code if err.code in OUTCOMES else "rejected"
-    if err.code in PRODUCT_KNOWN:
-        product_known()
-    response = jsonify(err.body())
-    response.headers.update(err.headers)
-    return response, err.status
+class OrderCall:
+    """One order request as its metrics see it: the product it names, which labels the
+    request only once the backend answered for that product (so clients can't mint
+    metric series), and its outcome when that is not plain "ok"."""
+
+    __slots__ = ("candidate", "product", "result")
+
+    def __init__(self) -> None:
+        self.candidate: int | None = None
+        self.product = "none"
+        self.result: str | None = None
+
+    def product_known(self) -> None:
+        """The backend answered for the requested product: label the request with it."""
+        if self.candidate is not None:
+            self.product = str(self.candidate)
 
 
-def product_known() -> None:
-    """The backend answered for the requested product: label the request with it."""
-    if "candidate_product" in g:
-        g.product = g.candidate_product
+def error_answer(exc: Exception, call: OrderCall | None = None) -> tuple[Response, int, str]:
+    """The JSON answer for a failure, and its outcome for hotdeal_orders_total: an
+    ApiError as it says; bad HTTP "rejected"; a backend that is down 503 "unavailable";
+    anything else 500 "error"."""
+    if isinstance(exc, HTTPException) and not isinstance(exc, ApiError):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error=code, message=exc.description), exc.code or 500, "rejected"
+    if not isinstance(exc, ApiError):
+        if is_unavailable(exc):
+            # The class only: a driver's message may quote the statement's parameters.
+            log.warning("backend unavailable: %s", exc.__class__.__name__)
+            exc = unavailable()
+        else:
+            log.error("unexpected error: %s", exc.__class__.__name__, exc_info=exc)
+            exc = ApiError(500, "error", "internal error")
+    if call is not None and exc.code in PRODUCT_KNOWN:
+        call.product_known()
+    response = jsonify(exc.body())
+    response.headers.update(exc.headers)
+    return response, exc.status, exc.code if exc.code in OUTCOMES else "rejected"
 
 
-def order_from_request(max_per_order: int) -> OrderRequest:
+def order_from_request(call: OrderCall, max_per_order: int) -> OrderRequest:
     if not request.is_json:
         raise ApiError(400, "invalid_request", "body must be JSON (Content-Type: application/json)")
     try:
@@ -83,11 +109,11 @@ def order_from_request(max_per_order: int) -> OrderRequest:
     except ValueError:
         raise ApiError(400, "invalid_request", "body is not valid JSON") from None
     order = parse_order(body, max_per_order)
-    g.candidate_product = order.product_id
+    call.candidate = order.product_id
     return order
 
 
-def workshop_answer(take: Callable[[], Any]) -> Response:
+def workshop_answer(call: OrderCall, take: Callable[[], Any]) -> Response:
     """The workshop's GET endpoints: the remaining stock as text, or its "Out Of Stock"
     (status 409, so ab's "Non-2xx" counts the sold-out answers)."""
     try:
@@ -95,10 +121,10 @@ def workshop_answer(take: Callable[[], Any]) -> Response:
     except ApiError as err:
         if err.code != "sold_out":
             raise
-        g.order_result = "sold_out"
-        product_known()
+        call.result = "sold_out"
+        call.product_known()
         return Response(OUT_OF_STOCK, status=409, mimetype="text/plain")
-    product_known()
+    call.product_known()
     return Response(str(remaining), mimetype="text/plain")
 
 
@@ -113,50 +139,63 @@ def sold(service: str, order: OrderRequest) -> None:
     _decrements(service, order.product_id).inc(order.quantity)
 
 
-def orders_blueprint(service: str) -> Blueprint:
-    """The blueprint every order route goes on: its requests are counted by outcome and
-    product, and timed. Health, metrics and lookups are not orders."""
-    bp = Blueprint("orders", __name__)
-    # Labelled children kept: labels() costs ~4 us a call. Bounded: products that exist
-    # (hotdeal.web.product_known) times the outcomes.
-    duration = metrics.ORDER_DURATION.labels(service)
-    counter = cache(lambda product, result: metrics.ORDERS.labels(service, product, result))
+View = Callable[..., ResponseReturnValue]
 
-    @bp.before_request
-    def start_clock() -> None:
-        g.started = time.perf_counter()
 
-    @bp.after_request
-    def account(response: Response) -> Response:
-        result = g.get("order_result") or ("ok" if response.status_code < 400 else "rejected")
-        counter(str(g.get("product", "none")), result).inc()
-        duration.observe(time.perf_counter() - g.started)
-        return response
+class OrderRoutes:
+    """The order routes, on a blueprint of their own. Each view gets its request's
+    OrderCall as first argument; one wrapper times the view and counts its outcome and
+    product, failures included (it answers them itself, as init_errors would). Health,
+    metrics and lookups are not orders.
 
-    return bp
+    A wrapper rather than before/after_request hooks and `flask.g`: those cost ~15 us a
+    request (a tenth of order-redis's own Python), measured with cProfile."""
+
+    def __init__(self, service: str) -> None:
+        self.blueprint = Blueprint("orders", __name__)
+        # Labelled children kept: labels() costs ~4 us a call. Bounded: products that
+        # exist (OrderCall.product_known) times the outcomes.
+        self._duration = metrics.ORDER_DURATION.labels(service)
+        self._counter = cache(
+            lambda product, result: metrics.ORDERS.labels(service, product, result)
+        )
+
+    def get(self, rule: str) -> Callable[[View], View]:
+        return self._route(rule, "GET")
+
+    def post(self, rule: str) -> Callable[[View], View]:
+        return self._route(rule, "POST")
+
+    def _route(self, rule: str, method: str) -> Callable[[View], View]:
+        def register(view: View) -> View:
+            def counted(**kwargs: Any) -> ResponseReturnValue:
+                started = time.perf_counter()
+                call = OrderCall()
+                answer: ResponseReturnValue
+                try:
+                    answer = view(call, **kwargs)
+                    result = call.result or "ok"
+                except Exception as exc:
+                    response, status, result = error_answer(exc, call)
+                    answer = (response, status)
+                self._counter(call.product, result).inc()
+                self._duration.observe(time.perf_counter() - started)
+                return answer
+
+            self.blueprint.add_url_rule(rule, view.__name__, counted, methods=[method])
+            return view
+
+        return register
 
 
 def init_errors(app: Flask) -> None:
+    """Failures outside the order routes (lookups, health) get the same JSON answers."""
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError) -> tuple[Response, int]:
-        return error_response(err)
-
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> tuple[Response, int]:
-        g.order_result = "rejected"
-        code = (err.name or "error").lower().replace(" ", "_")
-        return jsonify(error=code, message=err.description), err.code or 500
-
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> tuple[Response, int]:
-        if is_unavailable(exc):
-            # The class only: a driver's message may quote the statement's parameters.
-            log.warning("backend unavailable: %s", exc.__class__.__name__)
-            return error_response(unavailable())
-        log.error("unexpected error: %s", exc.__class__.__name__, exc_info=exc)
-        return error_response(ApiError(500, "error", "internal error"))
+    def failure(exc: Exception) -> tuple[Response, int]:
+        response, status, _ = error_answer(exc)
+        return response, status
 
 
 @cache

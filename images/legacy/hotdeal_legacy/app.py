@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy import Engine
 
 from hotdeal import metrics
@@ -13,14 +13,14 @@ from hotdeal.designs import Design
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
+    OrderCall,
+    OrderRoutes,
     Reader,
     ReadinessCheck,
     init_errors,
     init_health,
     init_metrics,
     order_from_request,
-    orders_blueprint,
-    product_known,
     sold,
     workshop_answer,
 )
@@ -62,25 +62,25 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)
 
-    def place(order: OrderRequest) -> Placed:
+    def place(call: OrderCall, order: OrderRequest) -> Placed:
         placed = orders.place(order)
-        product_known()
+        call.product_known()
         lock_wait.observe(placed.lock_wait_s)
         lock_hold.observe(placed.lock_hold_s)
         sold(SERVICE, order)
         return placed
 
-    bp = orders_blueprint(SERVICE)
+    routes = OrderRoutes(SERVICE)
 
-    @bp.get("/order")
-    def workshop_order() -> Response:
-        g.candidate_product = WORKSHOP_ORDER.product_id
-        return workshop_answer(lambda: place(WORKSHOP_ORDER).remaining)
+    @routes.get("/order")
+    def workshop_order(call: OrderCall) -> Response:
+        call.candidate = WORKSHOP_ORDER.product_id
+        return workshop_answer(call, lambda: place(call, WORKSHOP_ORDER).remaining)
 
-    @bp.post("/v1/orders")
-    def create_order() -> tuple[Response, int]:
-        order = order_from_request(settings.max_per_order)
-        placed = place(order)
+    @routes.post("/v1/orders")
+    def create_order(call: OrderCall) -> tuple[Response, int]:
+        order = order_from_request(call, settings.max_per_order)
+        placed = place(call, order)
         return jsonify(
             order_id=placed.order_id,
             product_id=order.product_id,
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             remaining=placed.remaining,
         ), 201
 
-    app.register_blueprint(bp)
+    app.register_blueprint(routes.blueprint)
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:

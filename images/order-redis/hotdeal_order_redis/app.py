@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from hotdeal import durability
 from hotdeal.config import Settings
@@ -17,14 +17,14 @@ from hotdeal.validation import (
     parse_user_id,
 )
 from hotdeal.web import (
+    OrderCall,
+    OrderRoutes,
     Reader,
     ReadinessCheck,
     init_errors,
     init_health,
     init_metrics,
     order_from_request,
-    orders_blueprint,
-    product_known,
     sold,
     workshop_answer,
 )
@@ -82,11 +82,11 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     init_health(app, checks)
     init_metrics(app, SERVICE, checks, readers=[lambda: read_stock(client, SERVICE)])
 
-    orders = orders_blueprint(SERVICE)
+    orders = OrderRoutes(SERVICE)
 
     @orders.get("/order-redis")
-    def workshop_order() -> Response:
-        g.candidate_product = WORKSHOP_ORDER.product_id
+    def workshop_order(call: OrderCall) -> Response:
+        call.candidate = WORKSHOP_ORDER.product_id
 
         def take() -> int:
             taken = stock.take(
@@ -95,14 +95,14 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             sold(SERVICE, WORKSHOP_ORDER)
             return taken.remaining
 
-        return workshop_answer(take)
+        return workshop_answer(call, take)
 
     @orders.post("/v1/orders")
-    def create_order() -> tuple[Response, int]:
+    def create_order(call: OrderCall) -> tuple[Response, int]:
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        order = order_from_request(settings.max_per_order)
+        order = order_from_request(call, settings.max_per_order)
         taken = stock.take(order, limit=settings.per_user_limit, idempotency_key=key)
-        product_known()
+        call.product_known()
         response = jsonify(
             order_id=taken.order_id,
             product_id=order.product_id,
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             sold(SERVICE, order)
         return response, 201
 
-    app.register_blueprint(orders)
+    app.register_blueprint(orders.blueprint)
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:

@@ -36,17 +36,33 @@ from hotdeal_order_redis.seen import SeenMarks
 
 log = logging.getLogger(__name__)
 
+# Bumped in every forked child: a worker must not use the connections it inherited.
+# (Checked per take instead of os.getpid(), a syscall.)
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 def _script(name: str) -> str:
     return files(__package__).joinpath(name).read_text()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Taken:
     order_id: str
     remaining: int
-    ordered_at: datetime
+    ordered_at_ms: str  # Redis's clock, epoch milliseconds
     replayed: bool
+
+    @property
+    def ordered_at(self) -> datetime:
+        return _at(self.ordered_at_ms)
 
 
 def _at(ms: Any) -> datetime:
@@ -129,8 +145,8 @@ class RedisStock:
         (measured with cProfile), a tenth of a request's CPU. A forked worker makes its
         own."""
         line = self._line
-        if getattr(line, "pid", None) != os.getpid():
-            line.conns, line.pid = {}, os.getpid()
+        if getattr(line, "forks", None) != _forks:
+            line.conns, line.forks = {}, _forks
         pool = node.connection_pool
         where = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
         conn = line.conns.get(where)
@@ -240,7 +256,7 @@ class RedisStock:
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
-            taken = Taken(order_id, int(remaining), _at(at_ms), replayed=False)
+            taken = Taken(order_id, int(remaining), at_ms, replayed=False)
             if self.write == "inline":
                 marks = (int(generation), int(epoch), int(seq))
                 self._insert_inline(order, taken, marks, keys, idempotency_key)
@@ -249,7 +265,7 @@ class RedisStock:
             remaining, order_id, at_ms, state = rest
             if state == "pending" and not self._committed(order_id):
                 raise errors.in_progress()
-            return Taken(order_id, int(remaining), _at(at_ms), replayed=True)
+            return Taken(order_id, int(remaining), at_ms, replayed=True)
         raise _refusal(status, rest, order, limit)
 
     # -- inline mode (the workshop's in-request insert) ----------------------------------

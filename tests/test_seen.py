@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from hotdeal_order_redis.seen import SEQ_BITS, SLOTS, SeenMarks
+from hotdeal_order_redis.seen import ROWS, SEQ_BITS, SLOTS, SeenMarks
 
 
 def _in_child(work) -> None:
@@ -35,6 +35,28 @@ def test_products_sharing_a_slot_keep_their_own_marks():
     marks.raise_to(1, 1, 10)
     marks.raise_to(1 + SLOTS, 1, 20)
     assert (marks.get(1), marks.get(1 + SLOTS)) == ((1, 10), (1, 20))
+
+
+def test_a_dead_workers_row_is_taken_over_with_its_marks():
+    marks = SeenMarks()
+    _in_child(lambda: marks.raise_to(4, 2, 70))  # its row's owner is dead now
+    for row in range(1, ROWS):  # every other row owned by a live process
+        if marks._words[row] == 0:
+            marks._words[row] = 1
+    marks.raise_to(4, 2, 10)  # this process takes the dead one's row
+    assert marks.get(4) == (2, 70)
+    marks.raise_to(4, 2, 90)
+    assert marks.get(4) == (2, 90)
+
+
+def test_with_every_row_owned_a_worker_shares_the_locked_row():
+    marks = SeenMarks()
+    for row in range(1, ROWS):
+        marks._words[row] = 1  # pid 1 is alive
+    _in_child(lambda: marks.raise_to(6, 1, 40))
+    marks.raise_to(6, 1, 30)
+    assert marks.get(6) == (1, 40)
+    assert marks._own_row() == 0
 
 
 def test_a_worker_dying_with_the_lock_releases_it():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +16,13 @@ from hotdeal.schema import order_history
 MAX_IN_LIST = 1000
 
 
-class _RandomBlocks:
-    """os.urandom read a block at a time: uuid4() makes one getrandom syscall per id,
-    which costs a worker several microseconds between its Redis round trips. Forgotten in
-    a forked child, so two workers never hand out the same bytes."""
+class _RandomHex:
+    """os.urandom read a block at a time, as hex: uuid4() makes a getrandom syscall and
+    runs uuid.UUID's checks for every id, ~15 us of a worker's CPU between its Redis
+    round trips (measured; ~2 us in a tight loop, but a request runs with cold caches).
+    Forgotten in a forked child, so two workers never hand out the same bytes."""
 
-    BLOCK = 16 * 256
+    BLOCK = 4096
 
     def __init__(self) -> None:
         self._forget()
@@ -31,23 +31,28 @@ class _RandomBlocks:
     def _forget(self) -> None:
         # A new lock too: another thread may have held the old one at the fork.
         self._lock = threading.Lock()  # gthread workers take ids concurrently
-        self._block, self._at = b"", 0
+        self._hex, self._at = "", 0
 
-    def take16(self) -> bytes:
+    def take32(self) -> str:
+        """32 random hex digits (128 bits)."""
         with self._lock:
-            if self._at >= len(self._block):
-                self._block, self._at = os.urandom(self.BLOCK), 0
-            block, at = self._block, self._at
-            self._at = at + 16
-        return block[at : at + 16]
+            if self._at >= len(self._hex):
+                self._hex, self._at = os.urandom(self.BLOCK).hex(), 0
+            hex_, at = self._hex, self._at
+            self._at = at + 32
+        return hex_[at : at + 32]
 
 
-_random = _RandomBlocks()
+_random = _RandomHex()
+# A UUID's variant digit is 10xx in binary: 8, 9, a or b (RFC 9562).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_order_id(product_id: int) -> str:
-    """ "<product>-<uuid4>": unguessable, and it says which product's books hold it."""
-    return f"{product_id}-{uuid.UUID(bytes=_random.take16(), version=4)}"
+    """ "<product>-<uuid4>": unguessable (122 random bits), and it says which product's
+    books hold it."""
+    h = _random.take32()
+    return f"{product_id}-{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

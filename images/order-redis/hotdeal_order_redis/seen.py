@@ -7,75 +7,145 @@ own: a worker that had answered none of the latest takes could not tell that Red
 back older, and sold once more before the writer's check paused the product (the
 rollback test caught it). Across pods the writer's check remains the net.
 
-Each slot is two aligned 64-bit words: the product id + 1 (0: free) and the mark, epoch
-and seq packed into one word, so a read is a single load that can't be torn and needs
-no lock. Raising a mark (read, compare, write) holds a POSIX record lock (fcntl): it is
-per process, and the kernel drops it when a worker dies holding it (a semaphore would
-stay taken forever). Every take reads once and raises once: two lock syscalls, not four;
-they cost ~10 us in a worker between Redis round trips (measured), not the ~1 us of a
-loop.
+No lock on a take's path: each worker process owns a row of marks and is its only
+writer; a reader takes the highest mark of the product across all rows. A mark is epoch
+and seq packed into one aligned 64-bit word, so a read can't be torn. (A POSIX record
+lock around each read and update cost ~10 us of a worker's CPU per order, measured: the
+syscalls run with cold caches between Redis round trips.) The lock (fcntl: per process,
+dropped by the kernel when a worker dies holding it) is kept for what happens once: a
+process claiming its row, a product claiming its slot.
 """
 
 from __future__ import annotations
 
 import fcntl
 import mmap
+import os
 import tempfile
+import threading
 
-# Products one server remembers; beyond, a product's mark may go unremembered (that
+# Products one server remembers; beyond, a product's mark goes unremembered (that
 # product's fence then rests on the writer's check).
 SLOTS = 4096
+# Rows of marks: row 0 is shared (lock-guarded) by processes that find no row free;
+# the others are owned by one process each (a dead owner's row is taken over, marks and
+# all: they are takes that were answered).
+ROWS = 64
 SEQ_BITS = 40  # 10^12 takes per epoch; epochs (resets and repairs) up to 2^23
 _SEQ_MASK = (1 << SEQ_BITS) - 1
 _MAX_EPOCH = (1 << (63 - SEQ_BITS)) - 1
+_OWNERS, _KEYS, _MARKS = 0, ROWS, ROWS + SLOTS  # word offsets of the three regions
+
+_forks = 0  # bumped in every forked child: a child must claim a row of its own
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SeenMarks:
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, SLOTS * 16)  # shared across fork
-        self._words = memoryview(self._memory).cast("q")  # [key, mark] per slot
+        words = ROWS + SLOTS + SLOTS * ROWS
+        self._memory = mmap.mmap(-1, words * 8)  # shared across fork, zeroed
+        self._words = memoryview(self._memory).cast("q")
         self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as we do)
         # Slot of each product this process has seen: a claimed slot never moves.
         self._slots: dict[int, int] = {}
+        self._row_forks = -1  # the _forks value our row was claimed under
+        self._row = 0
+        self._thread_lock = threading.Lock()  # threads of one process share its row
+
+    def _locked(self) -> _FileLock:
+        return _FileLock(self._lock_file.fileno())
 
     def _slot(self, pid: int, *, claim: bool) -> int | None:
-        """The slot holding `pid`; with `claim` (lock held), else a free one taken."""
+        """The slot holding `pid`; with `claim`, a free one taken if it has none."""
         slot = self._slots.get(pid)
         if slot is not None:
             return slot
         words, start = self._words, pid % SLOTS
         for step in range(SLOTS):
             slot = (start + step) % SLOTS
-            key = words[2 * slot]
+            key = words[_KEYS + slot]
             if key == pid + 1:
                 self._slots[pid] = slot
                 return slot
             if key == 0:
                 if not claim:
                     return None
-                words[2 * slot + 1] = 0  # the mark before the key: a reader never sees junk
-                words[2 * slot] = pid + 1
+                with self._locked():
+                    if words[_KEYS + slot] not in (0, pid + 1):
+                        continue  # another process claimed it meanwhile
+                    words[_KEYS + slot] = pid + 1
                 self._slots[pid] = slot
                 return slot
         return None  # full
+
+    def _own_row(self) -> int:
+        if self._row_forks == _forks:
+            return self._row
+        me = os.getpid()
+        row = 0  # shared, if every row is owned by a live process
+        with self._locked():
+            for candidate in range(1, ROWS):
+                owner = self._words[_OWNERS + candidate]
+                if owner in (0, me) or not _alive(owner):
+                    self._words[_OWNERS + candidate] = me
+                    row = candidate
+                    break
+        self._row, self._row_forks = row, _forks
+        self._thread_lock = threading.Lock()  # one held at the fork would stay held
+        return row
 
     def get(self, pid: int) -> tuple[int, int]:
         slot = self._slot(pid, claim=False)
         if slot is None:
             return 0, 0
-        mark = self._words[2 * slot + 1]
+        base = _MARKS + slot * ROWS
+        mark = max(self._words[base : base + ROWS])
         return mark >> SEQ_BITS, mark & _SEQ_MASK
 
     def raise_to(self, pid: int, epoch: int, seq: int) -> None:
         """Remember (epoch, seq) for `pid` unless a higher take is already remembered."""
         if epoch > _MAX_EPOCH or seq > _SEQ_MASK:
             return  # can't be packed: this product's fence rests on the writer's check
+        slot = self._slot(pid, claim=True)
+        if slot is None:
+            return
         mark = epoch << SEQ_BITS | seq
-        fd = self._lock_file.fileno()
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        try:
-            slot = self._slot(pid, claim=True)
-            if slot is not None and self._words[2 * slot + 1] < mark:
-                self._words[2 * slot + 1] = mark
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+        row = self._own_row()
+        index = _MARKS + slot * ROWS + row
+        with self._thread_lock:
+            if row == 0:  # shared with other processes
+                with self._locked():
+                    if self._words[index] < mark:
+                        self._words[index] = mark
+            elif self._words[index] < mark:
+                self._words[index] = mark
+
+
+class _FileLock:
+    """fcntl.lockf on a file descriptor, as a context manager."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)

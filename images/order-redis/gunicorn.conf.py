@@ -12,13 +12,21 @@ HOTDEAL_WORKERS from the pod's CPU request.
 
 Where a request's CPU goes (py-spy and cProfile on a worker under ab -c 150, 2 cores;
 `make bench` prints the CPU columns): gunicorn and Flask ~300 us for a route that does
-nothing; a Redis round trip ~120 us more through redis-py's Script call (the
-"flask+script" ceiling). order-redis adds ~25 us on top of that ceiling: the take goes
-out on the worker's own connection, packed by hiredis (redis-py's pool and encoder
-cost ~45 us, hotdeal_order_redis.stock), and the metric children are kept
-(labels() ~4 us a call, hotdeal.web). The rest of the gap to the ceiling is not in the
-worker: Redis runs the bigger script and fsyncs more (~40 us), and the writer and
-PostgreSQL store the order (~55 us), all on the same cores.
+nothing; one EVALSHA through redis-py's Script call ~200 us more (the "flask+script"
+ceiling). order-redis's worker now costs the same as that ceiling, with the whole take
+in it. What it took, each measured:
+- the take goes out on the worker's own connection, packed by hiredis (redis-py's pool,
+  encoder and connect() wrapper cost ~45 us; hotdeal_order_redis.stock);
+- no syscall a take can do without: the fence marks are read and raised without a lock
+  (hotdeal_order_redis.seen), order ids come from a block of random bytes
+  (hotdeal.history), no getpid() per take;
+- one wrapper per order route instead of before/after_request hooks and flask.g, and the
+  metric children kept (hotdeal.web).
+Code that costs ~2 us in a loop costs 5-10 us here: a worker runs each request with
+cold caches after waiting on Redis, so fewer bytecodes and syscalls pay more than the
+loop suggests. The rest of the gap to the ceiling is not in the worker: Redis runs the
+bigger script (~20 us against ~3) and serves the writer, and the writer and PostgreSQL
+store the order (~50 us), all on the same cores.
 """
 
 import os

@@ -60,7 +60,7 @@ demo: deps venv
 bench: deps venv
 	$(BIN)/hotdeal-local demo --requests 30000 --stock 10000 --out results/bench.json \
 	  --designs legacy,order-redis-inline,order-redis,order-redis-none,legacy-slots-8 \
-	  --ceilings 3 $(DEMO_ARGS)
+	  --ceilings 5 $(DEMO_ARGS)
 
 # /healthz, /readyz, /metrics latency on the order port and the admin port while legacy's
 # hot row is under ab -c 150 (results/probes.json).

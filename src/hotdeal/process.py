@@ -1,9 +1,10 @@
-"""Child processes that never outlive their parent (gunicorn's admin listener, and every
-process the local tools start)."""
+"""Processes: children that never outlive their parent (gunicorn's admin listener, and
+every process the local tools start), and telling a forked worker from its parent."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 from collections.abc import Callable
 
@@ -18,3 +19,21 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
     return _set
+
+
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def forks() -> int:
+    """Changes in every forked child (gunicorn's workers fork from the preloaded app): what
+    a process set up must be redone when this differs. Cheaper than os.getpid(), a
+    syscall, on a path that runs per order."""
+    return _forks

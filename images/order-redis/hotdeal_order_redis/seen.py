@@ -24,6 +24,8 @@ import os
 import tempfile
 import threading
 
+from hotdeal.process import forks
+
 # Products one server remembers; beyond, a product's mark goes unremembered (that
 # product's fence then rests on the writer's check).
 SLOTS = 4096
@@ -35,16 +37,6 @@ SEQ_BITS = 40  # 10^12 takes per epoch; epochs (resets and repairs) up to 2^23
 _SEQ_MASK = (1 << SEQ_BITS) - 1
 _MAX_EPOCH = (1 << (63 - SEQ_BITS)) - 1
 _OWNERS, _KEYS, _MARKS = 0, ROWS, ROWS + SLOTS  # word offsets of the three regions
-
-_forks = 0  # bumped in every forked child: a child must claim a row of its own
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 def _alive(pid: int) -> bool:
@@ -65,7 +57,7 @@ class SeenMarks:
         self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as we do)
         # Slot of each product this process has seen: a claimed slot never moves.
         self._slots: dict[int, int] = {}
-        self._row_forks = -1  # the _forks value our row was claimed under
+        self._row_forks = -1  # forks() when our row was claimed: a child claims its own
         self._row = 0
         self._thread_lock = threading.Lock()  # threads of one process share its row
 
@@ -96,7 +88,7 @@ class SeenMarks:
         return None  # full
 
     def _own_row(self) -> int:
-        if self._row_forks == _forks:
+        if self._row_forks == forks():
             return self._row
         me = os.getpid()
         row = 0  # shared, if every row is owned by a live process
@@ -107,7 +99,7 @@ class SeenMarks:
                     self._words[_OWNERS + candidate] = me
                     row = candidate
                     break
-        self._row, self._row_forks = row, _forks
+        self._row, self._row_forks = row, forks()
         self._thread_lock = threading.Lock()  # one held at the fork would stay held
         return row
 

@@ -12,7 +12,6 @@ connection. What the client can know afterwards decides the answer:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,24 +28,13 @@ from hotdeal import durability, errors, redis_keys
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
+from hotdeal.process import forks
 from hotdeal.redis_client import Client, node_client, refresh_topology
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.seen import SeenMarks
 
 log = logging.getLogger(__name__)
-
-# Bumped in every forked child: a worker must not use the connections it inherited.
-# (Checked per take instead of os.getpid(), a syscall.)
-_forks = 0
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 def _script(name: str) -> str:
@@ -145,8 +133,8 @@ class RedisStock:
         (measured with cProfile), a tenth of a request's CPU. A forked worker makes its
         own."""
         line = self._line
-        if getattr(line, "forks", None) != _forks:
-            line.conns, line.forks = {}, _forks
+        if getattr(line, "forks", None) != forks():  # not the connections we inherited
+            line.conns, line.forks = {}, forks()
         pool = node.connection_pool
         where = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
         conn = line.conns.get(where)

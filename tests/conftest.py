@@ -14,6 +14,7 @@ from hotdeal.db import make_engine
 from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops
 from hotdeal_ops.reset import reset as reset_both
 
+from .events import event  # noqa: F401 (a fixture)
 from .helpers import Service, service_running, workdir
 
 
@@ -60,7 +61,9 @@ def reset(engine: Engine, rclient: redis.Redis):
     """reset(stock, product=1, slots=8, opens_at=None): both stores, as `hotdeal-ops reset`."""
 
     def _reset(stock: int, product: int = 1, slots: int = 8, opens_at=None) -> None:
-        reset_both(engine, rclient, product, stock, slots=slots, opens_at=opens_at)
+        reset_both(
+            engine, rclient, product, stock, slots=slots, opens_at=opens_at, discard_orders=True
+        )
 
     return _reset
 

@@ -41,6 +41,10 @@ class Service:
     def get(self, path: str, timeout: float = 30) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=timeout)
 
+    def admin(self, path: str, timeout: float = 30) -> requests.Response:
+        """The admin listener (/readyz, /metrics): not on the order port."""
+        return requests.get(f"http://127.0.0.1:{self.proc.admin_port}{path}", timeout=timeout)
+
 
 def workdir(name: str) -> Path:
     """A scratch folder, world-traversable so PostgreSQL (run as `postgres` when we are

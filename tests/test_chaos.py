@@ -21,7 +21,12 @@ def test_every_fault_once_breaks_no_promise():
 
 def test_the_checker_finds_what_durability_none_loses():
     result = run_chaos(
-        seed=7, rounds=len(FAULTS), round_s=3, durability="none", workdir=workdir("chaos-none")
+        seed=7,
+        rounds=2,
+        round_s=3,
+        durability="none",
+        workdir=workdir("chaos-none"),
+        faults=("redis_failover", "replica_lag"),
     )
     assert not result["ok"]
     assert any("not persisted" in v for v in result["violations"]), result["violations"][:5]

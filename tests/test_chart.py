@@ -550,7 +550,7 @@ def test_a_private_mirror_reaches_every_pod(tmp_path):
             assert c["image"].startswith("mirror.example.com/"), (name, c["image"])
     images = {c["image"] for t in specs.values() for c in t["spec"]["containers"]}
     assert "mirror.example.com/gvenzl/oracle-xe:21-slim" in images
-    assert "mirror.example.com/library/redis:7.2-bookworm" in images
+    assert "mirror.example.com/library/redis:8.2-bookworm" in images
 
 
 def test_service_monitors_keep_the_apps_labels(tmp_path):
@@ -600,6 +600,7 @@ def test_statefulsets_are_governed_by_headless_services():
         ),
         ({"load": {"k6": {"testRun": {"runId": "1"}}}}, "runId needs load.enabled=true"),
         ({"redis": {"clusterMode": True}}, "redis.clusterMode=true is for an external"),
+        ({"redis": {"appendfsync": "everysec"}}, "needs redis.appendfsync=always"),
     ],
 )
 def test_contradictory_values_fail_with_a_message(binary, tmp_path, values, message):
@@ -608,6 +609,30 @@ def test_contradictory_values_fail_with_a_message(binary, tmp_path, values, mess
     done = helm(binary, "template", "ev", str(CHART), "-f", str(path), check=False)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_the_default_durability_gets_the_redis_it_needs():
+    """fsync needs appendfsync always on every Redis version: the chart's own Redis
+    (8.2, where everysec would make WAITAOF wait for the once-a-second fsync) gets it."""
+    docs = [d for d in yaml.safe_load_all(helm("helm4", "template", "ev", str(CHART)).stdout) if d]
+    redis_sts = next(
+        d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-redis")
+    )
+    args = " ".join(
+        " ".join(c.get("args", []) + c.get("command", []))
+        for c in redis_sts["spec"]["template"]["spec"]["containers"]
+    )
+    assert "--appendfsync always" in args
+    order_redis = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-order-redis")
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in order_redis["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["HOTDEAL_REDIS_DURABILITY"] == "fsync"
 
 
 def test_common_labels_reach_every_object(tmp_path):

@@ -6,89 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import redis
 import requests
 
-from hotdeal import redis_keys
 from hotdeal.durability import online_replicas
-from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops, writer
+from hotdeal_local.servers import RedisServer, ops
 
-from .helpers import Service, reconcile, start_service, statuses, workdir
-
-VALKEY = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "tools" / "valkey-server"
-if not VALKEY.exists():
-    VALKEY = Path(__file__).resolve().parents[1] / ".venv" / "tools" / "valkey-server"
-
-
-@dataclass
-class Event:
-    redis: RedisServer
-    env: dict[str, str]
-    cleanup: ExitStack
-    services: list[Service] = field(default_factory=list)
-    writers: list[Process] = field(default_factory=list)
-
-    def service(self, **extra: str) -> Service:
-        svc = start_service("order-redis", {**self.env, **extra})
-        self.cleanup.callback(svc.proc.stop, signal.SIGKILL)
-        self.services.append(svc)
-        return svc
-
-    def writer(self, name: str = "w", **extra: str) -> Process:
-        proc = writer({**self.env, "HOTDEAL_WRITER_NAME": name, **extra}, name=name).start()
-        self.cleanup.callback(proc.stop, signal.SIGKILL)
-        self.writers.append(proc)
-        return proc
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis.url, decode_responses=True)
-
-    def books(self) -> dict[str, str]:
-        return self.client().hgetall(redis_keys.books(1))
-
-
-@pytest.fixture
-def event(pg_server: PostgresServer) -> Iterator[callable]:
-    with ExitStack() as cleanup:
-
-        def make(
-            *, appendfsync: str = "always", binary: str | None = None, stock: int = 100, **env: str
-        ) -> Event:
-            rs = RedisServer(workdir("dur-redis"), appendfsync=appendfsync, binary=binary).start()
-            cleanup.callback(rs.stop, signal.SIGKILL)
-            full = {
-                "HOTDEAL_DATABASE_URL": pg_server.url,
-                "HOTDEAL_REDIS_URL": rs.url,
-                "HOTDEAL_HOLD_MS": "0",
-                "HOTDEAL_WORKERS": "2",
-                "HOTDEAL_WRITER_CLAIM_IDLE_MS": "500",
-                "HOTDEAL_WRITER_CHECK_MS": "300",
-                **env,
-            }
-            ops(full, "init-db")
-            ops(full, "reset", "--stock", str(stock))
-            return Event(rs, full, cleanup)
-
-        yield make
-
-
-def order(service: Service, user: str, key: str | None = None, timeout: float = 10):
-    headers = {"Idempotency-Key": key} if key else None
-    return service.order(
-        {"product_id": 1, "user_id": user, "quantity": 1}, headers=headers, timeout=timeout
-    )
-
+from .events import VALKEY, Event, order, restart_from, snapshot, wait_until
+from .helpers import reconcile, statuses, workdir
 
 # -- durability modes ---------------------------------------------------------------
 
@@ -97,32 +26,21 @@ def test_fsync_refuses_to_serve_when_redis_cannot_fsync_each_answer(event):
     """Redis 7.0 has no WAITAOF: fsync mode needs appendfsync always, and says so."""
     ev = event(appendfsync="everysec")
     svc = ev.service()
-    ready = svc.get("/readyz")
+    ready = svc.admin("/readyz")
     assert ready.status_code == 503
     assert "appendfsync always" in ready.json()["failed"]["redis"]
     r = order(svc, "early")
     assert (r.status_code, r.json()["error"]) == (503, "unavailable")
     assert ev.books()["sold"] == "0"  # nothing was taken
     ev.client().config_set("appendfsync", "always")
-    assert svc.get("/readyz").status_code == 200
-    time.sleep(5.5)  # the take path re-checks the server every 5 s
-    assert order(svc, "later").status_code == 201
+    assert svc.admin("/readyz").status_code == 200
+    # The take path re-checks the server every 5 s; until then it sells nothing.
+    wait_until(lambda: order(svc, "later").status_code == 201, "a sale once fsync holds")
 
 
 def test_none_is_the_workshops_unsafe_replay(event):
     ev = event(appendfsync="everysec", HOTDEAL_REDIS_DURABILITY="none")
     assert order(ev.service(), "u").status_code == 201
-
-
-@pytest.mark.skipif(not VALKEY.exists(), reason="valkey-server comes with make test")
-def test_fsync_waits_for_waitaof_on_servers_that_have_it(event):
-    ev = event(appendfsync="everysec", binary=str(VALKEY))
-    svc = ev.service()
-    assert svc.get("/readyz").status_code == 200
-    assert statuses([order(svc, f"u{i}") for i in range(20)]) == {201: 20}
-    ev.writer()
-    code, report = reconcile(ev.env)
-    assert code == 0, report["violations"]
 
 
 def _with_replica(ev: Event, binary: str | None = None) -> RedisServer:
@@ -137,22 +55,19 @@ def _with_replica(ev: Event, binary: str | None = None) -> RedisServer:
     return replica
 
 
-@pytest.mark.parametrize("binary", [None, str(VALKEY)], ids=["redis-7.0-WAIT", "valkey-WAITAOF"])
+@pytest.mark.parametrize("binary", [None, VALKEY], ids=["redis-7.0-WAIT", "valkey-WAITAOF"])
 def test_replica_mode_answers_only_what_a_replica_holds(event, binary):
-    if binary and not VALKEY.exists():
-        pytest.skip("valkey-server comes with make test")
     ev = event(
         binary=binary,
         HOTDEAL_REDIS_DURABILITY="replica",
         HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS="300",
     )
     svc = ev.service()
-    assert svc.get("/readyz").status_code == 503  # no replica yet
+    assert svc.admin("/readyz").status_code == 503  # no replica yet
     replica = _with_replica(ev, binary)
-    assert svc.get("/readyz").status_code == 200
-    time.sleep(5.5)  # the take path re-checks the server every 5 s
-    first = order(svc, "one", key="k-1")
-    assert first.status_code == 201, first.text
+    assert svc.admin("/readyz").status_code == 200
+    # The take path re-checks the server every 5 s; until then it sells nothing.
+    wait_until(lambda: order(svc, "one", key="k-1").status_code == 201, "a sale")
     # A replica that stops acknowledging: the take ran, but is not safe -> outcome_unknown.
     replica.proc.send_signal(signal.SIGSTOP)
     try:
@@ -206,20 +121,6 @@ def test_redis_down_is_unavailable_and_sells_nothing(event):
 # -- rollback fencing -------------------------------------------------------------------
 
 
-def _snapshot(ev: Event) -> Path:
-    """A copy of Redis's AOF as it is now (what a backup, or a lagging disk, holds)."""
-    copy = workdir("aof-copy") / "data"
-    shutil.copytree(ev.redis.workdir, copy, ignore=shutil.ignore_patterns("*.log"))
-    return copy
-
-
-def _restart_from(ev: Event, copy: Path) -> None:
-    ev.redis.stop(signal.SIGKILL)
-    shutil.rmtree(ev.redis.workdir)
-    shutil.copytree(copy, ev.redis.workdir)
-    ev.redis.start()
-
-
 def test_a_redis_rollback_pauses_selling_and_repair_never_resells(event):
     """The issue's reproduction: stock 100, 80 sold, Redis restarted from an AOF taken at
     50 sold. Before: the same users with the same keys bought again (130 units for a
@@ -232,12 +133,12 @@ def test_a_redis_rollback_pauses_selling_and_repair_never_resells(event):
     for i in range(50):
         r = order(svc, f"u{i}", key=f"k{i}")
         answered[i] = r.json()["order_id"]
-    copy = _snapshot(ev)
+    copy = snapshot(ev)
     for i in range(50, 80):
         answered[i] = order(svc, f"u{i}", key=f"k{i}").json()["order_id"]
     code, report = reconcile(ev.env)  # every order persisted
     assert code == 0 and report["redis"]["persisted"] == 80, report
-    _restart_from(ev, copy)
+    restart_from(ev, copy)
     assert ev.books()["sold"] == "50"  # Redis forgot 30 sales the database holds
 
     replays = [order(svc, f"u{i}", key=f"k{i}") for i in range(50, 80)]
@@ -245,7 +146,7 @@ def test_a_redis_rollback_pauses_selling_and_repair_never_resells(event):
     assert all(r.json()["error"] == "paused" for r in replays)
     assert "rollback" in ev.books()["paused"]
     assert order(svc, "newcomer").json()["error"] == "paused"
-    metrics = svc.get("/metrics").text
+    metrics = svc.admin("/metrics").text
     assert 'hotdeal_sales_paused{product="1",service="order-redis"} 1.0' in metrics
 
     done = ops(ev.env, "repair", "--product", "1", check=False)
@@ -268,14 +169,14 @@ def test_the_writer_notices_a_rollback_no_service_saw(event):
     against order_history pauses the product, then repairs it once drained."""
     ev = event()
     svc = ev.service()
-    copy = _snapshot(ev)
+    copy = snapshot(ev)
     ev.writer()
     assert statuses([order(svc, f"u{i}") for i in range(30)]) == {201: 30}
     code, _ = reconcile(ev.env)
     assert code == 0
     for s in ev.services:
         s.proc.stop(signal.SIGKILL)
-    _restart_from(ev, copy)  # back to before any sale
+    restart_from(ev, copy)  # back to before any sale
     fresh = ev.service()
     deadline = time.monotonic() + 30
     while True:  # paused by the writer's check, then repaired by it

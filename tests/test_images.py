@@ -105,9 +105,9 @@ def serve(service: str, secrets: Path, containers: list[str]) -> Service:
     deadline = time.monotonic() + 60
     while True:
         try:
-            ready = requests.get(f"{url}/readyz", timeout=2).status_code == 200
+            live = requests.get(f"{url}/healthz", timeout=2).status_code == 200
             # The admin listener (probes, scrapes) runs in the read-only image too.
-            if ready and requests.get(f"http://127.0.0.1:{admin}/readyz", timeout=2).ok:
+            if live and requests.get(f"http://127.0.0.1:{admin}/readyz", timeout=2).ok:
                 return Service(service, url, None)  # type: ignore[arg-type]
         except requests.RequestException:
             pass

@@ -14,9 +14,11 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from hotdeal import redis_keys
 from hotdeal_local.prometheus import RULES, operator_scrape_configs, prometheus, query
 from hotdeal_local.servers import REPO, free_port
 
+from .events import wait_until
 from .helpers import buyers, stampede, workdir
 
 DASHBOARD = REPO / "charts" / "hotdeal" / "files" / "dashboard.json"
@@ -30,12 +32,12 @@ def _scrape(urls: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pages(legacy, order_redis, writer_proc, reset_module):
+def pages(legacy, order_redis, writer_proc, reset_module, rclient):
     """Each process's /metrics before and after a short load on both designs (the
     services are shared with other tests, so counters are compared as differences)."""
     urls = {
-        "legacy": f"{legacy.url}/metrics",
-        "order-redis": f"{order_redis.url}/metrics",
+        "legacy": f"http://127.0.0.1:{legacy.proc.admin_port}/metrics",
+        "order-redis": f"http://127.0.0.1:{order_redis.proc.admin_port}/metrics",
         "writer": f"http://127.0.0.1:{writer_proc.metrics_port}/metrics",
     }
     reset_module(100)
@@ -44,7 +46,7 @@ def pages(legacy, order_redis, writer_proc, reset_module):
     stampede(order_redis, buyers(60), concurrency=30)
     order_redis.order({"product_id": 1, "user_id": "user-0", "quantity": 1})  # limit_exceeded
     legacy.order({"product_id": 1, "user_id": "x", "quantity": 0})  # rejected
-    time.sleep(0.5)  # let the writer persist
+    wait_until(lambda: rclient.xlen(redis_keys.orders_stream(1)) == 0, "the writer to persist")
     return before, _scrape(urls)
 
 
@@ -72,7 +74,7 @@ def reset_module(engine, rclient):
     from hotdeal_ops.reset import reset
 
     def _reset(stock: int) -> None:
-        reset(engine, rclient, 1, stock, slots=8, opens_at=None)
+        reset(engine, rclient, 1, stock, slots=8, opens_at=None, discard_orders=True)
 
     return _reset
 
@@ -183,8 +185,8 @@ def test_real_prometheus_sees_the_event(legacy, order_redis, writer_proc, reset_
         folder,
         port,
         {
-            "hotdeal-legacy": [legacy.url.removeprefix("http://")],
-            "hotdeal-order-redis": [order_redis.url.removeprefix("http://")],
+            "hotdeal-legacy": [f"127.0.0.1:{legacy.proc.admin_port}"],
+            "hotdeal-order-redis": [f"127.0.0.1:{order_redis.proc.admin_port}"],
             "hotdeal-writer": [f"127.0.0.1:{writer_proc.metrics_port}"],
         },
         interval="1s",
@@ -230,7 +232,9 @@ def test_real_prometheus_sees_the_event(legacy, order_redis, writer_proc, reset_
         )
         rules = requests.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()
         loaded = [r for g in rules["data"]["groups"] for r in g["rules"]]
-        assert len(loaded) == 12 and all(r["health"] == "ok" for r in loaded)
+        names = {r["name"] for r in loaded}
+        alerts = set(re.findall(r"- alert: (\w+)", RULES.read_text()))
+        assert names == alerts and all(r["health"] == "ok" for r in loaded)
         eventually(
             'up{job=~"hotdeal-.*"}',
             lambda r: len(r) == 3 and all(float(x["value"][1]) == 1 for x in r),
@@ -296,8 +300,8 @@ def test_rules_and_dashboard_see_the_series_after_the_operators_relabelling(
     out = helm("helm4", "template", "ev", str(CHART), "-n", "games", "-f", str(values)).stdout
     monitors = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "ServiceMonitor"]
     addresses = {
-        "legacy": legacy.url.removeprefix("http://"),
-        "order-redis": order_redis.url.removeprefix("http://"),
+        "legacy": f"127.0.0.1:{legacy.proc.admin_port}",
+        "order-redis": f"127.0.0.1:{order_redis.proc.admin_port}",
         "writer": f"127.0.0.1:{writer_proc.metrics_port}",
     }
     assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == set(

@@ -33,7 +33,9 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     with engine.begin() as conn:
         conn.execute(insert(order_history), [OrderRow.now(1, 1, "old", 1, "legacy").as_params()])
     rclient.hset(redis_keys.buyers(1), "old", 1)
-    done = ops(stack_env, "reset", "--product", "1", "--stock", "10000", "--slots", "4")
+    done = ops(
+        stack_env, "reset", "--discard-orders", "--product", "1", "--stock", "10000", "--slots", "4"
+    )
     assert json.loads(done.stdout)["stock"] == 10000
     assert rclient.hget(redis_keys.books(1), "quantity") == "10000"
     assert not rclient.exists(redis_keys.buyers(1))
@@ -44,7 +46,7 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
 
 
 def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
-    ops(stack_env, "reset", "--stock", "5")
+    ops(stack_env, "reset", "--discard-orders", "--stock", "5")
     generation = int(rclient.hget(redis_keys.books(1), "generation"))
     with engine.begin() as conn:  # a legacy row the stock never paid for
         conn.execute(
@@ -62,7 +64,7 @@ def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
 
 
 def test_reconcile_catches_negative_stock(stack_env, engine):
-    ops(stack_env, "reset", "--stock", "5")
+    ops(stack_env, "reset", "--discard-orders", "--stock", "5")
     with engine.begin() as conn:
         conn.execute(update(hotdeal_list).values(quantity=-1))
     code, report = reconcile(stack_env, wait=False)
@@ -71,12 +73,29 @@ def test_reconcile_catches_negative_stock(stack_env, engine):
 
 
 def test_opens_at_and_bad_arguments(stack_env, rclient):
-    done = ops(stack_env, "reset", "--stock", "3", "--opens-at", "2030-01-01T09:00:00+09:00")
+    done = ops(
+        stack_env,
+        "reset",
+        "--discard-orders",
+        "--stock",
+        "3",
+        "--opens-at",
+        "2030-01-01T09:00:00+09:00",
+    )
     assert json.loads(done.stdout)["opens_at"] == "2030-01-01T09:00:00+09:00"
     assert rclient.hget(redis_keys.books(1), "opens_at") == str(1893456000000)
-    bad = ops(stack_env, "reset", "--stock", "3", "--opens-at", "tomorrow", check=False)
+    bad = ops(
+        stack_env,
+        "reset",
+        "--discard-orders",
+        "--stock",
+        "3",
+        "--opens-at",
+        "tomorrow",
+        check=False,
+    )
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
-    bad = ops(stack_env, "reset", "--stock", "-1", check=False)
+    bad = ops(stack_env, "reset", "--discard-orders", "--stock", "-1", check=False)
     assert bad.returncode == 2
 
 
@@ -93,8 +112,9 @@ def test_missing_configuration_is_a_clear_message():
     assert "HOTDEAL_DATABASE_URL" in done.stderr
 
 
-def test_reconcile_refuses_to_skip_redis_silently(stack_env):
+def test_reconcile_refuses_to_skip_redis_silently(stack_env, reset):
     """Without HOTDEAL_REDIS_URL it once checked only the database and said ok."""
+    reset(5)  # its own event: it passed only after a test before it had made one
     env = {**stack_env, "HOTDEAL_REDIS_URL": ""}
     done = ops(env, "reconcile", check=False)
     assert done.returncode == 2
@@ -112,7 +132,7 @@ def test_redis_unreachable_is_exit_3(stack_env):
 def test_reconcile_is_consistent_during_live_traffic(order_redis, writer_proc, stack_env):
     """It once read the database and Redis at different moments and reported "lost or
     duplicated" in 10 of 30 runs under load."""
-    ops(stack_env, "reset", "--stock", "100000")
+    ops(stack_env, "reset", "--discard-orders", "--stock", "100000")
     stop = threading.Event()
 
     def buy() -> None:

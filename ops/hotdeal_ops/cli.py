@@ -1,5 +1,6 @@
-"""`hotdeal-ops`: init-db, reset, reconcile, repair, event. Connection settings come from
-the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL, or their *_FILE variants).
+"""`hotdeal-ops`: init-db, reset, reconcile, repair, dead-letters, event. Connection
+settings come from the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL, or their
+*_FILE variants).
 
 Exit codes: 0 done / books clean, 1 a violation (reconcile, event), 2 usage or
 configuration, 3 a backend unreachable, 4 an internal error (a bug: please report it).
@@ -25,9 +26,10 @@ from hotdeal.db import make_engine
 from hotdeal.errors import is_unavailable
 from hotdeal.redis_client import Client, redis_from_settings
 from hotdeal.schema import metadata
+from hotdeal_ops import dead_letters
 from hotdeal_ops.event import EventError, run_event
 from hotdeal_ops.reconcile import reconcile
-from hotdeal_ops.reset import reset
+from hotdeal_ops.reset import ResetRefused, reset
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 # How long `init-db --wait` sleeps between tries while the database comes up.
@@ -126,6 +128,7 @@ def _reset(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
         args.stock,
         slots=slots,
         opens_at=getattr(args, "opens_at", None),
+        discard_orders=getattr(args, "discard_orders", False),
     )
     opens = getattr(args, "opens_at", None)
     return {
@@ -140,7 +143,11 @@ def _reset(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_reset(ctx: Context, args: argparse.Namespace) -> int:
     """Start a new event for the product in both stores."""
-    print(json.dumps(_reset(ctx, args)))
+    try:
+        print(json.dumps(_reset(ctx, args)))
+    except ResetRefused as exc:
+        print(f"hotdeal-ops reset: {exc}", file=sys.stderr)
+        return EXIT_VIOLATION
     return EXIT_OK
 
 
@@ -186,6 +193,15 @@ def cmd_repair(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dead_letters(ctx: Context, args: argparse.Namespace) -> int:
+    """List the orders the writers set aside, or send them back to the writers."""
+    if args.action == "requeue":
+        _emit(dead_letters.requeue(ctx.redis, args.product, ids=args.id or None))
+    else:
+        _emit(dead_letters.listing(ctx.redis, args.product))
+    return EXIT_OK
+
+
 def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
     args.namespace = args.namespace or ctx.settings.namespace
@@ -228,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO 8601 opening time; orders before it get 409 not_open",
     )
 
+    rst.add_argument(
+        "--discard-orders",
+        action="store_true",
+        help="start a new event even though the current one has orders (they are deleted)",
+    )
+
     rec = command("reconcile", cmd_reconcile)
     rec.add_argument("--product", type=_positive, default=1)
     rec.add_argument(
@@ -244,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--product", type=_positive, default=1)
     rep.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the stream to drain"
+    )
+
+    dl = command("dead-letters", cmd_dead_letters)
+    dl.add_argument("action", choices=("list", "requeue"))
+    dl.add_argument("--product", type=_positive, default=1)
+    dl.add_argument(
+        "--id",
+        action="append",
+        help="requeue only this dead-letter entry id (repeatable; default: all of them)",
     )
 
     ev = command("event", cmd_event)

@@ -183,8 +183,16 @@ def run_event(
     ns = namespace(args.namespace)
     load = LoadRun(connect(), ns, say)
     cronjob = load.cronjob(args.load_cronjob)  # check access before touching any data
-    say(f"resetting product {args.product} to {args.stock} units")
-    reset(engine, client, args.product, args.stock, slots=args.slots, opens_at=None)
+    say(f"resetting product {args.product} to {args.stock} units (a new event: its orders go)")
+    reset(
+        engine,
+        client,
+        args.product,
+        args.stock,
+        slots=args.slots,
+        opens_at=None,
+        discard_orders=True,
+    )
     job_name = args.job_name or f"{args.load_cronjob}-{int(time.time())}"[-63:]
     load.start(cronjob, job_name)
     say(f"started Job {job_name} from CronJob {args.load_cronjob} in {ns}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
-from hotdeal import redis_keys
+from hotdeal import fence, redis_keys
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
@@ -23,6 +23,10 @@ def split(stock: int, slots: int) -> list[int]:
     """Stock per slot, as even as possible (the first slots take the remainder)."""
     base, extra = divmod(stock, slots)
     return [base + (1 if i < extra else 0) for i in range(slots)]
+
+
+class ResetRefused(RuntimeError):
+    """The reset would destroy the current event's orders and was not told to."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,30 @@ def reset_database(
     slots: int,
     opens_at: datetime | None,
     at_least: tuple[int, int] = (0, 0),
+    discard_orders: bool = False,
 ) -> Fresh:
-    """New generation and epoch, above both the database's and `at_least` (Redis's)."""
+    """New generation and epoch, above both the database's and `at_least` (Redis's).
+    Refuses (ResetRefused) if the current event has orders, unless `discard_orders`."""
     with engine.begin() as conn:
         head = conn.execute(
             select(hotdeal_list.c.generation, hotdeal_list.c.fence_epoch)
             .where(hotdeal_list.c.prod_id == product_id)
             .with_for_update()
         ).first()
+        if head and not discard_orders:
+            held = conn.execute(
+                select(func.count()).where(
+                    order_history.c.prod_id == product_id,
+                    order_history.c.generation == head.generation,
+                )
+            ).scalar_one()
+            if held:
+                raise ResetRefused(
+                    f"product {product_id}'s current event (generation {head.generation}) "
+                    f"holds {held} orders; a reset deletes them: pass --discard-orders to "
+                    "start a new event anyway (a Redis that lost its books needs "
+                    "`hotdeal-ops repair`, not a reset)"
+                )
         fresh = Fresh(
             max(head.generation if head else 0, at_least[0]) + 1,
             max(head.fence_epoch if head else 0, at_least[1]) + 1,
@@ -86,6 +106,13 @@ def reset_database(
     return fresh
 
 
+def _rebuilt_meanwhile(client: Client, product_id: int, fresh: Fresh) -> bool:
+    """fence.validate rebuilt this event's books from the database after the database's
+    reset (a Redis that restarted meanwhile): they may hold this event's sales already."""
+    generation = client.hget(redis_keys.books(product_id), redis_keys.GENERATION)
+    return int(generation or 0) >= fresh.generation
+
+
 def reset_redis(
     client: Client,
     product_id: int,
@@ -94,6 +121,9 @@ def reset_redis(
     opens_at: datetime | None,
     fresh: Fresh,
 ) -> None:
+    server = fence.run_id(client, product_id)
+    if _rebuilt_meanwhile(client, product_id, fresh):
+        return
     # The books stay until the transaction below replaces them: a take meanwhile gets the
     # old event's answer, never "unknown product".
     keep = redis_keys.books(product_id)
@@ -111,6 +141,8 @@ def reset_redis(
         redis_keys.EPOCH: fresh.epoch,
         redis_keys.GENERATION: fresh.generation,
         redis_keys.INLINE_PENDING: 0,
+        # Made from the database just now: checked on this server.
+        redis_keys.VALIDATED: server,
     }
     if opens_at is not None:
         books[redis_keys.OPENS_AT] = int(opens_at.timestamp() * 1000)
@@ -119,6 +151,11 @@ def reset_redis(
     client.sadd(redis_keys.STREAMS, stream)
     client.sadd(redis_keys.PRODUCTS, product_id)
     pipe = client.pipeline(transaction=True)
+    pipe.watch(redis_keys.books(product_id))
+    if _rebuilt_meanwhile(pipe, product_id, fresh):
+        pipe.reset()
+        return
+    pipe.multi()
     # Again inside the transaction: a writer or a take may have recreated some meanwhile.
     pipe.delete(
         stream,
@@ -142,8 +179,11 @@ def reset(
     *,
     slots: int,
     opens_at: datetime | None,
+    discard_orders: bool = False,
 ) -> Fresh:
-    """Both stores: the database first (it decides the generation), then Redis."""
+    """Both stores: the database first (it decides the generation), then Redis; then
+    every product's books are checked on this Redis server (hotdeal.fence.validate_all,
+    without repairs), so a take of an unknown product answers 404."""
     fresh = reset_database(
         engine,
         product_id,
@@ -151,7 +191,9 @@ def reset(
         slots=slots,
         opens_at=opens_at,
         at_least=redis_marks(client, product_id),
+        discard_orders=discard_orders,
     )
     if client is not None:
         reset_redis(client, product_id, stock, opens_at=opens_at, fresh=fresh)
+        fence.validate_all(engine, client, auto_repair=False)
     return fresh

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, Table, create_engine, false, select
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy import Connection, Engine, Table, create_engine, false, select
 from sqlalchemy.engine import make_url
 
 from hotdeal.config import Settings
+from hotdeal.errors import CommitUnknown
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: int = 2) -> Engine:
@@ -45,3 +49,22 @@ def table_reachable(engine: Engine, table: Table) -> None:
     """Readiness: the database answers and our schema is there (reads no rows)."""
     with engine.connect() as conn:
         conn.execute(select(table.c[0]).where(false())).all()
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """engine.begin(), except that a failed COMMIT raises CommitUnknown: it may have
+    committed (the reply is what got lost), so the caller must not answer "nothing was
+    sold" or undo anything before it knows. A failure before COMMIT rolls back."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                trans.rollback()
+            raise
+        try:
+            trans.commit()
+        except Exception as exc:
+            raise CommitUnknown() from exc

@@ -81,6 +81,16 @@ def outcome_unknown() -> ApiError:
     )
 
 
+class CommitUnknown(ApiError):
+    """COMMIT was sent and its answer never came (connection lost, reply dropped): the
+    transaction may have committed. Never "nothing was sold", and never a give-back
+    before the row is known to be absent."""
+
+    def __init__(self) -> None:
+        unknown = outcome_unknown()
+        super().__init__(unknown.status, unknown.code, unknown.message, headers=unknown.headers)
+
+
 def paused(reason: str) -> ApiError:
     return ApiError(
         503,
@@ -88,6 +98,18 @@ def paused(reason: str) -> ApiError:
         "selling this product is paused until its books are repaired",
         headers={"Retry-After": "5"},
         reason=reason,
+    )
+
+
+def validating() -> ApiError:
+    """Nothing was sold: this Redis server's books are not checked against the database
+    yet (it restarted, was restored or promoted); a writer does that within a second."""
+    return ApiError(
+        503,
+        "paused",
+        "selling this product is paused while its books are checked against the database",
+        headers={"Retry-After": "1"},
+        reason="validating: the Redis server changed since the books were last checked",
     )
 
 
@@ -111,17 +133,37 @@ ORACLE_TRANSIENT = re.compile(
     r"\b(ORA-(01033|01034|01089|01090|01109|01017|03113|03114|03135|12514|12516|12518|12519|"
     r"12520|12521|12528|12537|12541|12543|12547|25408)|DPY-(4011|6005|6000|6001))\b"
 )
+# A database that refuses every write or has no room: read-only (a standby, a
+# failover in progress), out of disk or memory, shutting down. Not this request's fault:
+# it answers 503 and sold nothing (its transaction rolled back). PostgreSQL SQLSTATE
+# classes 25 (25006 read-only), 53 (insufficient resources), 57 (operator intervention),
+# 08 (connection); Oracle read-only, tablespace and quota full, archiver stuck, shared
+# pool exhausted.
+REFUSING_SQLSTATE = re.compile(r"^(25006|53|57|08)")
+ORACLE_REFUSING = re.compile(r"\bORA-(16000|01653|01654|01536|00257|04031|01552|30036)\b")
 # A deadlock or serialization failure: the database rolled the transaction back and the
 # same transaction may simply be run again (PostgreSQL SQLSTATEs, Oracle ORA-00060).
 RETRYABLE_SQLSTATE = {"40P01", "40001", "55P03"}
 ORACLE_RETRYABLE = re.compile(r"\bORA-(00060|00054|30006|08177)\b")
 
 
+def is_refusing(exc: BaseException) -> bool:
+    """The database refuses writes as a whole (read-only, full), by its error code."""
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return bool(REFUSING_SQLSTATE.match(sqlstate) or ORACLE_REFUSING.search(str(exc.orig)))
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, UNAVAILABLE):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return exc.connection_invalidated or bool(ORACLE_TRANSIENT.search(str(exc.orig)))
+        return (
+            exc.connection_invalidated
+            or is_refusing(exc)
+            or bool(ORACLE_TRANSIENT.search(str(exc.orig)))
+        )
     return False
 
 

@@ -16,6 +16,17 @@ a restore, a hand edit) one of these fails first, the product is paused (503 `pa
 `hotdeal_sales_paused`), and `repair` rebuilds the books from the database: stock,
 sold, buyers, the order index and Idempotency-Keys, with a new epoch. A unit the
 database holds is therefore never sold again.
+
+A server that answered none of the forgotten takes can't see the first case, so the
+books also carry the run_id of the Redis server they were last checked on
+(`validated`). A restart, a restore and a failover all bring another run_id, and the
+take script sells nothing on books checked elsewhere (503 `paused`, "validating")
+until `validate` has compared them with the database on this server: whichever pod
+takes the next order, and before the first sale. A Redis that came back without a
+product's books is restored from `hotdeal_list` and `order_history` the same way.
+
+Dead-lettered orders were answered 201 and took their units: they count as sold here
+(repair rebuilds them into the books) as they do in reconcile.
 """
 
 from __future__ import annotations
@@ -23,16 +34,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
 from typing import Any
 
+import redis
 from sqlalchemy import Engine, func, select, update
 
 from hotdeal import redis_keys
 from hotdeal.designs import Design
-from hotdeal.redis_client import Client
+from hotdeal.redis_client import Client, is_cluster, node_client, primaries
 from hotdeal.schema import hotdeal_list, order_history
 
 ROLLBACK = "rollback: "
+_SCRIPT = files(__package__).joinpath("fence.lua").read_text()
 
 
 class RepairError(RuntimeError):
@@ -64,17 +78,28 @@ def database_marks(engine: Engine, pid: int, generation: int) -> DatabaseMarks:
     return DatabaseMarks(generation, int(units), int(epoch or 0), int(seq or 0))
 
 
+def _fence(client: Client, pid: int, *args: object) -> object:
+    """fence.lua on the product's server."""
+    instance = redis_keys.instance_placeholder(pid) if is_cluster(client) else redis_keys.INSTANCE
+    node = node_client(client, redis_keys.books(pid))
+    return node.eval(_SCRIPT, 2, redis_keys.books(pid), instance, *args)
+
+
+def run_id(client: Client, pid: int) -> str:
+    """The run_id of the server holding `pid`'s books (new at every start)."""
+    return str(_fence(client, pid, "whoami"))
+
+
 def pause(client: Client, pid: int, reason: str) -> bool:
-    """Stop selling `pid` (the first reason is kept). False if the product has no books."""
-    books = redis_keys.books(pid)
-    pipe = client.pipeline(transaction=True)
-    pipe.exists(books)
-    pipe.hsetnx(books, redis_keys.PAUSED, reason)
-    exists, _ = pipe.execute()
-    if not exists:
-        client.delete(books)  # HSETNX created a stray hash: the product was reset away
-        return False
-    return True
+    """Stop selling `pid` (the first reason is kept). False if the product has no books.
+    Works on a full Redis too (fence.lua is allowed past maxmemory)."""
+    return _fence(client, pid, "pause", reason) == 1
+
+
+def stamp(client: Client, pid: int, server: str, generation: int) -> bool:
+    """The books of `generation` are checked on server `server` (refused if it is not
+    the server any more)."""
+    return _fence(client, pid, "stamp", server, generation) == 1
 
 
 def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
@@ -114,35 +139,79 @@ def check(engine: Engine, client: Client, pid: int) -> str | None:
     return None
 
 
-def _history(engine: Engine, pid: int) -> tuple[dict[str, Any], list[Any]]:
+@dataclass(frozen=True)
+class Sale:
+    """An answered order as repair rebuilds it: from order_history or a dead letter."""
+
+    order_id: str
+    user_id: str
+    quantity: int
+    at_ms: int
+    idempotency_key: str | None
+
+
+def _head(engine: Engine, pid: int) -> dict[str, Any] | None:
     with engine.connect() as conn:
         head = conn.execute(
             select(
                 hotdeal_list.c.initial_quantity,
                 hotdeal_list.c.generation,
                 hotdeal_list.c.fence_epoch,
+                hotdeal_list.c.opens_at,
             ).where(hotdeal_list.c.prod_id == pid)
         ).first()
-        if head is None:
-            raise RepairError(f"product {pid} is not in hotdeal_list (run reset)")
-        rows = conn.execute(
+    return head._asdict() if head else None
+
+
+def _persisted(engine: Engine, pid: int, generation: int) -> list[Sale]:
+    rows = order_history.c
+    with engine.connect() as conn:
+        found = conn.execute(
             select(
-                order_history.c.order_id,
-                order_history.c.user_id,
-                order_history.c.quantity,
-                order_history.c.ordered_at,
-                order_history.c.take_epoch,
-                order_history.c.take_seq,
-                order_history.c.idempotency_key,
+                rows.order_id,
+                rows.user_id,
+                rows.quantity,
+                rows.ordered_at,
+                rows.idempotency_key,
             )
             .where(
-                order_history.c.prod_id == pid,
-                order_history.c.generation == head.generation,
-                order_history.c.source == Design.REDIS,
+                rows.prod_id == pid,
+                rows.generation == generation,
+                rows.source == Design.REDIS,
             )
-            .order_by(order_history.c.seq)
+            .order_by(rows.seq)
         ).all()
-    return head._asdict(), rows
+    return [
+        Sale(
+            r.order_id,
+            r.user_id,
+            int(r.quantity),
+            int(r.ordered_at.timestamp() * 1000),
+            r.idempotency_key,
+        )
+        for r in found
+    ]
+
+
+def dead_letters(client: Client, pid: int, generation: int) -> list[Sale]:
+    """Orders of this event the writers set aside (answered 201, never stored)."""
+    found = []
+    for _, fields in client.xrange(redis_keys.dead_letter(pid)):
+        try:
+            if int(fields["generation"]) != generation:
+                continue
+            found.append(
+                Sale(
+                    fields["order_id"],
+                    fields["user_id"],
+                    int(fields["quantity"]),
+                    int(fields["ordered_at"]),
+                    fields.get("idem") or None,
+                )
+            )
+        except (KeyError, ValueError):
+            continue  # malformed: it never took stock through the take script
+    return found
 
 
 def repair(
@@ -153,16 +222,48 @@ def repair(
     idempotency_ttl_s: int = 86400,
     drain_timeout_s: float = 0,
 ) -> dict[str, Any]:
-    """Rebuild Redis's books of `pid` from order_history and resume selling.
+    """`rebuild`, again if another repairer (a writer's auto-repair, an operator)
+    changed the books between its read and its transaction."""
+    for attempt in (1, 2, 3):
+        try:
+            return rebuild(
+                engine,
+                client,
+                pid,
+                idempotency_ttl_s=idempotency_ttl_s,
+                drain_timeout_s=drain_timeout_s,
+            )
+        except redis.WatchError:
+            if attempt == 3:
+                raise RepairError(
+                    "the books kept changing while repairing: run repair again"
+                ) from None
+    raise AssertionError("unreachable")
 
-    Selling is paused first; then every order still in the stream must reach the
-    database (a writer drains it; wait up to `drain_timeout_s`), so the database holds
-    every order Redis still knows of. The books are rebuilt in one transaction that
-    aborts if anything changed meanwhile."""
+
+def rebuild(
+    engine: Engine,
+    client: Client,
+    pid: int,
+    *,
+    idempotency_ttl_s: int = 86400,
+    drain_timeout_s: float = 0,
+) -> dict[str, Any]:
+    """Rebuild Redis's books of `pid` from hotdeal_list, order_history and the
+    dead-letter stream, and resume selling.
+
+    Selling is paused first (books that are gone sell nothing already); then every
+    order still in the stream must reach the database (a writer drains it; wait up to
+    `drain_timeout_s`), so the database holds every order Redis still knows of. The
+    books are rebuilt for the database's event, in one transaction that aborts if
+    anything changed meanwhile, and marked checked on this server."""
     books_key = redis_keys.books(pid)
     stream = redis_keys.orders_stream(pid)
-    if not pause(client, pid, f"{ROLLBACK}repair requested"):
-        raise RepairError(f"product {pid} has no books in Redis (run reset)")
+    head = _head(engine, pid)
+    if head is None:
+        raise RepairError(f"product {pid} is not in hotdeal_list (run reset)")
+    server = run_id(client, pid)
+    pause(client, pid, f"{ROLLBACK}repair requested")
     deadline = time.monotonic() + drain_timeout_s
     while client.xlen(stream):
         if time.monotonic() >= deadline:
@@ -171,11 +272,16 @@ def repair(
                 "a writer must drain the stream before the books can be rebuilt"
             )
         time.sleep(0.2)
-    head, rows = _history(engine, pid)
     books = client.hgetall(books_key)
-    if int(books.get(redis_keys.GENERATION, 0)) != head["generation"]:
-        raise RepairError("Redis and the database are at different generations: run reset")
-    units = sum(r.quantity for r in rows)
+    if int(books.get(redis_keys.GENERATION, 0)) > head["generation"]:
+        raise RepairError(
+            f"Redis's books are of event {books[redis_keys.GENERATION]}, the database's of "
+            f"{head['generation']}: the database is behind Redis (restored?); run reset"
+        )
+    sales = _persisted(engine, pid, head["generation"])
+    stored = {s.order_id for s in sales}
+    sales += [d for d in dead_letters(client, pid, head["generation"]) if d.order_id not in stored]
+    units = sum(s.quantity for s in sales)
     marks = database_marks(engine, pid, head["generation"])
     epoch = max(int(books.get(redis_keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
     seq = max(int(books.get(redis_keys.SEQ, 0)), marks.seq)
@@ -183,66 +289,175 @@ def repair(
         conn.execute(
             update(hotdeal_list).where(hotdeal_list.c.prod_id == pid).values(fence_epoch=epoch)
         )
-    remaining = int(head["initial_quantity"]) - units
-    buyers: dict[str, int] = {}
-    listed: dict[str, list[str]] = {}
-    index: dict[str, str] = {}
-    now = datetime.now(UTC)
+    initial = int(head["initial_quantity"])
+    # Never below zero: units sold beyond the stock stay visible in `sold` (and
+    # reconcile reports them), but nothing more is sold.
+    remaining = max(initial - units, 0)
+    _register(client, pid)
     with client.pipeline(transaction=True) as pipe:
         pipe.watch(books_key, stream)
         if pipe.xlen(stream) or pipe.hget(books_key, redis_keys.SEQ) != books.get(redis_keys.SEQ):
             raise RepairError("the books changed while repairing: run repair again")
         pipe.multi()
         pipe.delete(redis_keys.buyers(pid), redis_keys.buyer_orders(pid), redis_keys.orders(pid))
-        for r in rows:
-            at_ms = int(r.ordered_at.timestamp() * 1000)
-            buyers[r.user_id] = buyers.get(r.user_id, 0) + r.quantity
-            if r.user_id != "workshop":
-                listed.setdefault(r.user_id, []).append(r.order_id)
-            index[r.order_id] = f"{r.user_id} {r.quantity} {at_ms}"
-            if r.idempotency_key:
-                ttl = idempotency_ttl_s - int((now - r.ordered_at).total_seconds())
-                if ttl > 0:
-                    key = redis_keys.idempotency(pid, r.user_id, r.idempotency_key)
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "quantity": r.quantity,
-                            "remaining": remaining,
-                            "order_id": r.order_id,
-                            "ordered_at": at_ms,
-                            "state": "done",
-                        },
-                    )
-                    pipe.expire(key, ttl)
-        if buyers:
-            pipe.hset(redis_keys.buyers(pid), mapping=buyers)
-        if listed:
-            pipe.hset(
-                redis_keys.buyer_orders(pid), mapping={u: " ".join(i) for u, i in listed.items()}
-            )
-        if index:
-            pipe.hset(redis_keys.orders(pid), mapping=index)
-        pipe.hset(
-            books_key,
-            mapping={
-                redis_keys.QUANTITY: remaining,
-                redis_keys.SOLD: units,
-                redis_keys.SEQ: seq,
-                redis_keys.EPOCH: epoch,
-                redis_keys.INLINE_PENDING: 0,
-            },
-        )
+        _rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
+        fields: dict[str, Any] = {
+            redis_keys.QUANTITY: remaining,
+            redis_keys.INITIAL: initial,
+            redis_keys.SOLD: units,
+            redis_keys.SEQ: seq,
+            redis_keys.EPOCH: epoch,
+            redis_keys.GENERATION: head["generation"],
+            redis_keys.INLINE_PENDING: 0,
+            redis_keys.VALIDATED: server,
+        }
+        if head["opens_at"] is not None:
+            fields[redis_keys.OPENS_AT] = int(head["opens_at"].timestamp() * 1000)
+        pipe.hset(books_key, mapping=fields)
         pipe.hdel(books_key, redis_keys.PAUSED)
         pipe.execute()
     return {
         "product_id": pid,
         "repaired": True,
-        "was": books.get(redis_keys.PAUSED),
+        "was": books.get(redis_keys.PAUSED) if books else "no books in Redis",
         "generation": head["generation"],
         "epoch": epoch,
         "seq": seq,
         "sold": units,
         "remaining": remaining,
-        "orders": len(rows),
+        "orders": len(sales),
+        "oversold": max(units - initial, 0),
     }
+
+
+def _register(client: Client, pid: int) -> None:
+    """The registries and the writers' group, as reset made them (a Redis that came
+    back empty has neither)."""
+    stream = redis_keys.orders_stream(pid)
+    client.sadd(redis_keys.STREAMS, stream)
+    client.sadd(redis_keys.PRODUCTS, pid)
+    try:
+        client.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
+    except redis.exceptions.OutOfMemoryError:
+        pass  # refused even when it exists (a full Redis); the writers say NOGROUP
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _rebuild(pipe: Any, pid: int, sales: list[Sale], remaining: int, ttl_s: int) -> None:
+    """Buyers, the order index and the Idempotency-Keys of `sales`, queued on `pipe`."""
+    buyers: dict[str, int] = {}
+    listed: dict[str, list[str]] = {}
+    index: dict[str, str] = {}
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for sale in sales:
+        buyers[sale.user_id] = buyers.get(sale.user_id, 0) + sale.quantity
+        if sale.user_id != "workshop":
+            listed.setdefault(sale.user_id, []).append(sale.order_id)
+        index[sale.order_id] = f"{sale.user_id} {sale.quantity} {sale.at_ms}"
+        if sale.idempotency_key:
+            ttl = ttl_s - (now_ms - sale.at_ms) // 1000
+            if ttl > 0:
+                key = redis_keys.idempotency(pid, sale.user_id, sale.idempotency_key)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "quantity": sale.quantity,
+                        "remaining": remaining,
+                        "order_id": sale.order_id,
+                        "ordered_at": sale.at_ms,
+                        "state": "done",
+                    },
+                )
+                pipe.expire(key, ttl)
+    if buyers:
+        pipe.hset(redis_keys.buyers(pid), mapping=buyers)
+    if listed:
+        pipe.hset(redis_keys.buyer_orders(pid), mapping={u: " ".join(i) for u, i in listed.items()})
+    if index:
+        pipe.hset(redis_keys.orders(pid), mapping=index)
+
+
+def validate(
+    engine: Engine,
+    client: Client,
+    pid: int,
+    *,
+    auto_repair: bool = True,
+    idempotency_ttl_s: int = 86400,
+) -> str:
+    """Check `pid`'s books against the database on the server that holds them now, so
+    that server may sell. Returns what it found: "valid" (checked already), "stamped",
+    "repaired", "unknown" (not a database product), or the reason it paused.
+
+    Books of an older event, or none at all, are rebuilt (nothing is lost: the database
+    holds more than they do); books behind the database are paused and, with
+    `auto_repair`, rebuilt once their stream is drained."""
+    server = run_id(client, pid)
+    books = client.hgetall(redis_keys.books(pid))
+    if books.get(redis_keys.VALIDATED) == server:
+        return "valid"
+    head = _head(engine, pid)
+    if head is None:
+        return "unknown"
+    generation = int(books.get(redis_keys.GENERATION, 0))
+    if generation > head["generation"]:
+        reason = (
+            f"{ROLLBACK}books of event {generation} but the database is at event "
+            f"{head['generation']}: the database is behind Redis"
+        )
+        pause(client, pid, reason)
+        return reason
+    reason = None
+    if books and generation == head["generation"]:
+        reason = behind(books, database_marks(engine, pid, generation))
+        if reason is None:
+            if books.get(redis_keys.PAUSED):
+                return books[redis_keys.PAUSED]
+            return "stamped" if stamp(client, pid, server, generation) else "server changed"
+        pause(client, pid, reason)
+    if auto_repair or reason is None:
+        try:
+            repair(engine, client, pid, idempotency_ttl_s=idempotency_ttl_s)
+            return "repaired"
+        except RepairError as exc:
+            return f"{ROLLBACK}not repaired yet: {exc}"
+    return reason
+
+
+def validate_all(
+    engine: Engine, client: Client, *, auto_repair: bool = True, idempotency_ttl_s: int = 86400
+) -> dict[int, str]:
+    """`validate` for every product of the database; on one Redis, once every product
+    is checked or paused, mark the server itself checked (a take that then finds no
+    books answers "unknown product")."""
+    servers = {id(node): run_id_of(node) for node in primaries(client)}
+    with engine.connect() as conn:
+        pids = conn.execute(select(hotdeal_list.c.prod_id).order_by(hotdeal_list.c.prod_id))
+        pids = [int(p) for p in pids.scalars()]
+    found = {
+        pid: validate(
+            engine, client, pid, auto_repair=auto_repair, idempotency_ttl_s=idempotency_ttl_s
+        )
+        for pid in pids
+    }
+    settled = all(
+        result in ("valid", "stamped", "repaired", "unknown") or result.startswith(ROLLBACK)
+        for result in found.values()
+    )
+    if settled and not is_cluster(client):
+        (server,) = servers.values()
+        client.eval(_SCRIPT, 2, redis_keys.INSTANCE, redis_keys.INSTANCE, "instance", server)
+    return found
+
+
+def run_id_of(node: redis.Redis) -> str:
+    return str(node.info("server")["run_id"])
+
+
+def instance_checked(client: Client) -> bool:
+    """On one Redis: has every product been checked on the server we reach now?"""
+    if is_cluster(client):
+        return False
+    return client.get(redis_keys.INSTANCE) == run_id_of(client)

@@ -68,3 +68,20 @@ def refresh_topology(client: Client) -> None:
     """After a MOVED answer: learn the cluster's slots again (no-op on one Redis)."""
     if isinstance(client, redis.RedisCluster):
         client.nodes_manager.initialize()
+
+
+def memory(client: Client) -> list[tuple[int, int]]:
+    """(used_memory, maxmemory) of each primary; maxmemory 0 means no limit."""
+    found = []
+    for node in primaries(client):
+        info = node.info("memory")
+        found.append((int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))))
+    return found
+
+
+def memory_full(client: Client) -> str | None:
+    """Why Redis refuses writes for want of memory (maxmemory with noeviction), or None."""
+    for used, limit in memory(client):
+        if limit and used >= limit:
+            return f"Redis is full: {used} bytes used of maxmemory {limit}; writes are refused"
+    return None

@@ -14,6 +14,10 @@ STREAMS = "hotdeal:streams"
 # Set of the product ids `hotdeal-ops reset` has set up (for the stock gauges).
 PRODUCTS = "hotdeal:products"
 WRITER_GROUP = "order-writers"
+# On one Redis: the run_id of the server on which every product of the database has been
+# checked (hotdeal.fence.validate_all). Until it is this server's, a take that finds no
+# books answers 503, not "unknown product": the server may have come back empty.
+INSTANCE = "hotdeal:instance"
 
 # Fields of the per-product books hash (`books`).
 QUANTITY = "quantity"  # units left
@@ -25,6 +29,9 @@ GENERATION = "generation"  # the event (hotdeal_list.generation)
 OPENS_AT = "opens_at"  # epoch milliseconds; absent = open
 PAUSED = "paused"  # why selling stopped (absent = selling)
 INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not committed yet
+# run_id of the Redis server on which the books were last checked against the database
+# (reset, repair, hotdeal.fence.validate): on any other server nothing is sold.
+VALIDATED = "validated"
 
 
 def prefix(product_id: int) -> str:
@@ -74,6 +81,11 @@ def take_keys(product_id: int) -> tuple[str, str, str, str, str]:
     )
 
 
+def sync_mark(product_id: int) -> str:
+    """A small key a reader overwrites so that a durability wait covers what it read."""
+    return f"{prefix(product_id)}-sync"
+
+
 def idempotency(product_id: int, user_id: str, key: str) -> str:
     # Length-prefixed: user "a" with key "b:c" and user "a:b" with key "c" must differ.
     return f"{prefix(product_id)}-idem:{len(user_id)}:{user_id}:{key}"
@@ -83,6 +95,11 @@ def idempotency_placeholder(product_id: int) -> str:
     """Declared in place of a missing Idempotency-Key: scripts must only touch keys they
     declare, and in a cluster every declared key must hash to the product's slot."""
     return f"{prefix(product_id)}-idem"
+
+
+def instance_placeholder(product_id: int) -> str:
+    """Declared in place of INSTANCE in a cluster (a script's keys share one slot)."""
+    return f"{prefix(product_id)}-instance"
 
 
 def all_of(product_id: int) -> str:

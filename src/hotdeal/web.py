@@ -1,8 +1,10 @@
 """Flask glue both services share, one `init_*` per concern (as redash does):
 
 - init_errors: every failure becomes a JSON answer; backends that are down become 503.
-- init_health: /healthz, /readyz and /openapi.json.
-- init_metrics: /metrics (every worker's samples plus the scrape-time readers).
+- init_public: /healthz and /openapi.json on the order port.
+- init_health, init_metrics: /healthz, /readyz and /metrics, for the admin listener
+  only (hotdeal.admin): buyers reach the order port, and readiness and metrics are not
+  theirs to read.
 - OrderRoutes: the order routes, whose requests are counted by outcome and timed.
 """
 
@@ -24,6 +26,7 @@ from prometheus_client.core import Metric
 from werkzeug.exceptions import HTTPException
 
 from hotdeal import metrics
+from hotdeal.durability import DurabilityError
 from hotdeal.errors import ApiError, is_unavailable, unavailable
 from hotdeal.validation import OrderRequest, parse_order
 
@@ -204,6 +207,28 @@ def openapi_document() -> dict[str, Any]:
     return yaml.safe_load(files("hotdeal").joinpath("openapi.yaml").read_text())
 
 
+def init_public(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
+
+def reason(exc: BaseException) -> str:
+    """Why a check failed, for /readyz: the error's kind, never a backend's address or
+    a driver's message (they name hosts, ports and users)."""
+    if isinstance(exc, ApiError | DurabilityError | NotReady):
+        return str(exc)
+    return exc.__class__.__name__
+
+
+class NotReady(RuntimeError):
+    """A readiness check's own verdict; its message is safe to show."""
+
+
 def init_health(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
     @app.get("/healthz")
     def healthz() -> Response:
@@ -216,14 +241,10 @@ def init_health(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
             try:
                 check()
             except Exception as exc:
-                failed[name] = str(exc).split("\n")[0][:300] or exc.__class__.__name__
+                failed[name] = reason(exc)
         if failed:
             return jsonify(status="unavailable", failed=failed), 503
         return jsonify(status="ok"), 200
-
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        return jsonify(openapi_document())
 
 
 def init_metrics(

@@ -1,15 +1,22 @@
 """`make chaos`: a reproducible fault-injection run against local processes, and a
 checker of what every buyer was told against what the database holds.
 
-The stack: PostgreSQL, a Redis primary with a replica behind a forwarding "endpoint"
-(a failover moves it, as a managed Redis's DNS name moves), order-redis (gunicorn) and
-two writers. Buyers (threads) order with random users, quantities, Idempotency-Keys
-and client timeouts, retrying with their key when the outcome is unknown. Each round
-injects one fault: Redis kill -9 and restart, failover to a lagging replica, writer
-kill -9, PostgreSQL restart, reset while the writer drains, a poisoned order. At the
-end (and before each reset) it checks:
+The stack: PostgreSQL (behind a forwarder that can lose a COMMIT's reply), a Redis
+primary with a replica behind a forwarding "endpoint" (a failover moves it, as a managed
+Redis's DNS name moves), two order-redis servers ("pods" a and b), an inline-mode
+order-redis (the workshop's in-request insert) and two writers. Buyers (threads) order
+with random users, quantities, Idempotency-Keys and client timeouts from a random pod,
+retrying with their key when the outcome is unknown. Each round injects one fault:
+Redis kill -9 and restart, failover to a lagging replica, a long replica lag under keyed
+retries then a failover, writer kill -9, PostgreSQL restart, reset while the writer
+drains, a poisoned order, Redis restored from an older AOF copy (after the writers
+drained: what the database holds must never sell again, whichever pod takes the next
+order), Redis restarted empty, Redis full (maxmemory), the database refusing every
+write for seconds (read-only), a lost COMMIT reply in inline mode. At the end (and
+before each reset) it checks:
 - units persisted <= stock;
-- every 201 persisted, once, with the order id it answered;
+- every 201 persisted, once, with the order id it answered (a dead-lettered order is
+  not persisted: only the poisoned one may be dead-lettered);
 - nothing persisted that was not answered 201 or left unknown (503 outcome_unknown, a
   client timeout);
 - every replay (same user and key) answered the same order id;
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import threading
 import time
@@ -32,7 +40,7 @@ from typing import Any
 
 import redis
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from hotdeal import redis_keys
 from hotdeal.db import make_engine
@@ -57,7 +65,25 @@ FAULTS = (
     "postgres_restart",
     "reset_mid_drain",
     "poisoned_order",
+    "redis_restore_older",
+    "redis_restart_empty",
+    "redis_full",
+    "database_read_only",
+    "lost_commit",
+    "replica_lag",
 )
+# The poisoned order's take: its unit sold, its entry queued, as a buggy producer would.
+POISON = """
+local seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
+redis.call("HINCRBY", KEYS[1], "quantity", -1)
+redis.call("HINCRBY", KEYS[1], "sold", 1)
+redis.call("HINCRBY", KEYS[3], ARGV[2], 1)
+local b = redis.call("HMGET", KEYS[1], "epoch", "generation")
+redis.call("XADD", KEYS[2], "*", "order_id", ARGV[1], "product_id", "1",
+  "generation", b[2] or "0", "user_id", ARGV[2], "quantity", "1", "ordered_at", ARGV[3],
+  "epoch", b[1] or "0", "seq", seq, "idem", "")
+return seq
+"""
 DOCUMENTED_503 = {"unavailable", "outcome_unknown", "paused"}
 UNKNOWN = {"outcome_unknown", "client_timeout"}
 
@@ -100,6 +126,7 @@ class Chaos:
     checked_units: int = 0
     event: int = 0
     checked_upto: int = 0  # answers before this index were covered by an earlier check
+    dead_lettered: int = 0
     kinds: tuple[str, ...] = FAULTS  # the faults to take turns with
 
     def __post_init__(self) -> None:
@@ -125,6 +152,8 @@ class Chaos:
         ).start()
         self._wait_replica()
         self.proxy = Proxy(self.primary.port)
+        # The inline pod reaches PostgreSQL through a forwarder that can lose a reply.
+        self.pg_link = Proxy(self.pg.port)
         self.env = {
             "HOTDEAL_DATABASE_URL": self.pg.url,
             "HOTDEAL_REDIS_URL": f"redis://:{self.primary.password}@127.0.0.1:{self.proxy.port}/0",
@@ -138,12 +167,28 @@ class Chaos:
             "HOTDEAL_WRITER_CHECK_MS": "500",
         }
         ops(self.env, "init-db")
-        ops(self.env, "reset", "--stock", str(self.stock))
-        port = free_port()
-        self.service = gunicorn(
-            "order-redis", port, self.env, log=self.workdir / "order-redis.log"
-        ).start()
-        self.url = f"http://127.0.0.1:{port}"
+        ops(self.env, "reset", "--discard-orders", "--stock", str(self.stock))
+        self.services: list[Process] = []
+        self.urls: list[str] = []
+        for name, extra in (
+            ("a", {}),
+            ("b", {}),
+            (
+                "inline",
+                {
+                    "HOTDEAL_ORDER_WRITE": "inline",
+                    "HOTDEAL_DATABASE_URL": self.pg.url.replace(
+                        f":{self.pg.port}/", f":{self.pg_link.port}/"
+                    ),
+                },
+            ),
+        ):
+            port = free_port()
+            log = self.workdir / f"order-redis-{name}.log"
+            self.services.append(gunicorn("order-redis", port, {**self.env, **extra}, log=log))
+            self.urls.append(f"http://127.0.0.1:{port}")
+        for proc in self.services:
+            proc.start()
         self.writers: list[Process] = [self._writer(n) for n in ("w1", "w2")]
 
     def _writer(self, name: str) -> Process:
@@ -163,10 +208,11 @@ class Chaos:
 
     def stop(self) -> None:
         self.quit.set()
-        for proc in (self.service, *self.writers):
+        for proc in (*self.services, *self.writers):
             proc.stop(signal.SIGKILL)
         self.proxy.stop()
         self.link.stop()
+        self.pg_link.stop()
         for server in (self.primary, self.replica):
             server.stop(signal.SIGKILL)
         self.pg.stop("immediate")
@@ -181,9 +227,10 @@ class Chaos:
         while not self.quit.is_set():
             if not self.load_on.wait(0.1):
                 continue
+            url = self.urls[rng.choices((0, 1, 2), weights=(45, 45, 10))[0]]
             if rng.random() < 0.02:  # a poisoned body: must be refused, change nothing
                 r = session.post(
-                    f"{self.url}/v1/orders",
+                    f"{url}/v1/orders",
                     json={"product_id": 1, "user_id": "evil\u0000\u202e", "quantity": 1},
                     timeout=5,
                 )
@@ -194,18 +241,24 @@ class Chaos:
             quantity = rng.randint(1, 2)
             key = uuid.UUID(int=rng.getrandbits(128)).hex if rng.random() < 0.6 else None
             for _attempt in range(4):
-                answer = self._order(session, user, quantity, key, rng.choice((0.3, 1.0, 3.0)))
+                answer = self._order(session, url, user, quantity, key, rng.choice((0.3, 1.0, 3.0)))
                 if answer.outcome not in UNKNOWN | {"unavailable", "paused"} or key is None:
                     break
                 time.sleep(rng.uniform(0.05, 0.3))  # retry the same order with its key
 
     def _order(
-        self, session: requests.Session, user: str, quantity: int, key: str | None, timeout: float
+        self,
+        session: requests.Session,
+        url: str,
+        user: str,
+        quantity: int,
+        key: str | None,
+        timeout: float,
     ) -> Answer:
         event = self.event
         try:
             r = session.post(
-                f"{self.url}/v1/orders",
+                f"{url}/v1/orders",
                 json={"product_id": 1, "user_id": user, "quantity": quantity},
                 headers={"Idempotency-Key": key} if key else {},
                 timeout=timeout,
@@ -277,25 +330,106 @@ class Chaos:
         self.pg.start()
 
     def fault_poisoned_order(self) -> None:
-        """An entry no database would store (a NUL in the user id), as a buggy producer
-        might write it: it must go to the dead-letter stream, and nothing else stop."""
+        """An order no database would store (a NUL in the user id), taken as a buggy
+        producer might take it: its unit is sold, and it must go to the dead-letter
+        stream, stay counted as sold, and stop nothing else."""
         client = self.redis()
-        generation = client.hget(redis_keys.books(1), redis_keys.GENERATION)
         self.poison = f"1-poison-{uuid.uuid4()}"
-        client.xadd(
+        client.eval(
+            POISON,
+            3,
+            redis_keys.books(1),
             redis_keys.orders_stream(1),
-            {
-                "order_id": self.poison,
-                "product_id": "1",
-                "generation": generation or "0",
-                "user_id": "poison\u0000",
-                "quantity": "1",
-                "ordered_at": str(int(time.time() * 1000)),
-                "epoch": "0",
-                "seq": "0",
-                "idem": "",
-            },
+            redis_keys.buyers(1),
+            self.poison,
+            "poison\u0000",
+            str(int(time.time() * 1000)),
         )
+
+    def _quiesce(self) -> None:
+        """Stop the buyers and let the writers persist everything answered: what a
+        restore or an empty restart then forgets, the database holds."""
+        self.load_on.clear()
+        time.sleep(3.5)  # requests in flight finish or time out (client timeouts <= 3 s)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.redis().xlen(redis_keys.orders_stream(1)) == 0:
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+
+    def _restart_primary(self, data: Path | None) -> None:
+        """kill -9 the primary; start it on `data` (None: empty); its replica follows."""
+        self.primary.stop(signal.SIGKILL)
+        shutil.rmtree(self.primary.workdir)
+        if data is not None:
+            shutil.copytree(data, self.primary.workdir)
+        self.primary.start()
+        self._wait_replica()
+
+    def fault_redis_restore_older(self) -> None:
+        """An AOF copy; sales go on (on both pods); the writers drain; Redis comes back
+        from the copy. The database holds more than Redis then: no unit it holds may be
+        sold again, whichever pod takes the next order."""
+        copy = self.workdir / "aof-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(self.primary.workdir, copy, ignore=shutil.ignore_patterns("*.log"))
+        time.sleep(self.round_s / 4)
+        self._quiesce()
+        self._restart_primary(copy)
+        self.load_on.set()
+
+    def fault_redis_restart_empty(self) -> None:
+        """Redis comes back with nothing (its disk lost): the books are rebuilt from
+        the database, and no product it knows answers 404."""
+        self._quiesce()
+        self._restart_primary(None)
+        self.load_on.set()
+
+    def fault_redis_full(self) -> None:
+        """maxmemory at what Redis uses now (noeviction): takes are refused for 2 s; the
+        writers must keep acknowledging."""
+        client = self.redis()
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]))
+        time.sleep(2.0)
+        client.config_set("maxmemory", 0)
+
+    def _pg_sql(self, *statements: str) -> None:
+        engine = make_engine(self.env["HOTDEAL_DATABASE_URL"], pool_size=1)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for statement in statements:
+                    conn.execute(text(statement))
+        finally:
+            engine.dispose()
+
+    def fault_database_read_only(self) -> None:
+        """The database refuses every write for 4 s (SQLSTATE 25006, as a standby or a
+        database out of storage answers): nothing may go to the dead letters."""
+        self._pg_sql(
+            "ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"
+        )
+        time.sleep(4.0)
+        self._pg_sql("ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()")
+
+    def fault_lost_commit(self) -> None:
+        """The inline pod's next COMMIT reaches PostgreSQL and its reply is lost."""
+        cuts = self.pg_link.cuts
+        self.pg_link.cut_after = b"COMMIT"
+        deadline = time.monotonic() + 5
+        while self.pg_link.cuts == cuts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.pg_link.cut_after = None
+
+    def fault_replica_lag(self) -> None:
+        """The replica misses writes for 1.5 s while buyers retry with their keys (a
+        replay must not answer 201 before a replica holds the take); then the primary
+        dies and the lagging replica takes over."""
+        self.link.dropping.set()
+        time.sleep(1.5)
+        self.fault_redis_failover()
 
     def fault_reset_mid_drain(self) -> None:
         """Orders queue while no writer runs; the writers start draining; reset starts
@@ -318,7 +452,7 @@ class Chaos:
             time.sleep(0.02)
         with self.lock:
             self.event += 1
-        ops(self.env, "reset", "--stock", str(self.stock))
+        ops(self.env, "reset", "--discard-orders", "--stock", str(self.stock))
         self.load_on.set()
 
     # -- the check ------------------------------------------------------------------
@@ -361,6 +495,14 @@ class Chaos:
                 )
             }
         engine.dispose()
+        dead = {
+            fields.get("order_id")
+            for _, fields in self.redis().xrange(redis_keys.dead_letter(1))
+            if fields.get("generation") == str(generation)
+        }
+        self.dead_lettered += len(dead)
+        for oid in dead - {getattr(self, "poison", None)}:
+            self.violations.append(f"event {self.event}: a good order {oid} was dead-lettered")
         with self.lock:
             # This event's answers, and any since the last check that straddled a reset.
             recent = self.answers[self.checked_upto :]
@@ -445,6 +587,7 @@ class Chaos:
             "stock": self.stock,
             "events": self.event + 1,
             "persisted_units": self.checked_units,
+            "dead_lettered": self.dead_lettered,
             "violations": self.violations,
             "ok": not self.violations,
         }

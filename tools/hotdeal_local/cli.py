@@ -24,10 +24,12 @@ def up(args: argparse.Namespace) -> int:
         print("starting redis-server and PostgreSQL (data under .local/) ...", flush=True)
         stack.start_stores()
         stack.reset()
-        stack.start_service("legacy", stack.legacy_port)
-        stack.start_service("order-redis", stack.order_redis_port)
+        services = {
+            "legacy": stack.start_service("legacy", stack.legacy_port),
+            "order-redis": stack.start_service("order-redis", stack.order_redis_port),
+        }
         writer = stack.start_writer()
-        stack.start_prometheus(stack.prometheus_port, writer)
+        stack.start_prometheus(stack.prometheus_port, services, writer)
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in stack.env.items())
         print(
             f"""

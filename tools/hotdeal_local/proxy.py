@@ -1,12 +1,15 @@
 """A TCP forwarder on loopback that can be pointed at another backend: what a managed
 Redis's primary endpoint does on failover (the DNS name moves to the new primary and
-old connections break)."""
+old connections break). It can also lose a reply: with `cut_after` set, a connection
+that sends those bytes (PostgreSQL's COMMIT) has them delivered, and is then cut before
+the server's answer comes back."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 from hotdeal_local.servers import free_port
 
@@ -21,6 +24,9 @@ class Proxy:
         self._stopped = False
         # While set, bytes are read and thrown away: a link that loses what is in flight.
         self.dropping = threading.Event()
+        self.cut_after: bytes | None = None
+        self.cuts = 0  # connections cut that way
+        self._swallowed: set[socket.socket] = set()  # upstreams whose answers are lost
         threading.Thread(target=self._accept, daemon=True).start()
 
     def switch(self, target_port: int) -> None:
@@ -53,13 +59,21 @@ class Proxy:
                 continue
             with self._lock:
                 self._conns |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, out in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, out), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
         try:
             while data := src.recv(65536):
-                if not self.dropping.is_set():
+                cut = outbound and self.cut_after is not None and self.cut_after in data
+                if cut:
+                    # Deliver the request, let the server act on it, lose its answer.
+                    self._swallowed.add(dst)
+                    dst.sendall(data)
+                    time.sleep(0.2)
+                    self.cuts += 1
+                    break
+                if not self.dropping.is_set() and src not in self._swallowed:
                     dst.sendall(data)
         except OSError:
             pass

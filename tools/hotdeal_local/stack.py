@@ -75,7 +75,15 @@ class LocalStack:
         ops(self.env, "init-db")
 
     def reset(self, stock: int | None = None, slots: int = 8) -> None:
-        ops(self.env, "reset", "--stock", str(stock or self.stock), "--slots", str(slots))
+        ops(
+            self.env,
+            "reset",
+            "--discard-orders",
+            "--stock",
+            str(stock or self.stock),
+            "--slots",
+            str(slots),
+        )
 
     def redis_config(self, **settings: str) -> None:
         """Change a setting of the running redis-server (e.g. appendfsync)."""
@@ -104,15 +112,13 @@ class LocalStack:
         self.processes.append(proc)
         return proc
 
-    def start_prometheus(self, port: int, writer_proc: Process) -> Process:
+    def start_prometheus(self, port: int, services: dict[str, Process], writer: Process) -> Process:
+        """Scrapes each service's admin listener (its /metrics is not on the order port)."""
+        targets = {f"hotdeal-{name}": [f"127.0.0.1:{p.admin_port}"] for name, p in services.items()}
         proc = prometheus(
             self.workdir / "prometheus",
             port,
-            {
-                "hotdeal-legacy": [f"127.0.0.1:{self.legacy_port}"],
-                "hotdeal-order-redis": [f"127.0.0.1:{self.order_redis_port}"],
-                "hotdeal-writer": [f"127.0.0.1:{writer_proc.metrics_port}"],
-            },
+            {**targets, "hotdeal-writer": [f"127.0.0.1:{writer.metrics_port}"]},
         ).start()
         self.processes.append(proc)
         return proc

@@ -48,6 +48,9 @@ app.kubernetes.io/part-of: hotdeal
 {{- if and (eq .Values.orderRedis.durability "replica") .Values.redis.enabled -}}
 {{- $errors = append $errors "orderRedis.durability=replica needs a replicated Redis; the in-chart Redis has no replica (use fsync, or an external Redis)" -}}
 {{- end -}}
+{{- if and (eq .Values.orderRedis.durability "fsync") .Values.redis.enabled (ne .Values.redis.appendfsync "always") -}}
+{{- $errors = append $errors "orderRedis.durability=fsync needs redis.appendfsync=always on the in-chart Redis (under everysec Redis 7.2+ answers WAITAOF only after its once-a-second fsync: orders would time out)" -}}
+{{- end -}}
 {{- if and .Values.load.enabled (eq .Values.load.target "legacy") (not .Values.legacy.enabled) -}}
 {{- $errors = append $errors "load.target=legacy needs legacy.enabled=true" -}}
 {{- end -}}

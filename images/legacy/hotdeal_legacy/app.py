@@ -18,8 +18,7 @@ from hotdeal.web import (
     Reader,
     ReadinessCheck,
     init_errors,
-    init_health,
-    init_metrics,
+    init_public,
     order_from_request,
     sold,
     workshop_answer,
@@ -54,10 +53,8 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
-    checks, readers = probes(settings, engine)
     init_errors(app)
-    init_health(app, checks)
-    init_metrics(app, SERVICE, checks, readers)
+    init_public(app)
     design = Design.of_legacy(settings.legacy_slots)
     lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)

@@ -11,6 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from hotdeal import errors
+from hotdeal.db import transaction
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
@@ -94,7 +95,7 @@ class LegacyOrders:
         return row.order_id
 
     def _place_hot_row(self, order: OrderRequest) -> Placed:
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             started = time.perf_counter()
             row = conn.execute(lock_product_row(order.product_id)).first()
             waited = time.perf_counter() - started
@@ -121,7 +122,7 @@ class LegacyOrders:
         3. else (no single slot covers it) lock the slots with stock one by one in slot
            order: everyone who holds several slots took them in that same order."""
         pid, qty = order.product_id, order.quantity
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             head = conn.execute(
                 select(hotdeal_list.c.opens_at).where(hotdeal_list.c.prod_id == pid)
             ).first()

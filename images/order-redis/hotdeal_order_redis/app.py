@@ -7,7 +7,7 @@ from flask import Flask, Response, jsonify, request
 from hotdeal import durability
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
-from hotdeal.redis_client import redis_from_settings
+from hotdeal.redis_client import memory_full, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal.validation import (
     OrderRequest,
@@ -17,13 +17,13 @@ from hotdeal.validation import (
     parse_user_id,
 )
 from hotdeal.web import (
+    NotReady,
     OrderCall,
     OrderRoutes,
     Reader,
     ReadinessCheck,
     init_errors,
-    init_health,
-    init_metrics,
+    init_public,
     order_from_request,
     sold,
     workshop_answer,
@@ -45,6 +45,9 @@ def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Re
     def redis_ready() -> None:
         client.ping()
         durability.plan_all(client, settings.redis_durability, settings.redis_durability_timeout_ms)
+        full = memory_full(client)
+        if full:
+            raise NotReady(full)
 
     checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
     if settings.order_write == "inline":
@@ -74,13 +77,8 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     app = Flask(__name__)
     app.extensions["hotdeal_engine"] = engine
 
-    # /readyz fails while Redis is down or can't give the configured durability.
-    checks: dict[str, ReadinessCheck] = {"redis": stock.ready}
-    if engine is not None:
-        checks["database"] = lambda: table_reachable(engine, order_history)
     init_errors(app)
-    init_health(app, checks)
-    init_metrics(app, SERVICE, checks, readers=[lambda: read_stock(client, SERVICE)])
+    init_public(app)
 
     orders = OrderRoutes(SERVICE)
 

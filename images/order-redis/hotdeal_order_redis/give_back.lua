@@ -1,5 +1,7 @@
+#!lua flags=allow-oom
 -- Inline mode: undo a take whose RDBMS insert failed, so a failed request sells nothing.
 -- The sequence number stays used (the fence only ever moves forward).
+-- allow-oom: it settles a take already made (a full Redis must not strand it).
 -- KEYS: 1 books, 2 buyers, 3 buyer-orders, 4 orders, 5 idempotency key (or placeholder)
 -- ARGV: 1 quantity, 2 user id, 3 order id, 4 "1" if KEYS[5] is a real key
 local qty = tonumber(ARGV[1])

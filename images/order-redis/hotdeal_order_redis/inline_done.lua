@@ -1,4 +1,6 @@
+#!lua flags=allow-oom
 -- Inline mode: the order's row is committed; only now may its Idempotency-Key replay.
+-- allow-oom: it settles a take already made (a full Redis must not strand it).
 -- KEYS: 1 books, 2 idempotency key (or placeholder). ARGV: 1 quantity, 2 "1" if KEYS[2]
 -- is a real key, 3 order id.
 redis.call("HINCRBY", KEYS[1], "inline_pending", -tonumber(ARGV[1]))

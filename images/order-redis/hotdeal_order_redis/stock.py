@@ -11,6 +11,7 @@ connection. What the client can know afterwards decides the answer:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,17 +25,23 @@ import redis
 from redis.commands.core import Script
 from sqlalchemy import Engine, select
 
-from hotdeal import durability, errors, redis_keys
+from hotdeal import durability, errors, fence, redis_keys
+from hotdeal.db import transaction
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
 from hotdeal.process import forks
-from hotdeal.redis_client import Client, node_client, refresh_topology
+from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topology
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.seen import SeenMarks
 
 log = logging.getLogger(__name__)
+
+
+# An inline take whose row is still not in the database this long after the take never
+# committed: no transaction of ours stays open that long (hold + statement time).
+INLINE_FINAL_S = 60.0
 
 
 def _script(name: str) -> str:
@@ -51,6 +58,15 @@ class Taken:
     @property
     def ordered_at(self) -> datetime:
         return _at(self.ordered_at_ms)
+
+
+def _run_id(info: Any) -> str:
+    """The run_id line of an INFO server reply (a new one every time a server starts)."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    raise redis.ConnectionError("INFO server without a run_id")
 
 
 def _at(ms: Any) -> datetime:
@@ -85,12 +101,16 @@ class RedisStock:
         self._take = client.register_script(_script("take_stock.lua"))
         self._give_back = client.register_script(_script("give_back.lua"))
         self._inline_done = client.register_script(_script("inline_done.lua"))
+        self._lookup = client.register_script(_script("lookup.lua"))
         self._plan: durability.WaitPlan | None = None
         self._plan_checked = 0.0
         self._plan_lock = threading.Lock()
         # The fence: per product, the highest (epoch, seq) this server answered 201 for.
         self._seen = SeenMarks()
         self._line = threading.local()
+        # On one Redis the take reads the instance mark; a cluster has no key for it.
+        self._marked = "0" if is_cluster(client) else "1"
+        self._validating = threading.Lock()
 
     # -- start-up and readiness ------------------------------------------------------
     def warm_up(self) -> None:
@@ -98,7 +118,7 @@ class RedisStock:
         buyer's request. Best effort: a Redis that is down at start-up is /readyz's
         business."""
         try:
-            for script in (self._take, self._give_back, self._inline_done):
+            for script in (self._take, self._give_back, self._inline_done, self._lookup):
                 script.sha = self.client.script_load(script.script)
             self.durability_plan(force=True)
         except (redis.RedisError, durability.DurabilityError) as exc:
@@ -134,7 +154,7 @@ class RedisStock:
         own."""
         line = self._line
         if getattr(line, "forks", None) != forks():  # not the connections we inherited
-            line.conns, line.forks = {}, forks()
+            line.conns, line.run_ids, line.forks = {}, {}, forks()
         pool = node.connection_pool
         where = (pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
         conn = line.conns.get(where)
@@ -145,10 +165,10 @@ class RedisStock:
             conn = line.conns[where] = pool.connection_class(**pool.connection_kwargs)
         return conn
 
-    def _round_trip(self, node: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send `commands` to `node` in one write, read every reply (errors as values).
-        Raises `unavailable` if nothing was sent, `outcome_unknown` if a reply went
-        missing."""
+    def _ready(self, node: redis.Redis) -> tuple[redis.connection.AbstractConnection, str]:
+        """This thread's connection to `node`, connected, and the run_id of the server it
+        reached (asked once per socket: a restart or failover breaks the socket). Raises
+        `unavailable`: nothing has been sent."""
         try:
             conn = self._connection(node)
             # can_read() connects a new connection (redis-py's connect() costs a retry
@@ -163,8 +183,21 @@ class RedisStock:
             if stale:
                 conn.disconnect()
                 conn.connect()
+            sock = conn._sock
+            known = self._line.run_ids.get(id(conn))
+            if known is None or known[0] is not sock:
+                conn.send_command("INFO", "server")
+                known = (sock, _run_id(conn.read_response()))
+                self._line.run_ids[id(conn)] = known
+            return conn, known[1]
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             raise errors.unavailable() from None
+
+    def _round_trip(
+        self, conn: redis.connection.AbstractConnection, commands: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """Send `commands` in one write, read every reply (errors as values). Raises
+        `outcome_unknown` if a reply went missing."""
         try:
             # hiredis packs the commands directly (redis-py's encoder costs ~12 us more).
             conn.send_packed_command([b"".join(map(hiredis.pack_command, commands))])
@@ -185,8 +218,9 @@ class RedisStock:
             # The product's node (the client itself on one Redis): a take and its
             # durability wait must share one connection there.
             node = node_client(self.client, keys[0])
-            take = ("EVALSHA", script.sha, len(keys), *keys, *args)
-            replies = self._round_trip(node, [take, *plan.commands])
+            conn, run_id = self._ready(node)
+            take = ("EVALSHA", script.sha, len(keys), *keys, *args, run_id, self._marked)
+            replies = self._round_trip(conn, [take, *plan.commands])
             reply = replies[0]
             if isinstance(reply, Exception) and attempt == 1:
                 # Not run, so safe to send again: a node without the script (restarted,
@@ -201,7 +235,8 @@ class RedisStock:
                 # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was sold.
                 log.warning("take refused by Redis: %s", str(reply).split("\n")[0][:200])
                 raise errors.unavailable()
-            if reply[0] == "ok" and not plan.satisfied(replies[1:]):
+            # A replay wrote a mark after the original take: its wait covers that take.
+            if reply[0] in ("ok", "replay") and not plan.satisfied(replies[1:]):
                 raise errors.outcome_unknown()
             return reply
         raise errors.unavailable()
@@ -213,7 +248,10 @@ class RedisStock:
         limit: int,
         idempotency_key: str | None,
         list_under_buyer: bool = True,
+        again: bool = True,
     ) -> Taken:
+        """`again`: whether a take that had to settle something first (validate the
+        books, give back a take that never committed) may run once more."""
         try:
             plan = self.durability_plan()
         except durability.DurabilityError:
@@ -226,7 +264,7 @@ class RedisStock:
             if idempotency_key
             else redis_keys.idempotency_placeholder(pid)
         )
-        keys = [*redis_keys.take_keys(pid), idem_key]
+        keys = [*redis_keys.take_keys(pid), idem_key, self._instance_key(pid)]
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
             order.quantity,
@@ -252,10 +290,31 @@ class RedisStock:
             return taken
         if status == "replay":
             remaining, order_id, at_ms, state = rest
-            if state == "pending" and not self._committed(order_id):
-                raise errors.in_progress()
-            return Taken(order_id, int(remaining), at_ms, replayed=True)
+            taken = Taken(order_id, int(remaining), at_ms, replayed=True)
+            if state == "pending" and not self._pending(order, taken, keys, idempotency_key):
+                if not again:
+                    raise errors.unavailable()
+                return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
+            return taken
+        if status == "unvalidated" and again and self._validate_here():
+            return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
         raise _refusal(status, rest, order, limit)
+
+    def _validate_here(self) -> bool:
+        """Inline mode has the database, and may run no writer: check the books against
+        it now (one thread at a time; the others answer 503 meanwhile)."""
+        if self.engine is None or not self._validating.acquire(blocking=False):
+            return False
+        try:
+            results = fence.validate_all(
+                self.engine, self.client, idempotency_ttl_s=self.idempotency_ttl_s
+            )
+        except Exception as exc:  # a backend away: the buyer gets the 503 it would anyway
+            log.warning("could not check the books: %s", exc.__class__.__name__)
+            return False
+        finally:
+            self._validating.release()
+        return all(r in ("valid", "stamped", "repaired") for r in results.values())
 
     # -- inline mode (the workshop's in-request insert) ----------------------------------
     def _insert_inline(
@@ -280,20 +339,67 @@ class RedisStock:
             take_seq=seq,
             idempotency_key=idempotency_key,
         )
-        has_key = "1" if idempotency_key else "0"
         try:
-            with self.engine.begin() as conn:
+            with transaction(self.engine) as conn:
                 insert_new(conn, [row])
                 time.sleep(self.hold_s)  # the workshop's work, inside the transaction
-        except Exception:
-            # Nothing was sold if the row is not stored: put the stock back.
-            self._give_back(
-                keys=[keys[0], keys[1], keys[2], keys[3], keys[5]],
-                args=[order.quantity, order.user_id, taken.order_id, has_key],
-            )
+        except errors.CommitUnknown:
+            # The COMMIT's answer was lost: the row may be stored. Stored -> sold; not
+            # found (or can't look) -> still unknown, and the stock stays taken: a
+            # give-back now could sell a unit the database holds (the key stays
+            # "pending" until a retry finds the row, or its absence is final).
+            with contextlib.suppress(Exception):
+                if self._committed(taken.order_id):
+                    self._done(order, taken.order_id, keys, idempotency_key)
+                    return
             raise
-        # Only a committed order may be replayed to a retry (its key said "pending").
-        self._inline_done(keys=[keys[0], keys[5]], args=[order.quantity, has_key, taken.order_id])
+        except Exception:
+            # COMMIT never went out: the transaction rolled back, so nothing was sold.
+            self._undo(order, taken.order_id, keys, idempotency_key)
+            raise
+        try:
+            self._done(order, taken.order_id, keys, idempotency_key)
+        except redis.RedisError as exc:
+            # Sold: the row is committed. Its key stays "pending" until a replay finds
+            # the row (and says 201 then).
+            log.warning("order committed, key not marked done: %s", exc.__class__.__name__)
+
+    def _done(
+        self, order: OrderRequest, order_id: str, keys: list[str], idempotency_key: str | None
+    ) -> None:
+        """The row is committed: only now may its Idempotency-Key replay ("pending")."""
+        has_key = "1" if idempotency_key else "0"
+        self._inline_done(keys=[keys[0], keys[5]], args=[order.quantity, has_key, order_id])
+
+    def _undo(
+        self, order: OrderRequest, order_id: str, keys: list[str], idempotency_key: str | None
+    ) -> None:
+        """The row is known not to be stored: put the stock back."""
+        has_key = "1" if idempotency_key else "0"
+        self._give_back(
+            keys=[keys[0], keys[1], keys[2], keys[3], keys[5]],
+            args=[order.quantity, order.user_id, order_id, has_key],
+        )
+
+    def _pending(
+        self,
+        order: OrderRequest,
+        taken: Taken,
+        keys: list[str],
+        idempotency_key: str | None,
+    ) -> bool:
+        """A replay of an inline take whose row was not known committed: True once the
+        row is found (the order is done). Absent for longer than any transaction can
+        stay open (INLINE_FINAL_S), it never committed: the stock goes back and False
+        tells the caller to take anew."""
+        if self._committed(taken.order_id):
+            self._done(order, taken.order_id, keys, idempotency_key)
+            return True
+        age_s = time.time() - int(taken.ordered_at_ms) / 1000
+        if age_s < INLINE_FINAL_S:
+            raise errors.in_progress()
+        self._undo(order, taken.order_id, keys, idempotency_key)
+        return False
 
     def _committed(self, order_id: str) -> bool:
         if self.engine is None:
@@ -305,28 +411,65 @@ class RedisStock:
         return found is not None
 
     # -- lookups -----------------------------------------------------------------------
+    def _look(self, pid: int, mode: str, what: str) -> list[Any]:
+        """lookup.lua and the durability wait in one round trip on the product's node:
+        a lookup answers a take only once the take is durable."""
+        try:
+            plan = self.durability_plan()
+        except (redis.RedisError, durability.DurabilityError):
+            raise errors.unavailable() from None
+        keys = (
+            redis_keys.books(pid),
+            redis_keys.orders(pid),
+            redis_keys.buyer_orders(pid),
+            redis_keys.sync_mark(pid),
+            self._instance_key(pid),
+        )
+        script: Script = self._lookup
+        for attempt in (1, 2):
+            node = node_client(self.client, keys[0])
+            conn, run_id = self._ready(node)
+            look = ("EVALSHA", script.sha, len(keys), *keys, run_id, mode, what, self._marked)
+            replies = self._round_trip(conn, [look, *plan.commands])
+            reply = replies[0]
+            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
+                script.sha = node.script_load(script.script)
+                continue
+            if isinstance(reply, redis.exceptions.AskError) and attempt == 1:
+                refresh_topology(self.client)
+                continue
+            if isinstance(reply, Exception):
+                raise errors.unavailable()
+            if reply[0] == "unvalidated":
+                raise errors.validating()
+            found = reply[0] == "ok" and len(reply) > 1 and reply[1] is not None
+            if found and not plan.satisfied(replies[1:]):
+                raise errors.outcome_unknown()
+            return reply
+        raise errors.unavailable()
+
     def lookup(self, order_id: str) -> dict[str, Any]:
         pid = redis_keys.product_of_order(order_id)
         if pid is None:
             raise errors.unknown_order()
-        record = self.client.hget(redis_keys.orders(pid), order_id)
-        if record is None:
+        reply = self._look(pid, "order", order_id)
+        if reply[0] != "ok" or reply[1] is None:
             raise errors.unknown_order()
-        user, quantity, at_ms = record.split(" ")
+        user, quantity, at_ms = reply[1].split(" ")
         return _order(order_id, pid, user, int(quantity), at_ms)
 
     def user_orders(self, pid: int, user: str) -> list[dict[str, Any]]:
-        listed = self.client.hget(redis_keys.buyer_orders(pid), user)
-        ids = listed.split() if listed else []
-        if not ids:
+        reply = self._look(pid, "user", user)
+        if reply[0] != "ok":
             return []
-        records = self.client.hmget(redis_keys.orders(pid), ids)
         found = []
-        for order_id, record in zip(ids, records, strict=True):
-            if record:
-                _, quantity, at_ms = record.split(" ")
-                found.append(_order(order_id, pid, user, int(quantity), at_ms))
+        for order_id, record in zip(reply[1::2], reply[2::2], strict=True):
+            _, quantity, at_ms = record.split(" ")
+            found.append(_order(order_id, pid, user, int(quantity), at_ms))
         return found
+
+    def _instance_key(self, pid: int) -> str:
+        return redis_keys.INSTANCE if self._marked == "1" else redis_keys.instance_placeholder(pid)
 
 
 def _order(order_id: str, pid: int, user: str, quantity: int, at_ms: str) -> dict[str, Any]:
@@ -350,6 +493,8 @@ def _refusal(status: str, rest: list[Any], order: OrderRequest, limit: int) -> A
         return errors.unknown_product(order.product_id)
     if status == "paused":
         return errors.paused(rest[0])
+    if status == "unvalidated":
+        return errors.validating()
     if status == "key_reused":
         return ApiError(
             422,

@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hotdeal import redis_keys
 from hotdeal.metrics import stock_families
-from hotdeal.redis_client import Client
+from hotdeal.redis_client import Client, memory
 
 
 def _products(client: Client) -> list[int]:
@@ -36,4 +36,17 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
         remaining.add_metric([service, str(pid)], float(left))
         initial.add_metric([service, str(pid)], float(first or 0))
         paused.add_metric([service, str(pid)], 1.0 if why else 0.0)
-    yield from (remaining, initial, paused)
+    used = GaugeMetricFamily(
+        "hotdeal_redis_memory_used_bytes",
+        "Memory Redis uses, per primary (INFO memory used_memory).",
+        labels=["service", "node"],
+    )
+    limit = GaugeMetricFamily(
+        "hotdeal_redis_memory_max_bytes",
+        "Redis's maxmemory per primary (0: no limit). At the limit it refuses writes.",
+        labels=["service", "node"],
+    )
+    for n, (in_use, most) in enumerate(memory(client)):
+        used.add_metric([service, str(n)], float(in_use))
+        limit.add_metric([service, str(n)], float(most))
+    yield from (remaining, initial, paused, used, limit)

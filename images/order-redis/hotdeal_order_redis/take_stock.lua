@@ -4,23 +4,37 @@
 -- interleave: the stock never goes below zero. Every refusal returns before any write.
 --
 -- KEYS: 1 books (hash), 2 buyers, 3 buyer-orders, 4 orders, 5 stream, 6 idempotency key
---       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is "")
+--       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is ""), 7 the
+--       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0")
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
 --       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
---       11 "1" to list the order under the buyer (not for the workshop's shared buyer)
+--       11 "1" to list the order under the buyer (not for the workshop's shared buyer),
+--       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real
 -- Returns {status, ...}:
 --   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
 --   {"replay", remaining, order_id, ordered_at_ms, state}   state: "done" | "pending"
 --   {"key_reused", first_quantity}  {"unknown"}  {"not_open", opens_at_ms}
 --   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining}  {"paused", reason}
+--   {"unvalidated"}
 local b = redis.call("HMGET", KEYS[1],
-  "quantity", "seq", "epoch", "generation", "opens_at", "paused", "sold")
+  "quantity", "seq", "epoch", "generation", "opens_at", "paused", "sold", "validated")
 if not b[1] then
+  -- No books: an unknown product, unless this server came back empty and the database's
+  -- products are not restored yet (the instance mark is not this server's).
+  if ARGV[13] == "1" and redis.call("GET", KEYS[7]) ~= ARGV[12] then
+    return {"unvalidated"}
+  end
   return {"unknown"}
 end
 if b[6] then
   return {"paused", b[6]}
+end
+-- Books last checked against the database on another server (this one restarted, was
+-- restored or promoted): they may have forgotten sales. Nothing is sold until they are
+-- checked again (hotdeal.fence.validate), whichever pod takes the next order.
+if b[8] ~= ARGV[12] then
+  return {"unvalidated"}
 end
 
 -- Fence: a client that answered 201 for take (epoch, seq) must never see books older
@@ -44,6 +58,9 @@ if idem ~= "" then
     if tonumber(first[1]) ~= qty then
       return {"key_reused", first[1]}
     end
+    -- A write, so the durability wait after this script covers the original take too
+    -- (the log is sequential): a replay vouches for a take only once it is durable.
+    redis.call("HINCRBY", KEYS[6], "replays", 1)
     return {"replay", first[2], first[3], first[4], first[5] or "done"}
   end
 end

@@ -9,9 +9,21 @@ for HOTDEAL_WRITER_CLAIM_IDLE_MS. Any number of writers may share the group.
 It never dies on what it reads or on a database that is away:
 - a database that is down or restarting (connection lost, Oracle ORA-01109/ORA-12514
   ...): the batch is kept and retried with backoff;
-- a row the database refuses (a poisoned order): the batch is split in halves until the
-  row is alone, the rest is stored, and the row goes to the dead-letter stream with the
-  reason (hotdeal_writer_dead_letters_total, alert HotdealDeadLetters);
+- a database that refuses every write, whatever its error code (read-only: a standby,
+  PostgreSQL's 25006; a full tablespace or archiver, ORA-01653/ORA-00257 ...): the
+  batch is kept and retried with backoff (hotdeal_writer_database_refusing, alert
+  HotdealDatabaseRefusingWrites); no order is set aside for it;
+- a row the database refuses on its own (a poisoned order): the batch is split in
+  halves until the row is alone and the rest is stored; the row is tried again
+  ROW_ATTEMPTS times over at least ROW_PATIENCE_S, and it goes to the dead-letter stream
+  only if each time the database accepted a good row (a canary insert, rolled back)
+  while refusing it (hotdeal_writer_dead_letters_total, alert HotdealDeadLetters). Its
+  units stay sold; `hotdeal-ops dead-letters requeue` sends it back once fixed;
+- a full Redis (maxmemory): acknowledging and setting aside are scripts, which a full
+  Redis still runs (it refuses any MULTI);
+- a Redis server that is not the one the books were checked on (restart, restore,
+  failover): every product is checked against the database before it sells again
+  (hotdeal.fence.validate_all), and books that came back empty are restored;
 - before a batch is stored, Redis is asked to make it as durable as the services'
   answers (hotdeal.durability), so the database never holds an order Redis may lose;
 - after each batch and every HOTDEAL_WRITER_CHECK_MS it checks that Redis's books are
@@ -30,6 +42,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
 
 import redis
 import sqlalchemy.exc
@@ -40,7 +53,7 @@ from hotdeal import durability, fence, metrics, redis_keys
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
-from hotdeal.errors import is_unavailable
+from hotdeal.errors import is_refusing, is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
 from hotdeal.redis_client import Client, is_cluster, node_client, redis_from_settings
 from hotdeal.schema import order_history
@@ -49,6 +62,24 @@ from hotdeal_order_redis import writer_metrics
 log = logging.getLogger("hotdeal.writer")
 # How often an idle writer looks at a cluster's streams (it can't block on all at once).
 CLUSTER_POLL_MS = 20
+# A row the database refuses alone goes to the dead letters only after this many
+# refusals over at least this long (a trigger or lock that fails now and then is not a
+# poisoned order).
+ROW_ATTEMPTS = 4
+ROW_PATIENCE_S = 2.0
+# How often the writer asks whether the Redis server changed (one INFO on one Redis).
+INSTANCE_CHECK_S = 0.1
+
+
+SYNC_MARK = '#!lua flags=allow-oom\nreturn redis.call("SET", KEYS[1], ARGV[1])'
+
+
+class DatabaseRefusing(RuntimeError):
+    """The database refuses every write, a good canary row included: keep the batch."""
+
+
+def _script(name: str) -> str:
+    return files(__package__).joinpath(name).read_text()
 
 
 @dataclass(frozen=True)
@@ -113,8 +144,14 @@ class OrderWriter:
         self._claimed_at = 0.0
         self._checked_at = 0.0
         self._retry: list[Entry] = []
+        self._held: list[Entry] = []  # refused alone, not set aside yet
         self._plan: durability.WaitPlan | None = None
         self._plan_at = 0.0
+        self._instance_at = 0.0
+        # order id -> (refusals, first refusal): a row is set aside only after several.
+        self._refusals: dict[str, tuple[int, float]] = {}
+        self._ack = client.register_script(_script("ack.lua"))
+        self._set_aside = client.register_script(_script("dead_letter.lua"))
 
     # -- reading -------------------------------------------------------------------
     def streams(self) -> list[str]:
@@ -128,6 +165,8 @@ class OrderWriter:
     def _ensure_group(self, stream: str) -> None:
         try:
             self.client.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
+        except redis.exceptions.OutOfMemoryError:
+            pass  # refused even when it exists; a missing group shows as NOGROUP on read
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -226,12 +265,10 @@ class OrderWriter:
     def dead_letter(self, stream: str, mid: str, fields: dict[str, str], reason: str) -> None:
         """Keep the entry for a human (with why), and let the stream move on."""
         log.error("entry %s %s moved to the dead-letter stream: %s", stream, mid, reason)
-        dead = redis_keys.dead_letter(_product(stream))  # the product's slot: one MULTI
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(dead, {"stream": stream, "id": mid, "reason": reason, **fields})
-        pipe.xack(stream, redis_keys.WRITER_GROUP, mid)
-        pipe.xdel(stream, mid)
-        pipe.execute()
+        dead = redis_keys.dead_letter(_product(stream))  # the product's slot
+        fields = {"stream": stream, "id": mid, "reason": reason, **fields}
+        flat = [x for pair in fields.items() for x in pair]
+        self._set_aside(keys=[stream, dead], args=[redis_keys.WRITER_GROUP, mid, *flat])
         writer_metrics.DEAD_LETTERS.inc()
 
     # -- durability ----------------------------------------------------------------
@@ -258,7 +295,10 @@ class OrderWriter:
         for node, streams in by_node.values():
             pipe = node.pipeline(transaction=False)
             for stream in streams:
-                pipe.set(f"{redis_keys.prefix(_product(stream))}-writer-sync", self.consumer)
+                # A script past maxmemory: a full Redis would refuse a plain SET, and the
+                # wait would then vouch for nothing.
+                key = f"{redis_keys.prefix(_product(stream))}-writer-sync"
+                pipe.eval(SYNC_MARK, 1, key, self.consumer)
             for command in plan.commands:
                 pipe.execute_command(*command)
             replies = pipe.execute(raise_on_error=False)[len(streams) :]
@@ -278,16 +318,20 @@ class OrderWriter:
                 return insert_new(conn, rows)
 
     def persist(self, batch: list[Entry]) -> tuple[int, list[tuple[Entry, str]]]:
-        """Store what the database accepts; returns (inserted, entries it refused).
+        """Store what the database accepts; returns (inserted, entries it refused alone).
 
         A refusal that is not the database being away is narrowed down by halving, so
-        one poisoned row never holds back the orders batched with it."""
+        one poisoned row never holds back the orders batched with it. A row refused
+        alone counts as the row's fault only if the database takes a good row at the
+        same moment (DatabaseRefusing otherwise: the whole batch waits)."""
         try:
             return self._insert([e.row for e in batch]), []
         except Exception as exc:
             if is_unavailable(exc):
                 raise
             if len(batch) == 1:
+                if not self._accepts_writes():
+                    raise DatabaseRefusing(_code(exc)) from None
                 entry = batch[0]
                 # The class and the driver's error code only: never the row's values.
                 reason = f"{exc.__class__.__name__}: {_code(exc)}"
@@ -298,20 +342,47 @@ class OrderWriter:
         done_b, refused_b = self.persist(batch[half:])
         return done_a + done_b, refused_a + refused_b
 
+    def _accepts_writes(self) -> bool:
+        """Does the database store a good order right now? A canary row, rolled back."""
+        canary = OrderRow.now(0, 0, "hotdeal-canary", 1, Design.REDIS)
+        try:
+            with self.engine.connect() as conn:
+                trans = conn.begin()
+                try:
+                    conn.execute(insert(order_history), [canary.as_params()])
+                finally:
+                    trans.rollback()
+            return True
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            return False
+
+    def _ripe(self, refused: list[tuple[Entry, str]]) -> list[tuple[Entry, str]]:
+        """The refused rows that have been refused often and long enough to set aside."""
+        now = time.monotonic()
+        ripe = []
+        for entry, reason in refused:
+            count, first = self._refusals.get(entry.row.order_id, (0, now))
+            count += 1
+            self._refusals[entry.row.order_id] = (count, first)
+            if count >= ROW_ATTEMPTS and now - first >= ROW_PATIENCE_S:
+                ripe.append((entry, reason))
+                del self._refusals[entry.row.order_id]
+        return ripe
+
     def acknowledge(self, batch: list[Entry]) -> dict[str, dict[str, str]]:
-        """XACK + XDEL the batch, and read each product's books in the same transaction."""
+        """XACK + XDEL the batch, and read each product's books in the same atomic step."""
         by_stream: dict[str, list[str]] = {}
         for e in batch:
             by_stream.setdefault(e.stream, []).append(e.entry_id)
         books = {}
         for stream, ids in by_stream.items():
-            # One transaction per product: its keys share a slot (a cluster's condition).
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xack(stream, redis_keys.WRITER_GROUP, *ids)
-            # Persisted entries leave the stream, so its length is the backlog.
-            pipe.xdel(stream, *ids)
-            pipe.hgetall(redis_keys.books(_product(stream)))
-            books[stream] = pipe.execute()[2]
+            raw = self._ack(
+                keys=[stream, redis_keys.books(_product(stream))],
+                args=[redis_keys.WRITER_GROUP, *ids],
+            )
+            books[stream] = dict(zip(raw[::2], raw[1::2], strict=True))
         return books
 
     def check_fence(self, batch: list[Entry], books: dict[str, dict[str, str]]) -> None:
@@ -333,6 +404,27 @@ class OrderWriter:
                 )
                 log.error("product %s: %s", _product(stream), reason)
                 fence.pause(self.client, _product(stream), reason)
+
+    def check_instance(self) -> None:
+        """Every INSTANCE_CHECK_S: if the Redis server is not the one every product was
+        checked on (restart, restore, failover), check them all against the database
+        now: until then the take sells nothing (hotdeal.fence)."""
+        if time.monotonic() - self._instance_at < INSTANCE_CHECK_S:
+            return
+        self._instance_at = time.monotonic()
+        if fence.instance_checked(self.client):
+            return
+        found = fence.validate_all(
+            self.engine,
+            self.client,
+            auto_repair=self.auto_repair,
+            idempotency_ttl_s=self.idempotency_ttl_s,
+        )
+        changed = {pid: r for pid, r in found.items() if r != "valid"}
+        if changed:
+            log.warning("books checked on a new Redis server: %s", changed)
+            writer_metrics.REPAIRS.inc(sum(1 for r in changed.values() if r == "repaired"))
+        self._streams_at = 0.0  # restored products bring their streams back
 
     def check_books(self) -> None:
         """Every check interval: pause products whose books are behind the database,
@@ -362,27 +454,39 @@ class OrderWriter:
 
     def run_once(self) -> int:
         """Read, store and acknowledge one batch; returns how many entries it handled."""
+        self.check_instance()
         # A batch that failed half-way is retried first, but only the entries the current
         # Redis still holds: after a failover it may be a replica that never got them,
         # and storing those would put orders in the database that Redis has forgotten.
         batch = self._still_there(self._retry) if self._retry else []
-        batch = batch or self._claim_stale() or self._read_new()
-        self._retry = batch
+        if not batch:
+            # Rows refused alone last time go again, with whatever is new.
+            held = self._still_there(self._held) if self._held else []
+            batch = held + (self._claim_stale() or self._read_new())
+        self._retry, self._held = batch, []
         if batch:
             started = time.perf_counter()
             self.make_durable(batch)
-            inserted, refused = self.persist(batch)
-            for entry, reason in refused:
+            try:
+                inserted, refused = self.persist(batch)
+            except Exception as exc:
+                if isinstance(exc, DatabaseRefusing) or is_refusing(exc):
+                    writer_metrics.DATABASE_REFUSING.set(1)
+                raise
+            writer_metrics.DATABASE_REFUSING.set(0)
+            for entry, reason in self._ripe(refused):
                 self.dead_letter(
                     entry.stream, entry.entry_id, entry.fields, f"refused by the database: {reason}"
                 )
-            set_aside = {entry.entry_id for entry, _ in refused}
-            stored = [e for e in batch if e.entry_id not in set_aside]
+            held = {entry.entry_id for entry, _ in refused}
+            stored = [e for e in batch if e.entry_id not in held]
             books = self.acknowledge(stored) if stored else {}
             self.check_fence(stored, books)
             writer_metrics.BATCH_DURATION.observe(time.perf_counter() - started)
             writer_metrics.BATCH_SIZE.observe(len(batch))
             writer_metrics.PERSISTED.inc(inserted)
+            # Rows refused but not set aside yet go again with the next batch.
+            self._held = [e for e in batch if e.row.order_id in self._refusals]
         self._retry = []
         self.check_books()
         return len(batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
@@ -43,6 +43,11 @@ RETRIES = Counter(
 PAUSED_SEEN = Counter(
     "hotdeal_writer_paused_books_seen_total",
     "Checks that found a product's Redis books paused (rolled back).",
+)
+DATABASE_REFUSING = Gauge(
+    "hotdeal_writer_database_refusing",
+    "1 while the database refuses every write, a good canary row included (read-only, "
+    "full): the writer keeps the orders and retries.",
 )
 REPAIRS = Counter("hotdeal_writer_repairs_total", "Products whose Redis books the writer rebuilt.")
 

@@ -1,0 +1,50 @@
+"""`hotdeal-ops dead-letters list | requeue`: the orders the writers set aside.
+
+A dead letter is an answered order (201) that the database refused on its own while
+accepting others (hotdeal_order_redis.writer). Its units stay sold: repair and
+reconcile count it. Once the cause is fixed (a constraint, a trigger, a column too
+narrow), `requeue` moves the entries back to the product's order stream, in one
+transaction per product, and the writers store them like any other order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hotdeal import redis_keys
+from hotdeal.redis_client import Client
+
+# What the writer adds to an entry when it sets it aside (the rest is the order).
+ASIDE = ("stream", "id", "reason")
+
+
+def listing(client: Client, pid: int) -> dict[str, Any]:
+    """The product's dead letters, without the orders' values (a user id is personal)."""
+    entries = client.xrange(redis_keys.dead_letter(pid))
+    return {
+        "product_id": pid,
+        "dead_letters": [
+            {
+                "id": entry_id,
+                "order_id": fields.get("order_id"),
+                "generation": fields.get("generation"),
+                "quantity": fields.get("quantity"),
+                "reason": fields.get("reason"),
+            }
+            for entry_id, fields in entries
+        ],
+    }
+
+
+def requeue(client: Client, pid: int, *, ids: list[str] | None = None) -> dict[str, Any]:
+    """Move dead letters (all, or `ids`) back to the order stream for the writers."""
+    dead = redis_keys.dead_letter(pid)
+    stream = redis_keys.orders_stream(pid)
+    entries = [(i, f) for i, f in client.xrange(dead) if ids is None or i in ids]
+    pipe = client.pipeline(transaction=True)  # one slot: the product's
+    for entry_id, fields in entries:
+        pipe.xadd(stream, {k: v for k, v in fields.items() if k not in ASIDE})
+        pipe.xdel(dead, entry_id)
+    if entries:
+        pipe.execute()
+    return {"product_id": pid, "requeued": len(entries), "ids": [i for i, _ in entries]}

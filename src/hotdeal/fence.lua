@@ -1,0 +1,41 @@
+#!lua flags=allow-oom
+-- The fence's writes to Redis, each one atomic on the server it lands on. allow-oom: a
+-- full Redis (maxmemory, noeviction) must still stop selling and take the checks'
+-- marks; each of these writes a field or a small key.
+--
+-- KEYS: 1 the product's books, 2 the instance mark (or a placeholder in a cluster)
+-- ARGV: 1 what to do:
+--   "whoami"                     -> this server's run_id
+--   "pause", reason              -> 1 if the books exist (the first reason is kept), else 0
+--   "stamp", run_id, generation  -> 1: the books (of that generation) are checked on this
+--                                   server; 0 if it is not `run_id` any more or the books
+--                                   are of another generation
+--   "instance", run_id           -> 1: every product is checked on this server; 0 if it
+--                                   is not `run_id` any more
+local run_id = string.match(redis.call("INFO", "server"), "run_id:(%w+)")
+local what = ARGV[1]
+if what == "whoami" then
+  return run_id
+end
+if what == "pause" then
+  if redis.call("EXISTS", KEYS[1]) == 0 then
+    return 0
+  end
+  redis.call("HSETNX", KEYS[1], "paused", ARGV[2])
+  return 1
+end
+if ARGV[2] ~= run_id then
+  return 0
+end
+if what == "stamp" then
+  if redis.call("HGET", KEYS[1], "generation") ~= ARGV[3] then
+    return 0
+  end
+  redis.call("HSET", KEYS[1], "validated", run_id)
+  return 1
+end
+if what == "instance" then
+  redis.call("SET", KEYS[2], run_id)
+  return 1
+end
+return redis.error_reply("fence.lua: unknown request " .. tostring(what))

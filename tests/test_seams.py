@@ -1,0 +1,421 @@
+"""The promise at its seams (issue 19): a replay before the take is durable, a database
+that refuses every write, a second pod after a Redis rollback, a Redis that comes back
+empty or full, an fsync setting switched off mid-sale, a COMMIT whose reply is lost.
+Each test failed on the code before its fix; each uses real processes only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from contextlib import contextmanager
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from hotdeal import fence, redis_keys
+from hotdeal.db import make_engine
+from hotdeal.durability import online_replicas
+from hotdeal_local.proxy import Proxy
+from hotdeal_local.servers import PostgresServer, RedisServer, ops
+
+from .events import SERVERS, Event, order, restart_from, snapshot, wait_until
+from .helpers import reconcile, start_service, statuses, workdir
+
+
+def _replica(ev: Event) -> RedisServer:
+    replica = RedisServer(workdir("seam-replica"), replica_of=ev.redis).start()
+    ev.cleanup.callback(replica.stop, signal.SIGKILL)
+    wait_until(lambda: online_replicas(ev.client().info("replication")) >= 1, "the replica")
+    return replica
+
+
+def _persisted(ev: Event) -> int:
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    return report["redis"]["persisted_total"]
+
+
+# -- 1. a replay vouches for a take only once the take is durable -----------------------
+
+
+def test_a_replay_or_lookup_answers_yours_only_once_the_take_is_durable(event):
+    """Before: the first keyed POST 503 outcome_unknown (the replica did not hold it),
+    the same POST 201 Idempotent-Replayed and the lookup 200, though a failover would
+    lose the order. A replay writes nothing, so a wait on its connection vouched for
+    nothing."""
+    ev = event(
+        stock=5, HOTDEAL_REDIS_DURABILITY="replica", HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS="300"
+    )
+    replica = _replica(ev)
+    svc = ev.service()
+    wait_until(lambda: svc.admin("/readyz").status_code == 200, "readiness with a replica")
+    replica.proc.send_signal(signal.SIGSTOP)  # it stops acknowledging
+    try:
+        first = order(svc, "buyer", key="kb")
+        assert (first.status_code, first.json()["error"]) == (503, "outcome_unknown")
+        replay = order(svc, "buyer", key="kb")
+        assert (replay.status_code, replay.json()["error"]) == (503, "outcome_unknown")
+        mine = svc.get("/v1/orders?product_id=1&user_id=buyer")
+        assert (mine.status_code, mine.json()["error"]) == (503, "outcome_unknown")
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    # Once the replica holds it, the same key answers the one order, and so do lookups.
+    replay = wait_until(
+        lambda: (r := order(svc, "buyer", key="kb")).status_code == 201 and r, "a durable replay"
+    )
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    found = svc.get(f"/v1/orders/{replay.json()['order_id']}")
+    assert found.status_code == 200 and found.json()["user_id"] == "buyer"
+    assert ev.books()["sold"] == "1"
+
+
+# -- 2. a database that refuses every write ----------------------------------------------
+
+
+@contextmanager
+def _read_only(pg: PostgresServer):
+    """Every new transaction read-only (SQLSTATE 25006), as a standby or a managed
+    database out of storage answers."""
+    admin = make_engine(pg.url, pool_size=1)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ALTER SYSTEM SET default_transaction_read_only = on"))
+        conn.execute(text("SELECT pg_reload_conf()"))
+    try:
+        yield
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ALTER SYSTEM RESET default_transaction_read_only"))
+            conn.execute(text("SELECT pg_reload_conf()"))
+        admin.dispose()
+
+
+def _writer_metric(port: int, name: str) -> float:
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_database_refusing_every_write_dead_letters_nothing(event, pg_server):
+    """Before: all 15 orders of a 4-second read-only window went to the dead letters and
+    repair sold them again (45 x 201 for 30 units)."""
+    ev = event(stock=30)
+    svc = ev.service()
+    writer = ev.writer()
+    assert statuses([order(svc, f"early{i}") for i in range(5)]) == {201: 5}
+    wait_until(lambda: _persisted(ev) == 5, "5 persisted")
+    with _read_only(pg_server):
+        assert statuses([order(svc, f"ro{i}") for i in range(15)]) == {201: 15}
+        wait_until(
+            lambda: _writer_metric(writer.metrics_port, "hotdeal_writer_database_refusing"),
+            "the writer to see the database refusing",
+        )
+        assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+        assert ev.client().xlen(redis_keys.orders_stream(1)) == 15  # kept, not set aside
+    wait_until(lambda: _persisted(ev) == 20, "the 15 stored once writes are back")
+    assert _writer_metric(writer.metrics_port, "hotdeal_writer_database_refusing") == 0
+    assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+    done = ops(ev.env, "repair", "--product", "1", check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["remaining"] == 10
+    assert statuses([order(svc, f"late{i}") for i in range(15)]) == {201: 10, 409: 5}
+    assert _persisted(ev) == 30
+
+
+def test_a_row_refused_now_and_then_is_retried_not_set_aside(event, pg_server):
+    """A trigger that fails every fourth insert: before, 1 good order of 40 went to the
+    dead letters. A row is set aside only when it is refused again and again."""
+    ev = event(stock=40)
+    admin = make_engine(pg_server.url, pool_size=1)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE SEQUENCE IF NOT EXISTS flaky_seq"))
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION flaky() RETURNS trigger AS $$ BEGIN "
+                "IF nextval('flaky_seq') % 4 = 0 THEN RAISE EXCEPTION 'flaky'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER flaky BEFORE INSERT ON order_history "
+                "FOR EACH ROW EXECUTE FUNCTION flaky()"
+            )
+        )
+    try:
+        svc = ev.service()
+        ev.writer()
+        assert statuses([order(svc, f"f{i}") for i in range(40)]) == {201: 40}
+        wait_until(lambda: _persisted(ev) == 40, "all 40 stored", timeout=60)
+        assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text("DROP TRIGGER IF EXISTS flaky ON order_history"))
+        admin.dispose()
+
+
+def test_dead_letters_stay_sold_and_go_back_once_fixed(event, pg_server):
+    """A row the database refuses on its own (a constraint) is set aside, counted as
+    sold by reconcile and repair, and `dead-letters requeue` stores it once fixed."""
+    ev = event(stock=10)
+    admin = make_engine(pg_server.url, pool_size=1)
+    with admin.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE order_history ADD CONSTRAINT no_mallory "
+                "CHECK (user_id <> 'mallory') NOT VALID"
+            )
+        )
+    try:
+        svc = ev.service()
+        ev.writer()
+        assert statuses([order(svc, u) for u in ("alice", "mallory", "bob")]) == {201: 3}
+        wait_until(lambda: ev.client().xlen(redis_keys.dead_letter(1)) == 1, "a dead letter")
+        code, report = reconcile(ev.env)
+        assert code == 0, report["violations"]
+        assert (report["redis"]["persisted"], report["redis"]["dead_lettered"]) == (2, 1)
+        listed = json.loads(ops(ev.env, "dead-letters", "list").stdout)["dead_letters"]
+        assert len(listed) == 1 and "mallory" not in json.dumps(listed)
+        repaired = json.loads(ops(ev.env, "repair", "--product", "1").stdout)
+        assert (repaired["sold"], repaired["remaining"]) == (3, 7)
+        assert order(svc, "mallory").json()["error"] == "limit_exceeded"  # still hers
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text("ALTER TABLE order_history DROP CONSTRAINT IF EXISTS no_mallory"))
+        admin.dispose()
+    requeued = json.loads(ops(ev.env, "dead-letters", "requeue").stdout)
+    assert requeued["requeued"] == 1
+    wait_until(lambda: _persisted(ev) == 3, "the requeued order stored")
+    assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+
+
+# -- 3. a second pod after a rollback ---------------------------------------------------
+
+
+def test_a_pod_that_answered_none_of_the_forgotten_takes_sells_none_of_them(event):
+    """Before: pod A sold 100 of 100, Redis came back from an AOF taken at 70 sold, and
+    pod B answered 30 x 201 within 0.16 s (130 of 100); then repair left -30."""
+    ev = event(stock=100, HOTDEAL_WRITER_AUTO_REPAIR="false")
+    pod_a, pod_b = ev.service(), ev.service()
+    ev.writer()
+    assert statuses([order(pod_a, f"a{i}") for i in range(70)]) == {201: 70}
+    copy = snapshot(ev)
+    assert statuses([order(pod_a, f"a{i}") for i in range(70, 100)]) == {201: 30}
+    assert _persisted(ev) == 100
+    restart_from(ev, copy)
+    assert ev.books()["sold"] == "70"  # Redis forgot 30 sales the database holds
+    answers = [order(pod_b, f"b{i}") for i in range(30)] + [order(pod_a, "a-late")]
+    assert all(r.status_code == 503 for r in answers), statuses(answers)
+    assert {r.json()["error"] for r in answers} == {"paused"}
+    wait_until(lambda: "rollback" in ev.books().get("paused", ""), "the writer's pause")
+    repaired = json.loads(ops(ev.env, "repair", "--product", "1").stdout)
+    assert (repaired["sold"], repaired["remaining"]) == (100, 0)
+    assert statuses([order(pod_b, f"b{i}") for i in range(10)]) == {409: 10}
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 100
+
+
+def test_a_backup_from_an_earlier_event_is_rebuilt_for_this_one(event):
+    """Before: a Redis restored from before the last reset, with restarted pods, sold 16
+    of 10, users with a limit of 1 bought twice, and nothing paused (the fence skipped
+    a generation mismatch)."""
+    ev = event(stock=10)
+    ev.writer()
+    svc = ev.service()
+    assert statuses([order(svc, f"old{i}") for i in range(4)]) == {201: 4}
+    wait_until(lambda: _persisted(ev) == 4, "the old event persisted")
+    copy = snapshot(ev)
+    ops(ev.env, "reset", "--discard-orders", "--stock", "10")
+    assert statuses([order(svc, f"u{i}") for i in range(6)]) == {201: 6}
+    wait_until(lambda: _persisted(ev) == 6, "this event persisted")
+    for s in ev.services:
+        s.proc.stop(signal.SIGKILL)
+    restart_from(ev, copy)
+    fresh = ev.service()
+    wait_until(lambda: ev.books().get("sold") == "6", "the books rebuilt for this event")
+    again = [order(fresh, f"u{i}") for i in range(6)]
+    assert {r.json()["error"] for r in again} == {"limit_exceeded"}
+    assert statuses([order(fresh, f"n{i}") for i in range(10)]) == {201: 4, 409: 6}
+    assert _persisted(ev) == 10
+
+
+def test_repair_never_leaves_negative_stock(event):
+    """Units the database holds beyond the stock (sold by a version without the fence)
+    stay visible, but the books never go below zero."""
+    ev = event(stock=3)
+    svc = ev.service()
+    ev.writer()
+    assert statuses([order(svc, f"x{i}") for i in range(3)]) == {201: 3}
+    wait_until(lambda: _persisted(ev) == 3, "3 persisted")
+    engine = make_engine(ev.env["HOTDEAL_DATABASE_URL"], pool_size=1)
+    with engine.begin() as conn:  # the stock shrank under the sales (a hand edit)
+        conn.execute(text("UPDATE hotdeal_list SET initial_quantity = 1 WHERE prod_id = 1"))
+    report = fence.repair(engine, ev.client(), 1)
+    engine.dispose()
+    assert (report["remaining"], report["oversold"]) == (0, 2)
+    assert int(ev.books()["quantity"]) == 0
+
+
+# -- 4. a Redis that comes back empty ---------------------------------------------------
+
+
+def test_a_redis_that_comes_back_empty_is_restored_not_404(event):
+    """Before: buyers and replays got 404 unknown_product, /readyz said 200, repair
+    refused, and `reset` deleted the 6 persisted orders so a0 bought again."""
+    ev = event(stock=10)
+    svc = ev.service()
+    ev.writer()
+    bought = [order(svc, f"a{i}", key=f"k{i}") for i in range(6)]
+    assert statuses(bought) == {201: 6}
+    wait_until(lambda: _persisted(ev) == 6, "6 persisted")
+    for w in ev.writers:
+        w.stop(signal.SIGKILL)
+    ev.redis.stop(signal.SIGKILL)
+    shutil.rmtree(ev.redis.workdir)  # no AOF: it starts empty
+    ev.redis.start()
+    r = order(svc, "a0", key="k0")
+    assert (r.status_code, r.json()["error"]) == (503, "paused")
+    assert svc.get(f"/v1/orders/{bought[0].json()['order_id']}").status_code == 503
+    refused = ops(ev.env, "reset", "--stock", "10", check=False)
+    assert refused.returncode == 1 and "--discard-orders" in refused.stderr
+    ev.writer("w2")  # restores the books from the database
+    wait_until(lambda: ev.books().get("sold") == "6", "the books restored")
+    replay = order(svc, "a0", key="k0")
+    assert replay.status_code == 201 and replay.json()["order_id"] == bought[0].json()["order_id"]
+    assert order(svc, "a0").json()["error"] == "limit_exceeded"
+    assert svc.get(f"/v1/orders/{bought[1].json()['order_id']}").status_code == 200
+    assert statuses([order(svc, f"b{i}") for i in range(6)]) == {201: 4, 409: 2}
+    # A product the database does not know is still 404, once the server is checked.
+    r = svc.order({"product_id": 404, "user_id": "x", "quantity": 1})
+    assert (r.status_code, r.json()["error"]) == (404, "unknown_product")
+    assert _persisted(ev) == 10
+
+
+# -- 5. durability switched off mid-sale ------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", list(SERVERS.values()), ids=list(SERVERS))
+def test_fsync_answers_no_201_once_the_aof_is_off(event, binary):
+    """Before: Redis 7.0 with `CONFIG SET appendonly no` answered 3,176 x 201 in the next
+    3.2 s (the 5 s plan cache), 3,031 of them lost by a kill -9. Now each take carries
+    its proof: WAITAOF's reply (Redis >= 7.2), or the AOF config read right after it."""
+    ev = event(binary=binary)
+    svc = ev.service()
+    assert order(svc, "before").status_code == 201
+    ev.client().config_set("appendonly", "no")
+    r = order(svc, "after", key="k-after")
+    assert (r.status_code, r.json()["error"]) == (503, "outcome_unknown")
+    assert ev.books()["sold"] == "2"  # it ran, unproven: the buyer is told just that
+
+
+@pytest.mark.parametrize("binary", list(SERVERS.values()), ids=list(SERVERS))
+def test_fsync_needs_appendfsync_always_on_every_version(event, binary):
+    """Under everysec Redis 7.2/8.x answer WAITAOF after the once-a-second fsync (half of
+    all orders would time out) and valkey acknowledges it without fsyncing."""
+    ev = event(appendfsync="everysec", binary=binary)
+    svc = ev.service()
+    ready = svc.admin("/readyz")
+    assert ready.status_code == 503
+    assert "appendfsync always" in ready.json()["failed"]["redis"]
+    r = order(svc, "early")
+    assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+    assert ev.books()["sold"] == "0"
+
+
+# -- 6. a COMMIT whose reply is lost -----------------------------------------------------
+
+
+@pytest.fixture
+def lost_commit(pg_server: PostgresServer):
+    """A database endpoint that delivers the next COMMIT and loses its answer."""
+    proxy = Proxy(pg_server.port)
+    url = pg_server.url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    yield proxy, url
+    proxy.stop()
+
+
+def test_inline_mode_never_gives_back_a_take_whose_commit_may_have_landed(event, lost_commit):
+    """Before: inline mode answered 503 unavailable, gave the stock back and the retry
+    sold again (4 units for a stock of 3)."""
+    proxy, url = lost_commit
+    ev = event(
+        stock=3, HOTDEAL_ORDER_WRITE="inline", HOTDEAL_DATABASE_URL=url, HOTDEAL_PER_USER_LIMIT="0"
+    )
+    svc = ev.service()
+    proxy.cut_after = b"COMMIT"
+    first = order(svc, "c1", key="kc")
+    proxy.cut_after = None
+    assert proxy.cuts == 1
+    # The row is there: the service finds it and says so; it never says "nothing sold".
+    assert first.status_code == 201 or first.json()["error"] == "outcome_unknown", first.text
+    retry = order(svc, "c1", key="kc")
+    assert retry.status_code == 201
+    rest = [order(svc, f"c{i}") for i in range(2, 6)]
+    assert statuses(rest) == {201: 2, 409: 2}
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 3
+
+
+def test_legacy_answers_outcome_unknown_when_the_commit_reply_is_lost(
+    stack_env, reset, engine, lost_commit, logs
+):
+    proxy, url = lost_commit
+    reset(3)
+    svc = start_service("legacy", {**stack_env, "HOTDEAL_DATABASE_URL": url}, logs)
+    try:
+        proxy.cut_after = b"COMMIT"
+        r = svc.order({"product_id": 1, "user_id": "lost", "quantity": 1})
+        proxy.cut_after = None
+        assert (r.status_code, r.json()["error"]) == (503, "outcome_unknown")
+        mine = svc.get("/v1/orders?product_id=1&user_id=lost").json()["orders"]
+        assert len(mine) == 1  # it did commit: "unavailable" would have been a lie
+    finally:
+        svc.proc.stop()
+
+
+# -- 7. a full Redis ----------------------------------------------------------------------
+
+
+def test_a_full_redis_is_not_ready_yet_its_writer_and_fence_keep_working(event):
+    """Before: every order 503 while /readyz said 200; the writer could not acknowledge
+    (its MULTI was refused under OOM) and 189 entries stuck; pause and repair used
+    MULTI too."""
+    ev = event(stock=1000)
+    svc = ev.service()
+    assert statuses([order(svc, f"m{i}") for i in range(50)]) == {201: 50}  # no writer yet
+    client = ev.client()
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - 1024)
+    try:
+        ready = svc.admin("/readyz")
+        assert ready.status_code == 503 and "Redis is full" in ready.json()["failed"]["redis"]
+        r = order(svc, "refused")
+        assert (r.status_code, r.json()["error"]) == (503, "unavailable")
+        ev.writer()
+        wait_until(lambda: client.xlen(redis_keys.orders_stream(1)) == 0, "the backlog acked")
+        metrics = svc.admin("/metrics").text
+        assert "hotdeal_redis_memory_max_bytes" in metrics
+        assert fence.pause(client, 1, "held by hand")  # the fence still stops selling
+    finally:
+        client.config_set("maxmemory", 0)
+    assert order(svc, "after").json()["error"] == "paused"
+    code, report = reconcile(ev.env)
+    assert (code, report["violations"]) == (1, ["redis: selling is paused: held by hand"])
+    assert report["redis"]["persisted_total"] == 50
+
+
+# -- also: readiness says why without saying where ----------------------------------------
+
+
+def test_readiness_reasons_name_no_address(event):
+    ev = event()
+    svc = ev.service()
+    ev.redis.stop(signal.SIGKILL)
+    ready = svc.admin("/readyz")
+    assert ready.status_code == 503
+    assert "127.0.0.1" not in ready.text and str(ev.redis.port) not in ready.text
+    assert ready.json()["failed"]["redis"] == "ConnectionError"

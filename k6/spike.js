@@ -12,7 +12,8 @@ const soldOut = new Counter('orders_sold_out');
 const serverErrors = new Counter('server_errors');
 
 const RATE = Number(__ENV.RATE || 2000);
-const P95_MS = Number(__ENV.P95_MS || (TARGET === 'legacy' ? 15000 : 250));
+// P95_MS=0: no latency threshold (the test suite asserts sales, not speed).
+const P95_MS = Number(__ENV.P95_MS ?? (TARGET === 'legacy' ? 15000 : 250));
 const RUN = __ENV.RUN_ID || `${Date.now()}`;
 
 export const options = {
@@ -29,7 +30,7 @@ export const options = {
   thresholds: {
     server_errors: ['count==0'],
     http_req_failed: ['rate==0'],
-    http_req_duration: [`p(95)<${P95_MS}`],
+    ...(P95_MS > 0 ? { http_req_duration: [`p(95)<${P95_MS}`] } : {}),
   },
 };
 

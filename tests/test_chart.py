@@ -742,3 +742,27 @@ def test_cluster_mode_reaches_every_redis_client():
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             uses_redis = "HOTDEAL_REDIS_URL_FILE" in env
             assert (env.get("HOTDEAL_REDIS_CLUSTER") == "true") == uses_redis, (name, c["name"])
+
+
+def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
+    """Before, the pod checksum hashed the whole component block: `--set
+    orderRedis.replicas=6` mid-event restarted every order-redis pod."""
+
+    def templates(*sets: str) -> dict[str, dict]:
+        args = ["template", "ev", str(CHART)]
+        for s in sets:
+            args += ["--set", s]
+        docs = [d for d in yaml.safe_load_all(helm("helm4", *args).stdout) if d]
+        return {
+            d["metadata"]["name"]: d["spec"]["template"]
+            for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet")
+        }
+
+    fixed = ("redis.auth.password=p1",) if False else ()
+    base = templates("database.existingSecret=db", "redis.existingSecret=rs", *fixed)
+    scaled = templates(
+        "database.existingSecret=db", "redis.existingSecret=rs", "orderRedis.replicas=6",
+        "legacy.replicas=4", "writer.replicas=3",
+    )
+    assert scaled == base

@@ -245,3 +245,9 @@ volumes:
 - {name: RATE, value: {{ $l.k6.spike.rate | quote }}}
 - {name: DURATION, value: {{ $l.k6.spike.duration | quote }}}
 {{- end -}}
+
+{{/* A digest of the chart's own Secrets: in a pod's annotations, a changed password
+     rolls the pods that read it. */}}
+{{- define "hotdeal.secretsChecksum" -}}
+{{- include (print .Template.BasePath "/secrets.yaml") . | sha256sum | trunc 16 -}}
+{{- end -}}

@@ -30,7 +30,10 @@ spec:
         {{- include "hotdeal.labels" $ctx | nindent 8 }}
         {{- include "hotdeal.clientLabels" $stores | nindent 8 }}
       annotations:
-        checksum/config: {{ toJson $v | sha256sum | trunc 16 }}
+        {{- /* Values the pod uses are in its spec already (a change rolls it); scaling
+             must not. What is outside the spec is the chart's own Secrets: a changed
+             password rolls the pods that read it (existingSecret: see the README). */}}
+        checksum/secrets: {{ include "hotdeal.secretsChecksum" $root }}
     spec:
       automountServiceAccountToken: false
       {{- include "hotdeal.pullSecrets" $root | nindent 6 }}

@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, update
 
 from hotdeal import fence, redis_keys
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow
-from hotdeal.schema import hotdeal_list, order_history
+from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal_local.servers import ops
 from hotdeal_ops.reconcile import reconcile
 from hotdeal_order_redis.writer import Entry, OrderWriter
@@ -26,7 +26,14 @@ def clean(engine, rclient, reset):
     report = reconcile(engine, rclient, PID)
     assert report["violations"] == [], report
     yield report
-    reset(10, product=PID)  # leave no broken books for the scrapes of later tests
+    # Leave the shared stores as found: no product 7 for later tests' scrapes and sums.
+    with engine.begin() as conn:
+        for table in (order_history, hotdeal_slot, hotdeal_list):
+            conn.execute(delete(table).where(table.c.prod_id == PID))
+    for key in rclient.scan_iter(match=redis_keys.all_of(PID)):
+        rclient.delete(key)
+    rclient.srem(redis_keys.PRODUCTS, PID)
+    rclient.srem(redis_keys.STREAMS, redis_keys.orders_stream(PID))
 
 
 def _books(rclient, **fields):
@@ -113,6 +120,16 @@ def test_a_lost_order(engine, rclient, clean):
     assert _violations(engine, rclient) == [
         "redis: sold 1 != persisted 0 + in flight 0 (an order was lost or duplicated)",
         "redis: per-user counts disagree with orders for 1 users",
+    ]
+
+
+def test_a_take_sold_twice(engine, rclient, clean):
+    """Two stored orders with one take number: the books went backwards and sold again."""
+    _books(rclient, quantity=8, sold=2, seq=1)
+    _store(engine, _row(rclient, f"{PID}-a", "a", 1, 1), _row(rclient, f"{PID}-b", "b", 1, 1))
+    rclient.hset(redis_keys.buyers(PID), mapping={"a": 1, "b": 1})
+    assert _violations(engine, rclient) == [
+        "redis: 1 takes were sold twice (the books went backwards)"
     ]
 
 

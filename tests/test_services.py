@@ -84,8 +84,10 @@ def test_bad_input_is_a_4xx_json_error_and_changes_nothing(
     assert response.json()["error"] in ("invalid_request", "unknown_product")
     assert response.json()["message"]
     with engine.connect() as conn:
-        assert conn.execute(select(hotdeal_list.c.quantity)).scalar_one() == 5
-        assert conn.execute(select(func.sum(hotdeal_slot.c.quantity))).scalar_one() == 5
+        one = hotdeal_list.c.prod_id == 1
+        assert conn.execute(select(hotdeal_list.c.quantity).where(one)).scalar_one() == 5
+        slots = select(func.sum(hotdeal_slot.c.quantity)).where(hotdeal_slot.c.prod_id == 1)
+        assert conn.execute(slots).scalar_one() == 5
     assert rclient.hget(redis_keys.books(1), "quantity") == "5"
     assert db_units(engine) == 0
 

@@ -36,15 +36,26 @@ def listing(client: Client, pid: int) -> dict[str, Any]:
     }
 
 
+# Each entry moves once, however many requeues run at once: only the one whose XDEL
+# removed it adds it to the stream.
+MOVE = """
+if redis.call("XDEL", KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call("XADD", KEYS[2], "*", unpack(ARGV, 2))
+return 1
+"""
+
+
 def requeue(client: Client, pid: int, *, ids: list[str] | None = None) -> dict[str, Any]:
     """Move dead letters (all, or `ids`) back to the order stream for the writers."""
     dead = redis_keys.dead_letter(pid)
     stream = redis_keys.orders_stream(pid)
-    entries = [(i, f) for i, f in client.xrange(dead) if ids is None or i in ids]
-    pipe = client.pipeline(transaction=True)  # one slot: the product's
-    for entry_id, fields in entries:
-        pipe.xadd(stream, {k: v for k, v in fields.items() if k not in ASIDE})
-        pipe.xdel(dead, entry_id)
-    if entries:
-        pipe.execute()
-    return {"product_id": pid, "requeued": len(entries), "ids": [i for i, _ in entries]}
+    moved = []
+    for entry_id, fields in client.xrange(dead):
+        if ids is not None and entry_id not in ids:
+            continue
+        order = [x for k, v in fields.items() if k not in ASIDE for x in (k, v)]
+        if client.eval(MOVE, 2, dead, stream, entry_id, *order) == 1:
+            moved.append(entry_id)
+    return {"product_id": pid, "requeued": len(moved), "ids": moved}

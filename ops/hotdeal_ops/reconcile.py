@@ -199,6 +199,21 @@ def _redis_books(
         )
     ).all()
     everything = _in_event(conn, pid, gen, Design.REDIS)
+    # Every take gets its own (epoch, seq): two stored orders with one number mean the
+    # books went backwards and sold the same take again (a restore no check caught).
+    twice = conn.execute(
+        select(func.count()).select_from(
+            select(order_history.c.take_epoch, order_history.c.take_seq)
+            .where(
+                order_history.c.prod_id == pid,
+                order_history.c.generation == gen,
+                order_history.c.source == Design.REDIS,
+            )
+            .group_by(order_history.c.take_epoch, order_history.c.take_seq)
+            .having(func.count() > 1)
+            .subquery()
+        )
+    ).scalar_one()
     persisted_ids = {r.order_id for r in rows}
     by_user: Counter[str] = Counter()
     for r in rows:
@@ -234,6 +249,8 @@ def _redis_books(
         )
     if everything > initial:
         violations.append(f"redis: {everything} units persisted, above the initial {initial}")
+    if twice:
+        violations.append(f"redis: {twice} takes were sold twice (the books went backwards)")
     if len({o["order_id"] for o in in_flight}) != len(in_flight):
         violations.append("redis: the same order id is queued twice")
     mismatched = {u for u in set(by_user) | set(buyers) if by_user[u] != int(buyers.get(u, 0))}

@@ -184,6 +184,16 @@ def reset(
     """Both stores: the database first (it decides the generation), then Redis; then
     every product's books are checked on this Redis server (hotdeal.fence.validate_all,
     without repairs), so a take of an unknown product answers 404."""
+    if client is not None and not discard_orders:
+        waiting = client.xlen(redis_keys.orders_stream(product_id)) + client.xlen(
+            redis_keys.dead_letter(product_id)
+        )
+        if waiting:
+            raise ResetRefused(
+                f"product {product_id} has {waiting} answered orders in Redis not stored yet "
+                "(the stream, the dead letters); a reset deletes them: pass "
+                "--discard-orders to start a new event anyway"
+            )
     fresh = reset_database(
         engine,
         product_id,

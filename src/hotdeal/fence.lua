@@ -7,9 +7,11 @@
 -- ARGV: 1 what to do:
 --   "whoami"                     -> this server's run_id
 --   "pause", reason              -> 1 if the books exist (the first reason is kept), else 0
---   "stamp", run_id, generation  -> 1: the books (of that generation) are checked on this
---                                   server; 0 if it is not `run_id` any more or the books
---                                   are of another generation
+--   "stamp", run_id, generation, epoch
+--                                -> 1: the books (of that generation) are checked on this
+--                                   server and sell from `epoch` on; 0 if it is not
+--                                   `run_id` any more, the books are of another
+--                                   generation or already past that epoch
 --   "instance", run_id           -> 1: every product is checked on this server; 0 if it
 --                                   is not `run_id` any more
 local run_id = string.match(redis.call("INFO", "server"), "run_id:(%w+)")
@@ -28,10 +30,11 @@ if ARGV[2] ~= run_id then
   return 0
 end
 if what == "stamp" then
-  if redis.call("HGET", KEYS[1], "generation") ~= ARGV[3] then
+  local b = redis.call("HMGET", KEYS[1], "generation", "epoch")
+  if b[1] ~= ARGV[3] or tonumber(b[2] or "0") >= tonumber(ARGV[4]) then
     return 0
   end
-  redis.call("HSET", KEYS[1], "validated", run_id)
+  redis.call("HSET", KEYS[1], "validated", run_id, "epoch", ARGV[4])
   return 1
 end
 if what == "instance" then

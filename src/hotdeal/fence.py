@@ -96,10 +96,26 @@ def pause(client: Client, pid: int, reason: str) -> bool:
     return _fence(client, pid, "pause", reason) == 1
 
 
-def stamp(client: Client, pid: int, server: str, generation: int) -> bool:
-    """The books of `generation` are checked on server `server` (refused if it is not
-    the server any more)."""
-    return _fence(client, pid, "stamp", server, generation) == 1
+def stamp(client: Client, pid: int, server: str, generation: int, epoch: int) -> bool:
+    """The books of `generation` are checked on server `server` and sell from `epoch`
+    on (refused if it is not the server any more, or the books moved meanwhile)."""
+    return _fence(client, pid, "stamp", server, generation, epoch) == 1
+
+
+def _next_epoch(engine: Engine, pid: int, books_epoch: int) -> int:
+    """A new epoch past the books' and the database's, recorded in the database first:
+    books anywhere that are still below it were made before this check."""
+    with engine.begin() as conn:
+        fence_epoch = conn.execute(
+            select(hotdeal_list.c.fence_epoch)
+            .where(hotdeal_list.c.prod_id == pid)
+            .with_for_update()
+        ).scalar_one()
+        epoch = max(books_epoch, int(fence_epoch)) + 1
+        conn.execute(
+            update(hotdeal_list).where(hotdeal_list.c.prod_id == pid).values(fence_epoch=epoch)
+        )
+    return epoch
 
 
 def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
@@ -226,13 +242,7 @@ def repair(
     changed the books between its read and its transaction."""
     for attempt in (1, 2, 3):
         try:
-            return rebuild(
-                engine,
-                client,
-                pid,
-                idempotency_ttl_s=idempotency_ttl_s,
-                drain_timeout_s=drain_timeout_s,
-            )
+            return _rebuild_books(engine, client, pid, idempotency_ttl_s, drain_timeout_s)
         except redis.WatchError:
             if attempt == 3:
                 raise RepairError(
@@ -241,13 +251,8 @@ def repair(
     raise AssertionError("unreachable")
 
 
-def rebuild(
-    engine: Engine,
-    client: Client,
-    pid: int,
-    *,
-    idempotency_ttl_s: int = 86400,
-    drain_timeout_s: float = 0,
+def _rebuild_books(
+    engine: Engine, client: Client, pid: int, idempotency_ttl_s: int, drain_timeout_s: float
 ) -> dict[str, Any]:
     """Rebuild Redis's books of `pid` from hotdeal_list, order_history and the
     dead-letter stream, and resume selling.
@@ -265,12 +270,9 @@ def rebuild(
     server = run_id(client, pid)
     pause(client, pid, f"{ROLLBACK}repair requested")
     deadline = time.monotonic() + drain_timeout_s
-    while client.xlen(stream):
+    while waiting := _unsettled(client, pid, server):
         if time.monotonic() >= deadline:
-            raise RepairError(
-                f"{client.xlen(stream)} orders of product {pid} are not persisted yet: "
-                "a writer must drain the stream before the books can be rebuilt"
-            )
+            raise RepairError(f"product {pid}: {waiting}; the books can't be rebuilt yet")
         time.sleep(0.2)
     books = client.hgetall(books_key)
     if int(books.get(redis_keys.GENERATION, 0)) > head["generation"]:
@@ -279,8 +281,9 @@ def rebuild(
             f"{head['generation']}: the database is behind Redis (restored?); run reset"
         )
     sales = _persisted(engine, pid, head["generation"])
-    stored = {s.order_id for s in sales}
-    sales += [d for d in dead_letters(client, pid, head["generation"]) if d.order_id not in stored]
+    for dead in dead_letters(client, pid, head["generation"]):
+        if dead.order_id not in {s.order_id for s in sales}:
+            sales.append(dead)  # once, however often it was set aside
     units = sum(s.quantity for s in sales)
     marks = database_marks(engine, pid, head["generation"])
     epoch = max(int(books.get(redis_keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
@@ -294,12 +297,17 @@ def rebuild(
     # reconcile reports them), but nothing more is sold.
     remaining = max(initial - units, 0)
     _register(client, pid)
+    # Keys of takes the database does not hold (an older event's, after a restore) must
+    # not replay; the product sells nothing meanwhile, so none is made while we look.
+    stale_keys = list(client.scan_iter(match=redis_keys.idempotency_pattern(pid), count=1000))
     with client.pipeline(transaction=True) as pipe:
         pipe.watch(books_key, stream)
         if pipe.xlen(stream) or pipe.hget(books_key, redis_keys.SEQ) != books.get(redis_keys.SEQ):
             raise RepairError("the books changed while repairing: run repair again")
         pipe.multi()
         pipe.delete(redis_keys.buyers(pid), redis_keys.buyer_orders(pid), redis_keys.orders(pid))
+        for start in range(0, len(stale_keys), 500):
+            pipe.delete(*stale_keys[start : start + 500])
         _rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
         fields: dict[str, Any] = {
             redis_keys.QUANTITY: remaining,
@@ -330,12 +338,31 @@ def rebuild(
     }
 
 
+def _unsettled(client: Client, pid: int, server: str) -> str | None:
+    """What must settle before the books can be rebuilt from the database: orders still
+    in the stream, and inline takes made on these books whose rows may still commit.
+    (Books of another server count takes whose settling went elsewhere; a take settled
+    here after the rebuild finds a new epoch and leaves the stock alone, give_back.lua.)"""
+    backlog = client.xlen(redis_keys.orders_stream(pid))
+    if backlog:
+        return f"{backlog} orders are not persisted yet (a writer must drain the stream)"
+    inline, checked_on = client.hmget(
+        redis_keys.books(pid), redis_keys.INLINE_PENDING, redis_keys.VALIDATED
+    )
+    if int(inline or 0) > 0 and checked_on == server:
+        return f"{inline} units of inline takes may still commit"
+    return None
+
+
 def _register(client: Client, pid: int) -> None:
     """The registries and the writers' group, as reset made them (a Redis that came
     back empty has neither)."""
     stream = redis_keys.orders_stream(pid)
-    client.sadd(redis_keys.STREAMS, stream)
-    client.sadd(redis_keys.PRODUCTS, pid)
+    try:
+        client.sadd(redis_keys.STREAMS, stream)
+        client.sadd(redis_keys.PRODUCTS, pid)
+    except redis.exceptions.OutOfMemoryError:
+        pass  # a full Redis: the rebuild below will say so; they come with the next one
     try:
         client.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
     except redis.exceptions.OutOfMemoryError:
@@ -396,11 +423,15 @@ def validate(
     `auto_repair`, rebuilt once their stream is drained."""
     server = run_id(client, pid)
     books = client.hgetall(redis_keys.books(pid))
-    if books.get(redis_keys.VALIDATED) == server:
-        return "valid"
     head = _head(engine, pid)
     if head is None:
-        return "unknown"
+        return "valid" if books.get(redis_keys.VALIDATED) == server else "unknown"
+    # Checked on this server, and no check or repair elsewhere since (each one moves the
+    # database's fence epoch past the books it made): a server that was left and then
+    # returned to (a failback) is not valid merely because it never restarted.
+    fresh = int(books.get(redis_keys.EPOCH, 0)) >= head["fence_epoch"]
+    if books.get(redis_keys.VALIDATED) == server and fresh:
+        return "valid"
     generation = int(books.get(redis_keys.GENERATION, 0))
     if generation > head["generation"]:
         reason = (
@@ -415,7 +446,8 @@ def validate(
         if reason is None:
             if books.get(redis_keys.PAUSED):
                 return books[redis_keys.PAUSED]
-            return "stamped" if stamp(client, pid, server, generation) else "server changed"
+            epoch = _next_epoch(engine, pid, int(books.get(redis_keys.EPOCH, 0)))
+            return "stamped" if stamp(client, pid, server, generation, epoch) else "changed"
         pause(client, pid, reason)
     if auto_repair or reason is None:
         try:
@@ -450,6 +482,24 @@ def validate_all(
         (server,) = servers.values()
         client.eval(_SCRIPT, 2, redis_keys.INSTANCE, redis_keys.INSTANCE, "instance", server)
     return found
+
+
+def stale_products(engine: Engine, client: Client) -> list[int]:
+    """Products whose books are below the database's fence epoch: checked or repaired
+    elsewhere since these books were made (the server was left, and is back)."""
+    with engine.connect() as conn:
+        heads = conn.execute(select(hotdeal_list.c.prod_id, hotdeal_list.c.fence_epoch)).all()
+    if not heads:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for pid, _ in heads:
+        pipe.hget(redis_keys.books(pid), redis_keys.EPOCH)
+    epochs = pipe.execute()
+    return [
+        int(pid)
+        for (pid, fence_epoch), epoch in zip(heads, epochs, strict=True)
+        if epoch is not None and int(epoch) < int(fence_epoch)
+    ]
 
 
 def run_id_of(node: redis.Redis) -> str:

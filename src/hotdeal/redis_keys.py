@@ -91,6 +91,11 @@ def idempotency(product_id: int, user_id: str, key: str) -> str:
     return f"{prefix(product_id)}-idem:{len(user_id)}:{user_id}:{key}"
 
 
+def idempotency_pattern(product_id: int) -> str:
+    """SCAN pattern of the product's Idempotency-Key records (`{` escaped for glob)."""
+    return f"\\{{prod-{product_id:03d}\\}}-idem:*"
+
+
 def idempotency_placeholder(product_id: int) -> str:
     """Declared in place of a missing Idempotency-Key: scripts must only touch keys they
     declare, and in a cluster every declared key must hash to the product's slot."""

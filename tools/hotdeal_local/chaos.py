@@ -20,7 +20,10 @@ before each reset) it checks:
 - nothing persisted that was not answered 201 or left unknown (503 outcome_unknown, a
   client timeout);
 - every replay (same user and key) answered the same order id;
-- no 5xx but 503 with a documented error (unavailable, outcome_unknown, paused);
+- no 5xx but 503 with a documented error (unavailable, outcome_unknown, paused), and
+  no 404 for the product the database knows;
+- no take number (epoch, seq) stored twice (reconcile: a re-sale after a rollback,
+  whatever the stock);
 - `hotdeal-ops reconcile` is clean.
 """
 
@@ -127,6 +130,7 @@ class Chaos:
     event: int = 0
     checked_upto: int = 0  # answers before this index were covered by an earlier check
     dead_lettered: int = 0
+    route: int | None = None  # while set, every buyer uses this pod
     kinds: tuple[str, ...] = FAULTS  # the faults to take turns with
 
     def __post_init__(self) -> None:
@@ -228,6 +232,8 @@ class Chaos:
             if not self.load_on.wait(0.1):
                 continue
             url = self.urls[rng.choices((0, 1, 2), weights=(45, 45, 10))[0]]
+            if self.route is not None:  # a fault that needs one pod only
+                url = self.urls[self.route]
             if rng.random() < 0.02:  # a poisoned body: must be refused, change nothing
                 r = session.post(
                     f"{url}/v1/orders",
@@ -279,6 +285,8 @@ class Chaos:
                 body.get("order_id"),
                 r.headers.get("Idempotent-Replayed") == "true",
             )
+            if answer.error == "unknown_product":  # product 1 always exists
+                self._violation("404 unknown_product for a product the database knows")
             if r.status_code >= 500 and (
                 r.status_code != 503 or answer.error not in DOCUMENTED_503
             ):
@@ -370,16 +378,21 @@ class Chaos:
         self._wait_replica()
 
     def fault_redis_restore_older(self) -> None:
-        """An AOF copy; sales go on (on both pods); the writers drain; Redis comes back
-        from the copy. The database holds more than Redis then: no unit it holds may be
-        sold again, whichever pod takes the next order."""
+        """An AOF copy; sales go on, on pod a only; the writers drain; Redis comes back
+        from the copy, and pod b (which answered none of the forgotten takes) sells
+        first. The database holds more than Redis then: no unit it holds may be sold
+        again, whichever pod takes the next order."""
         copy = self.workdir / "aof-copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(self.primary.workdir, copy, ignore=shutil.ignore_patterns("*.log"))
+        self.route = 0  # only pod a answers the takes the restore will forget
         time.sleep(self.round_s / 4)
         self._quiesce()
         self._restart_primary(copy)
+        self.route = 1  # and pod b, which answered none of them, takes the next orders
         self.load_on.set()
+        time.sleep(1.0)
+        self.route = None
 
     def fault_redis_restart_empty(self) -> None:
         """Redis comes back with nothing (its disk lost): the books are rebuilt from
@@ -543,6 +556,10 @@ class Chaos:
                 f"more than the {unresolved} requests left unknown: "
                 f"{sorted((rows[o].user_id, o) for o in unanswered)[:5]}; answers {seen[:12]}"
             )
+        takes = Counter((r.take_epoch, r.take_seq) for r in rows.values())
+        twice = [take for take, n in takes.items() if n > 1]
+        if twice:  # the books went backwards and sold a take again, whatever the stock
+            self.violations.append(f"event {self.event}: {len(twice)} takes stored twice")
         if getattr(self, "poison", None) and self.poison in rows:
             self.violations.append("the poisoned order was persisted")
 

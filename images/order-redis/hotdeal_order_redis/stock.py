@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import redis
@@ -58,6 +58,16 @@ class Taken:
     @property
     def ordered_at(self) -> datetime:
         return _at(self.ordered_at_ms)
+
+
+class InlineTake(NamedTuple):
+    """An inline-mode take to settle once its row's fate is known."""
+
+    order: OrderRequest
+    order_id: str
+    epoch: int
+    keys: list[str]
+    idempotency_key: str | None
 
 
 def _run_id(info: Any) -> str:
@@ -238,6 +248,10 @@ class RedisStock:
             # A replay wrote a mark after the original take: its wait covers that take.
             if reply[0] in ("ok", "replay") and not plan.satisfied(replies[1:]):
                 raise errors.outcome_unknown()
+            # These name earlier takes (the buyer's orders, the key's quantity): this
+            # request sold nothing, and says nothing about takes not yet durable.
+            if reply[0] in ("limit_exceeded", "key_reused") and not plan.satisfied(replies[1:]):
+                raise errors.unavailable()
             return reply
         raise errors.unavailable()
 
@@ -264,7 +278,12 @@ class RedisStock:
             if idempotency_key
             else redis_keys.idempotency_placeholder(pid)
         )
-        keys = [*redis_keys.take_keys(pid), idem_key, self._instance_key(pid)]
+        keys = [
+            *redis_keys.take_keys(pid),
+            idem_key,
+            self._instance_key(pid),
+            redis_keys.sync_mark(pid),
+        ]
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
             order.quantity,
@@ -289,9 +308,10 @@ class RedisStock:
                 self._insert_inline(order, taken, marks, keys, idempotency_key)
             return taken
         if status == "replay":
-            remaining, order_id, at_ms, state = rest
+            remaining, order_id, at_ms, state, epoch = rest
             taken = Taken(order_id, int(remaining), at_ms, replayed=True)
-            if state == "pending" and not self._pending(order, taken, keys, idempotency_key):
+            pending = (order, taken, int(epoch), keys, idempotency_key)
+            if state == "pending" and not self._pending(*pending):
                 if not again:
                     raise errors.unavailable()
                 return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
@@ -350,41 +370,40 @@ class RedisStock:
             # "pending" until a retry finds the row, or its absence is final).
             with contextlib.suppress(Exception):
                 if self._committed(taken.order_id):
-                    self._done(order, taken.order_id, keys, idempotency_key)
+                    self._settle(
+                        "done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key)
+                    )
                     return
             raise
         except Exception:
             # COMMIT never went out: the transaction rolled back, so nothing was sold.
-            self._undo(order, taken.order_id, keys, idempotency_key)
+            self._settle("undo", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
             raise
         try:
-            self._done(order, taken.order_id, keys, idempotency_key)
+            self._settle("done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
         except redis.RedisError as exc:
             # Sold: the row is committed. Its key stays "pending" until a replay finds
             # the row (and says 201 then).
             log.warning("order committed, key not marked done: %s", exc.__class__.__name__)
 
-    def _done(
-        self, order: OrderRequest, order_id: str, keys: list[str], idempotency_key: str | None
-    ) -> None:
-        """The row is committed: only now may its Idempotency-Key replay ("pending")."""
-        has_key = "1" if idempotency_key else "0"
-        self._inline_done(keys=[keys[0], keys[5]], args=[order.quantity, has_key, order_id])
-
-    def _undo(
-        self, order: OrderRequest, order_id: str, keys: list[str], idempotency_key: str | None
-    ) -> None:
-        """The row is known not to be stored: put the stock back."""
-        has_key = "1" if idempotency_key else "0"
-        self._give_back(
-            keys=[keys[0], keys[1], keys[2], keys[3], keys[5]],
-            args=[order.quantity, order.user_id, order_id, has_key],
-        )
+    def _settle(self, how: str, take: InlineTake) -> None:
+        """ "done": the row is committed, only now may its key replay ("pending");
+        "undo": the row is known not to be stored, so the stock goes back (unless the
+        books were rebuilt since the take, and so never counted it)."""
+        order, keys = take.order, take.keys
+        has_key = "1" if take.idempotency_key else "0"
+        if how == "done":
+            args = [order.quantity, has_key, take.order_id, take.epoch]
+            self._inline_done(keys=[keys[0], keys[5]], args=args)
+        else:
+            args = [order.quantity, order.user_id, take.order_id, has_key, take.epoch]
+            self._give_back(keys=[keys[0], keys[1], keys[2], keys[3], keys[5]], args=args)
 
     def _pending(
         self,
         order: OrderRequest,
         taken: Taken,
+        epoch: int,
         keys: list[str],
         idempotency_key: str | None,
     ) -> bool:
@@ -393,12 +412,12 @@ class RedisStock:
         stay open (INLINE_FINAL_S), it never committed: the stock goes back and False
         tells the caller to take anew."""
         if self._committed(taken.order_id):
-            self._done(order, taken.order_id, keys, idempotency_key)
+            self._settle("done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
             return True
         age_s = time.time() - int(taken.ordered_at_ms) / 1000
         if age_s < INLINE_FINAL_S:
             raise errors.in_progress()
-        self._undo(order, taken.order_id, keys, idempotency_key)
+        self._settle("undo", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
         return False
 
     def _committed(self, order_id: str) -> bool:

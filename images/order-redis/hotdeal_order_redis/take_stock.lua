@@ -5,7 +5,8 @@
 --
 -- KEYS: 1 books (hash), 2 buyers, 3 buyer-orders, 4 orders, 5 stream, 6 idempotency key
 --       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is ""), 7 the
---       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0")
+--       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0"), 8 the
+--       product's sync mark (written before an answer that names an earlier take)
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
 --       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
@@ -13,7 +14,7 @@
 --       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real
 -- Returns {status, ...}:
 --   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
---   {"replay", remaining, order_id, ordered_at_ms, state}   state: "done" | "pending"
+--   {"replay", remaining, order_id, ordered_at_ms, state, epoch}   state: "done" | "pending"
 --   {"key_reused", first_quantity}  {"unknown"}  {"not_open", opens_at_ms}
 --   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining}  {"paused", reason}
 --   {"unvalidated"}
@@ -53,15 +54,15 @@ local qty = tonumber(ARGV[1])
 local idem = ARGV[8]
 if idem ~= "" then
   local first = redis.call("HMGET", KEYS[6], "quantity", "remaining", "order_id",
-    "ordered_at", "state")
+    "ordered_at", "state", "epoch")
   if first[1] then
+    -- A write, so the durability wait after this script covers the original take too
+    -- (the log is sequential): an answer about that take only once it is durable.
+    redis.call("SET", KEYS[8], "1")
     if tonumber(first[1]) ~= qty then
       return {"key_reused", first[1]}
     end
-    -- A write, so the durability wait after this script covers the original take too
-    -- (the log is sequential): a replay vouches for a take only once it is durable.
-    redis.call("HINCRBY", KEYS[6], "replays", 1)
-    return {"replay", first[2], first[3], first[4], first[5] or "done"}
+    return {"replay", first[2], first[3], first[4], first[5] or "done", first[6] or "0"}
   end
 end
 
@@ -76,6 +77,7 @@ local limit = tonumber(ARGV[3])
 if limit > 0 then
   local bought = tonumber(redis.call("HGET", KEYS[2], user) or "0")
   if bought + qty > limit then
+    redis.call("SET", KEYS[8], "1")  -- it names the buyer's orders: only durable ones
     return {"limit_exceeded", bought, redis.call("HGET", KEYS[3], user) or ""}
   end
 end
@@ -104,7 +106,8 @@ end
 redis.call("HSET", KEYS[4], order_id, user .. " " .. qty .. " " .. now_ms)
 if idem ~= "" then
   redis.call("HSET", KEYS[6], "quantity", qty, "remaining", remaining, "order_id", order_id,
-    "ordered_at", now_ms, "state", ARGV[6] == "inline" and "pending" or "done")
+    "ordered_at", now_ms, "state", ARGV[6] == "inline" and "pending" or "done",
+    "epoch", epoch)
   redis.call("EXPIRE", KEYS[6], tonumber(ARGV[7]))
 end
 return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4]}

@@ -330,7 +330,7 @@ class OrderWriter:
             if is_unavailable(exc):
                 raise
             if len(batch) == 1:
-                if not self._accepts_writes():
+                if not self._accepts_writes(batch[0].row):
                     raise DatabaseRefusing(_code(exc)) from None
                 entry = batch[0]
                 # The class and the driver's error code only: never the row's values.
@@ -342,9 +342,11 @@ class OrderWriter:
         done_b, refused_b = self.persist(batch[half:])
         return done_a + done_b, refused_a + refused_b
 
-    def _accepts_writes(self) -> bool:
-        """Does the database store a good order right now? A canary row, rolled back."""
-        canary = OrderRow.now(0, 0, "hotdeal-canary", 1, Design.REDIS)
+    def _accepts_writes(self, like: OrderRow) -> bool:
+        """Does the database store a good order of the same product and event right now?
+        A canary row, rolled back: a refusal of the whole product (a trigger, a
+        partition) is the database's, not the row's."""
+        canary = OrderRow.now(like.prod_id, like.generation, "hotdeal-canary", 1, Design.REDIS)
         try:
             with self.engine.connect() as conn:
                 trans = conn.begin()
@@ -412,19 +414,38 @@ class OrderWriter:
         if time.monotonic() - self._instance_at < INSTANCE_CHECK_S:
             return
         self._instance_at = time.monotonic()
-        if fence.instance_checked(self.client):
+        try:
+            if fence.instance_checked(self.client):
+                # The same server, but books left behind by a check elsewhere (a
+                # failback to a server that never restarted) are stale all the same.
+                stale = fence.stale_products(self.engine, self.client)
+                found = {pid: self._validate(pid) for pid in stale}
+            else:
+                found = fence.validate_all(
+                    self.engine,
+                    self.client,
+                    auto_repair=self.auto_repair,
+                    idempotency_ttl_s=self.idempotency_ttl_s,
+                )
+        except Exception as exc:
+            # Storing and acknowledging go on (a full Redis frees memory that way); the
+            # take keeps refusing these books until a later check gets through.
+            log.warning("checking the books failed: %s: %s", exc.__class__.__name__, _code(exc))
             return
-        found = fence.validate_all(
-            self.engine,
-            self.client,
-            auto_repair=self.auto_repair,
-            idempotency_ttl_s=self.idempotency_ttl_s,
-        )
         changed = {pid: r for pid, r in found.items() if r != "valid"}
         if changed:
             log.warning("books checked on a new Redis server: %s", changed)
             writer_metrics.REPAIRS.inc(sum(1 for r in changed.values() if r == "repaired"))
         self._streams_at = 0.0  # restored products bring their streams back
+
+    def _validate(self, pid: int) -> str:
+        return fence.validate(
+            self.engine,
+            self.client,
+            pid,
+            auto_repair=self.auto_repair,
+            idempotency_ttl_s=self.idempotency_ttl_s,
+        )
 
     def check_books(self) -> None:
         """Every check interval: pause products whose books are behind the database,
@@ -434,6 +455,11 @@ class OrderWriter:
         self._checked_at = time.monotonic()
         for stream in self.streams():
             pid = _product(stream)
+            if not self.client.exists(redis_keys.books(pid)):
+                # Books deleted on a live server (by hand, a bad script): restored from
+                # the database, as after a restart.
+                log.warning("product %s has no books: %s", pid, self._validate(pid))
+                continue
             reason = fence.check(self.engine, self.client, pid)
             if not reason:
                 continue

@@ -141,6 +141,7 @@ def reset_redis(
         redis_keys.EPOCH: fresh.epoch,
         redis_keys.GENERATION: fresh.generation,
         redis_keys.INLINE_PENDING: 0,
+        redis_keys.REBUILT: fresh.epoch,
         # Made from the database just now: checked on this server.
         redis_keys.VALIDATED: server,
     }

@@ -317,6 +317,7 @@ def _rebuild_books(
             redis_keys.EPOCH: epoch,
             redis_keys.GENERATION: head["generation"],
             redis_keys.INLINE_PENDING: 0,
+            redis_keys.REBUILT: epoch,
             redis_keys.VALIDATED: server,
         }
         if head["opens_at"] is not None:

@@ -32,6 +32,9 @@ INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not committed
 # run_id of the Redis server on which the books were last checked against the database
 # (reset, repair, hotdeal.fence.validate): on any other server nothing is sold.
 VALIDATED = "validated"
+# Epoch of the last rebuild from the database (reset, repair): an inline take of an
+# earlier epoch settled later must leave the stock alone (the rebuild counted its row).
+REBUILT = "rebuilt"
 
 
 def prefix(product_id: int) -> str:

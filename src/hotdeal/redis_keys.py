@@ -84,6 +84,7 @@ def take_keys(product_id: int) -> tuple[str, str, str, str, str]:
     )
 
 
+@cache  # on every take, like take_keys
 def sync_mark(product_id: int) -> str:
     """A small key a reader overwrites so that a durability wait covers what it read."""
     return f"{prefix(product_id)}-sync"
@@ -105,6 +106,7 @@ def idempotency_placeholder(product_id: int) -> str:
     return f"{prefix(product_id)}-idem"
 
 
+@cache  # on every take in a cluster
 def instance_placeholder(product_id: int) -> str:
     """Declared in place of INSTANCE in a cluster (a script's keys share one slot)."""
     return f"{prefix(product_id)}-instance"

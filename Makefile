@@ -5,16 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis chaos clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients chaos test-shuffled test-explore clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
 	@echo "make test         set up everything missing, then run the test suite"
 	@echo "make test-images  build the images with podman (offline) and test them as containers"
+	@echo "make test-shuffled  the suite in a shuffled order (SEED=12345)"
+	@echo "make test-explore   the fuzzed contract tests searching widely (not derandomized)"
 	@echo "make up           run the whole stack locally in the foreground (Ctrl-C stops it)"
 	@echo "make bench        the demo with -n 30000 against 10000 stock, and the ceilings"
 	@echo "make bench-probes probe/scrape latency under legacy's load, order port vs admin port"
 	@echo "make bench-redis  the take script's capacity on one Redis core (for the scale plan)"
+	@echo "make bench-slow-clients  a sale under 40 slow clients, with and without the front (nginx)"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -45,6 +48,18 @@ test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/pytest -m "not images" $(PYTEST_ARGS)
 
+# The suite in a shuffled order (one fixed seed unless SEED is given): no test may pass
+# only because of the tests before it.
+SEED ?= 12345
+test-shuffled: deps venv
+	$(BIN)/pytest -m "not images" --random-order-bucket=global \
+	  --random-order-seed=$(SEED) $(PYTEST_ARGS)
+
+# Hypothesis without the gate's fixed examples, searching widely (pin each find as an
+# @example in the test).
+test-explore: deps venv
+	HOTDEAL_HYPOTHESIS=explore $(BIN)/pytest tests/test_api_contract.py $(PYTEST_ARGS)
+
 images: deps-images venv
 	scripts/build-images.sh
 
@@ -71,10 +86,15 @@ bench-probes: deps venv
 bench-redis: deps venv
 	$(BIN)/hotdeal-local capacity $(CAPACITY_ARGS)
 
+# order-redis straight and behind the front, each with and without 40 slow clients, in
+# alternating rounds: the front's cost and what it saves (results/slow-clients.json).
+bench-slow-clients: deps venv
+	$(BIN)/hotdeal-local slow-clients $(SLOW_ARGS)
+
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).
 CHAOS_SEEDS ?= 1 2 3
-CHAOS_ARGS ?= --rounds 24 --round-seconds 5
+CHAOS_ARGS ?= --rounds 26 --round-seconds 5
 chaos: deps venv
 	@set -e; for seed in $(CHAOS_SEEDS); do \
 	  $(BIN)/hotdeal-local chaos --seed $$seed $(CHAOS_ARGS) --out results/chaos-$$seed.json; \

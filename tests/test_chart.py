@@ -180,6 +180,8 @@ USES = {
     "ev-hotdeal-event": {"database", "redis"},
 }
 SECRET = {"database": "ev-hotdeal-database", "redis": "ev-hotdeal-redis"}
+# The stores' own pods: the Secret with their password, nothing else.
+STORE_PODS = {"ev-hotdeal-redis": "redis", "ev-hotdeal-oracle": "database"}
 URL_FILE = {
     "database": ("HOTDEAL_DATABASE_URL_FILE", "/var/run/secrets/hotdeal/database/database-url"),
     "redis": ("HOTDEAL_REDIS_URL_FILE", "/var/run/secrets/hotdeal/redis/redis-url"),
@@ -193,6 +195,12 @@ def _stores_of(template: dict) -> dict[str, set[str]]:
     containers = pod.get("initContainers", []) + pod["containers"]
     env = {e["name"] for c in containers for e in c.get("env", [])}
     secrets = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    secrets |= {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for c in containers
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     return {
         "secrets": {k for k, name in SECRET.items() if name in secrets},
         "urls": {k for k, (var, _) in URL_FILE.items() if var in env},
@@ -214,11 +222,20 @@ def test_each_pod_gets_only_the_stores_it_uses(profile, overrides):
     in inline mode; its init-db container is the only part that does then."""
     uses = {**USES, **overrides}
     specs = pod_specs(objects(profile))
-    hotdeal = {name: t for name, t in specs.items() if name in uses}
-    assert hotdeal
-    for name, template in hotdeal.items():
+    assert set(uses) & set(specs)
+    # Every pod the chart renders, not only the hotdeal processes: the load generators
+    # and the helm test get no store; Redis and Oracle get their own password only.
+    for name, template in specs.items():
         reach = _stores_of(template)
-        assert reach == {"secrets": uses[name], "urls": uses[name], "labels": uses[name]}, name
+        if name in STORE_PODS:
+            wanted = {"secrets": {STORE_PODS[name]}, "urls": set(), "labels": set()}
+        else:
+            used = uses.get(name, set())
+            wanted = {"secrets": used, "urls": used, "labels": used}
+        assert reach == wanted, name
+        # Only the event runner talks to the Kubernetes API.
+        token = template["spec"].get("automountServiceAccountToken")
+        assert token is (name == "ev-hotdeal-event"), name
         for c in template["spec"].get("initContainers", []):
             assert {e["name"] for e in c["env"] if e["name"].endswith("_URL_FILE")} == {
                 "HOTDEAL_DATABASE_URL_FILE"
@@ -267,7 +284,12 @@ def test_generated_secrets_and_urls():
 def test_existing_secrets_replace_the_stores():
     docs = objects("external")
     assert not by_kind(docs, "Secret") and not by_kind(docs, "StatefulSet")
-    assert not by_kind(docs, "NetworkPolicy")
+    # No store of the chart's own to guard; the services' policies stay.
+    assert set(by_kind(docs, "NetworkPolicy")) == {
+        "ev-hotdeal-legacy",
+        "ev-hotdeal-order-redis",
+        "ev-hotdeal-writer",
+    }
     for name, tpl in pod_specs(docs).items():
         secrets = {
             v["secret"]["secretName"] for v in tpl["spec"].get("volumes", []) if "secret" in v
@@ -367,25 +389,67 @@ def _matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _admitted(rule: dict, pods: dict[str, dict]) -> set[str]:
+    """The release's pods a rule's pod selectors admit (namespace selectors admit none
+    of them: they name other namespaces)."""
+    selectors = [
+        peer["podSelector"]["matchLabels"] for peer in rule["from"] if "podSelector" in peer
+    ]
+    return {p for p, labels in pods.items() if any(_matches(s, labels) for s in selectors)}
+
+
 def test_network_policies_admit_exactly_the_hotdeal_pods():
     docs = objects("load")
     policies = by_kind(docs, "NetworkPolicy")
     pods = {name: tpl["metadata"]["labels"] for name, tpl in pod_specs(docs).items()}
     stores = {"ev-hotdeal-redis": 6379, "ev-hotdeal-oracle": 1521}
     store_of = {"ev-hotdeal-redis": "redis", "ev-hotdeal-oracle": "database"}
-    assert set(policies) == set(stores)
+    services = {
+        "ev-hotdeal-legacy": 9000,
+        "ev-hotdeal-order-redis": 9000,
+        "ev-hotdeal-writer": 9102,
+    }
+    assert set(policies) == set(stores) | set(services)
     for name, policy in policies.items():
-        clients = {pod for pod, uses in USES.items() if store_of[name] in uses}
         spec = policy["spec"]
-        assert _matches(spec["podSelector"]["matchLabels"], pods[name])  # guards the store
-        rule = spec["ingress"][0]
-        assert rule["ports"] == [{"protocol": "TCP", "port": stores[name]}]
-        admitted = {
-            p
-            for p, labels in pods.items()
-            if _matches(rule["from"][0]["podSelector"]["matchLabels"], labels)
-        }
-        assert admitted == clients, name  # load generators and the stores are not clients
+        assert _matches(spec["podSelector"]["matchLabels"], pods[name])  # guards its pods
+        if name in stores:
+            clients = {pod for pod, uses in USES.items() if store_of[name] in uses}
+            (rule,) = spec["ingress"]
+            assert rule["ports"] == [{"protocol": "TCP", "port": stores[name]}]
+            assert _admitted(rule, pods) == clients, name  # load generators are not clients
+            continue
+        *orders, admin = spec["ingress"]
+        # Probes and scrapes: the monitoring namespace and the helm test, nothing else here.
+        assert admin["ports"] == [{"protocol": "TCP", "port": services[name]}]
+        assert _admitted(admin, pods) == {"ev-hotdeal-helm-test"}, name
+        assert {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        } in admin["from"]
+        if name == "ev-hotdeal-writer":
+            assert orders == []  # no order port
+        else:  # buyers arrive from anywhere unless orderFrom says where
+            assert orders == [{"ports": [{"protocol": "TCP", "port": 8080}]}], name
+
+
+def test_order_ports_admit_only_order_from_when_set(tmp_path):
+    values = tmp_path / "v.yaml"
+    ingress = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    }
+    values.write_text(yaml.safe_dump({"networkPolicy": {"orderFrom": [ingress]}}))
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm("helm4", "template", "ev", str(CHART), "-f", str(values)).stdout
+        )
+        if d
+    ]
+    policy = by_kind(docs, "NetworkPolicy")["ev-hotdeal-order-redis"]
+    assert policy["spec"]["ingress"][0] == {
+        "ports": [{"protocol": "TCP", "port": 8080}],
+        "from": [ingress],
+    }
 
 
 def test_ops_and_load_jobs_are_suspended_cronjobs():
@@ -512,10 +576,12 @@ def test_profiles_switch_parts_off():
 def test_helm_test_hook_checks_readiness():
     pod = by_kind(objects("default"), "Pod")["ev-hotdeal-helm-test"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    # /readyz is served on the admin port only (never behind orders in the workers).
     assert pod["spec"]["containers"][0]["args"] == [
-        "http://ev-hotdeal-legacy:80/readyz",
-        "http://ev-hotdeal-order-redis:80/readyz",
+        "http://ev-hotdeal-legacy:9000/readyz",
+        "http://ev-hotdeal-order-redis:9000/readyz",
     ]
+    assert pod["metadata"]["labels"]["hotdeal.dev/admin-client"] == "true"
 
 
 def test_notes_tell_how_to_run_the_event():
@@ -798,3 +864,144 @@ def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
         "writer.replicas=3",
     )
     assert scaled == base
+
+
+def test_buyers_reach_the_front_which_runs_the_text_make_up_runs(tmp_path):
+    """Slow clients: the Service's http port is the front's (nginx), gunicorn listens on
+    loopback behind it, and the ConfigMap is files/front.conf as `make up` renders it."""
+    from hotdeal_local.front import nginx_binary
+    from hotdeal_local.front import render as render_front
+
+    docs = objects("default")
+    conf = by_kind(docs, "ConfigMap")["ev-hotdeal-front"]["data"]["front.conf"]
+    assert conf.rstrip() == render_front("8080", "127.0.0.1:8081", "/tmp").rstrip()
+    for name in ("ev-hotdeal-legacy", "ev-hotdeal-order-redis"):
+        pod = pod_specs(docs)[name]
+        app, front = pod["spec"]["containers"]
+        assert front["name"] == "front" and "nginx-unprivileged" in front["image"]
+        assert front["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        assert {p["name"] for p in app["ports"]} == {"admin"}
+        env = {e["name"]: e.get("value") for e in app["env"]}
+        assert env["HOTDEAL_BIND"] == "127.0.0.1:8081"
+        assert pod["metadata"]["annotations"]["checksum/front"]
+        service = by_kind(docs, "Service")[name]
+        assert {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"} in service[
+            "spec"
+        ]["ports"]
+    # nginx itself accepts the chart's text (the pid and temp paths under the emptyDir).
+    (tmp_path / "front.conf").write_text(conf.replace("/tmp", str(tmp_path)))
+    done = subprocess.run(
+        [
+            nginx_binary(),
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "front.conf"),
+            "-e",
+            "stderr",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_the_front_gunicorn_takes_the_http_port(tmp_path):
+    values = tmp_path / "v.yaml"
+    values.write_text(yaml.safe_dump({"front": {"enabled": False}}))
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm("helm4", "template", "ev", str(CHART), "-f", str(values)).stdout
+        )
+        if d
+    ]
+    assert "ev-hotdeal-front" not in by_kind(docs, "ConfigMap")
+    (app,) = pod_specs(docs)["ev-hotdeal-order-redis"]["spec"]["containers"]
+    assert {p["name"] for p in app["ports"]} == {"http", "admin"}
+    assert "HOTDEAL_BIND" not in {e["name"] for e in app["env"]}
+
+
+RELEASED = CHART.parent / "released"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("-")[0].split("."))
+
+
+def _immutable(docs: list[dict]) -> dict[tuple[str, str], object]:
+    """What `helm upgrade` can't change on a live object: a StatefulSet's selector,
+    serviceName, podManagementPolicy and volumeClaimTemplates (size and class included),
+    a Deployment's selector, whether a Service is headless."""
+    fields: dict[tuple[str, str], object] = {}
+    for d in docs:
+        key, spec = (d["kind"], d["metadata"]["name"]), d.get("spec", {})
+        if d["kind"] == "StatefulSet":
+            fields[key] = {
+                "selector": spec["selector"],
+                "serviceName": spec["serviceName"],
+                "podManagementPolicy": spec.get("podManagementPolicy", "OrderedReady"),
+                "volumeClaimTemplates": [
+                    {"name": t["metadata"]["name"], **t["spec"]}
+                    for t in spec.get("volumeClaimTemplates", [])
+                ],
+            }
+        elif d["kind"] == "Deployment":
+            fields[key] = spec["selector"]
+        elif d["kind"] == "Service":
+            fields[key] = spec.get("clusterIP") == "None"
+    return fields
+
+
+def _render_chart(chart: Path, values: dict, tmp_path: Path) -> list[dict]:
+    path = tmp_path / "upgrade-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm("helm4", "template", "ev", str(chart), "-n", "games", "-f", str(path)).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_chart_is_a_new_version_of_the_last_released_one():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    released = [_version(p.stem.removeprefix("hotdeal-")) for p in RELEASED.glob("hotdeal-*.tgz")]
+    assert released and _version(chart["version"]) > max(released)
+    project = (REPO / "pyproject.toml").read_text()
+    assert f'version = "{chart["appVersion"]}"' in project  # the images' default tag
+
+
+# Values both the released chart and this one accept.
+UPGRADE_PROFILES = ["default", "external", "legacy-only", "redis-only", "inline", "monitoring"]
+
+
+@pytest.mark.parametrize("profile", UPGRADE_PROFILES)
+def test_upgrading_from_the_last_released_chart_changes_no_immutable_field(profile, tmp_path):
+    """`helm upgrade` from the newest chart in charts/released must not be rejected (a
+    changed serviceName was, with the version unchanged); a change that must happen
+    bumps the version and documents the way across (README "Upgrades")."""
+    last = max(RELEASED.glob("hotdeal-*.tgz"), key=lambda p: _version(p.stem.split("-", 1)[1]))
+    before = _immutable(_render_chart(last, PROFILES[profile], tmp_path))
+    after = _immutable(_render_chart(CHART, PROFILES[profile], tmp_path))
+    changed = {
+        k: (before[k], after[k]) for k in before.keys() & after.keys() if before[k] != after[k]
+    }
+    assert not changed, changed
+
+
+def test_the_upgrade_check_sees_a_changed_volume(tmp_path):
+    base = _immutable(_render_chart(CHART, {}, tmp_path))
+    bigger = _immutable(_render_chart(CHART, {"redis": {"persistence": {"size": "5Gi"}}}, tmp_path))
+    assert base[("StatefulSet", "ev-hotdeal-redis")] != bigger[("StatefulSet", "ev-hotdeal-redis")]
+
+
+def test_reset_prepares_the_rows_legacy_uses():
+    """ops.slots once told reset how many rows to make while legacy.slots told legacy how
+    many to use: one setting now, the one legacy reads."""
+    for profile, slots in (("default", "1"), ("legacy-only", "8")):
+        specs = pod_specs(objects(profile))
+        for job in ("ev-hotdeal-reset",):
+            (ops_container,) = specs[job]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in ops_container["env"]}
+            assert env["HOTDEAL_LEGACY_SLOTS"] == slots
+            assert "--slots" not in ops_container["args"]
+        legacy = specs["ev-hotdeal-legacy"]["spec"]["containers"][0]
+        assert {"name": "HOTDEAL_LEGACY_SLOTS", "value": slots} in legacy["env"]

@@ -188,3 +188,40 @@ def test_init_db_from_several_pods_at_once(pg_server):
     ]
     results = [(p.wait(60), p.stderr.read()) for p in procs]
     assert all(code == 0 for code, _ in results), results
+
+
+def test_a_refused_login_stops_init_db_with_its_code(stack_env):
+    """A wrong user or password once looked like "waiting for the database:
+    DatabaseError" for the whole --wait (900 s in the chart). A refused login is retried
+    for --logon-grace (gvenzl creates the user after the database opens), then init-db
+    stops and says what to check."""
+    url = stack_env["HOTDEAL_DATABASE_URL"].replace("postgres@", "no_such_user@")
+    done = ops(
+        {**stack_env, "HOTDEAL_DATABASE_URL": url},
+        "init-db",
+        "--wait",
+        "900",
+        "--logon-grace",
+        "2",
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "waiting for the database: logon refused" in done.stderr  # retried in the grace
+    assert "refuses the login (logon refused)" in done.stderr
+    assert "check the user and password" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_oracle_errors_are_logged_by_code():
+    import oracledb
+    import sqlalchemy.exc
+
+    from hotdeal import errors
+
+    refused = sqlalchemy.exc.DatabaseError(
+        "connect", {}, oracledb.DatabaseError("ORA-01017: invalid credential or not authorized")
+    )
+    assert errors.is_logon_refused(refused) and errors.error_code(refused) == "ORA-01017"
+    starting = sqlalchemy.exc.OperationalError(
+        "connect", {}, oracledb.DatabaseError("ORA-01033: ORACLE initialization in progress")
+    )
+    assert not errors.is_logon_refused(starting) and errors.error_code(starting) == "ORA-01033"

@@ -105,6 +105,7 @@ def test_profiles_render_a_valid_chart(profile, tmp_path):
         for d in docs
         if d["kind"] == "Deployment"
         for c in d["spec"]["template"]["spec"]["containers"]
+        if c["name"] != "front"  # nginx, pulled as is
     }
     assert images <= {"hotdeal-legacy:dev", "hotdeal-order-redis:dev"}
 
@@ -114,3 +115,27 @@ def test_remote_clusters_get_their_images_pushed():
     skaffold's own local-cluster detection decides."""
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     assert "push" not in config["build"].get("local", {})
+
+
+def test_the_deploy_waits_for_oracles_first_start():
+    """skaffold's default 10 min status check failed `skaffold dev` while Oracle XE was
+    still creating its database (its startupProbe allows 15 min)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    oracle = yaml.safe_load_all(
+        subprocess.run(
+            [str(Path(sys.prefix) / "tools" / "helm4"), "template", "ev", str(CHART)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    (sts,) = [
+        d for d in oracle if d and d["kind"] == "StatefulSet" and "oracle" in d["metadata"]["name"]
+    ]
+    probe = sts["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    budget = max(
+        probe["periodSeconds"] * probe["failureThreshold"],
+        values["database"]["initSchema"]["waitSeconds"],
+    )
+    assert CONFIG["deploy"]["statusCheckDeadlineSeconds"] > budget
+    assert CONFIG["deploy"]["tolerateFailuresUntilDeadline"] is True

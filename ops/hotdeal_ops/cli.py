@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from hotdeal import fence
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
-from hotdeal.errors import is_unavailable
+from hotdeal.errors import error_code, is_logon_refused, is_unavailable
 from hotdeal.redis_client import Client, redis_from_settings
 from hotdeal.schema import metadata
 from hotdeal_ops import dead_letters
@@ -104,6 +104,7 @@ def _created_meanwhile(exc: Exception) -> bool:
 def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
     """Create the tables (idempotent; safe from several pods at once)."""
     deadline = time.monotonic() + args.wait
+    refused_since: float | None = None
     while True:
         try:
             metadata.create_all(ctx.engine)
@@ -111,9 +112,24 @@ def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
         except Exception as exc:
             if _created_meanwhile(exc):
                 continue  # the next create_all sees the table and skips it
-            if not is_unavailable(exc) or time.monotonic() > deadline:
+            now = time.monotonic()
+            if is_logon_refused(exc):
+                # gvenzl's entrypoint creates the app user after the database opens: a
+                # refused logon is retried that long, then it is the Secret's password.
+                refused_since = refused_since if refused_since is not None else now
+                if now - refused_since >= min(args.logon_grace, args.wait):
+                    print(
+                        f"the database refuses the login ({error_code(exc)}) for "
+                        f"{now - refused_since:.0f} s: check the user and password in the "
+                        "database URL (the Secret's database-url / app-password)",
+                        file=sys.stderr,
+                    )
+                    return EXIT_USAGE
+            elif not is_unavailable(exc):
                 raise
-            print(f"waiting for the database: {exc.__class__.__name__}", file=sys.stderr)
+            if now > deadline:
+                raise
+            print(f"waiting for the database: {error_code(exc)}", file=sys.stderr)
             time.sleep(INIT_RETRY_S)
     print(json.dumps({"init_db": "ok", "tables": sorted(metadata.tables)}))
     return EXIT_OK
@@ -205,6 +221,7 @@ def cmd_dead_letters(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
     args.namespace = args.namespace or ctx.settings.namespace
+    args.slots = ctx.slots(args.slots)
     return run_event(args, ctx.engine, ctx.redis)
 
 
@@ -226,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="SECONDS",
         help="keep retrying this long while the database is not up yet",
+    )
+    init.add_argument(
+        "--logon-grace",
+        type=float,
+        default=180,
+        metavar="SECONDS",
+        help="retry a refused login this long (gvenzl's image creates the user after the "
+        "database opens); then stop and say so",
     )
 
     rst = command("reset", cmd_reset)
@@ -283,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--job-name", default=None)
     ev.add_argument("--product", type=_positive, default=1)
     ev.add_argument("--stock", type=_non_negative, default=10_000)
-    ev.add_argument("--slots", type=_positive, default=8)
+    ev.add_argument(
+        "--slots",
+        type=_positive,
+        default=None,
+        help="as for reset (default HOTDEAL_LEGACY_SLOTS or 8)",
+    )
     ev.add_argument("--timeout", type=float, default=1800.0, help="seconds the load may take")
     return parser
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from flask import Flask
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from hotdeal.config import Settings
 from hotdeal.web import init_health, init_metrics
@@ -39,15 +40,20 @@ def create_admin_app(service: str, factory: str, settings: Settings | None = Non
     return app
 
 
+def probe_server(host: str, port: int, app: Callable) -> BaseWSGIServer:
+    """A threaded server for probes and scrapes (the admin listener, the writer's port)
+    that logs no line per request: one per probe and scrape would drown the log."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    return make_server(host, port, app, threaded=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     service, factory, bind = (argv or sys.argv[1:])[:3]
     host, _, port = bind.rpartition(":")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    server = make_server(
-        host or "0.0.0.0", int(port), create_admin_app(service, factory), threaded=True
-    )
+    server = probe_server(host or "0.0.0.0", int(port), create_admin_app(service, factory))
     log.info("%s admin listener on %s", service, bind)
     server.serve_forever()
 

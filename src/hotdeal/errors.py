@@ -147,6 +147,35 @@ RETRYABLE_SQLSTATE = {"40P01", "40001", "55P03"}
 ORACLE_RETRYABLE = re.compile(r"\bORA-(00060|00054|30006|08177)\b")
 
 
+# The database is up and refuses this login: a wrong password or user (ORA-01017,
+# PostgreSQL's 28P01/28000, which libpq reports in the message of a failed connect).
+ORACLE_LOGON_REFUSED = re.compile(r"\bORA-(01017|28000|01005)\b")
+PG_LOGON_REFUSED = re.compile(
+    r"password authentication failed|role \"[^\"]*\" does not exist|is not permitted to log in"
+)
+DATABASE_CODE = re.compile(r"\b(ORA-\d{5}|DPY-\d{4})\b")
+
+
+def error_code(exc: BaseException) -> str:
+    """What a log line may say of a database failure: its code (ORA-01017, DPY-6005, a
+    SQLSTATE, "logon refused") or its class; never the message, which can quote a
+    statement's parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    found = DATABASE_CODE.search(str(orig))
+    if found:
+        return found.group(1)
+    if PG_LOGON_REFUSED.search(str(orig)):
+        return "logon refused"
+    sqlstate = getattr(orig, "sqlstate", None)
+    return f"SQLSTATE {sqlstate}" if sqlstate else exc.__class__.__name__
+
+
+def is_logon_refused(exc: BaseException) -> bool:
+    """A wrong user or password: retrying will not help once the database is set up."""
+    orig = str(getattr(exc, "orig", None) or exc)
+    return bool(ORACLE_LOGON_REFUSED.search(orig) or PG_LOGON_REFUSED.search(orig))
+
+
 def is_refusing(exc: BaseException) -> bool:
     """The database refuses writes as a whole (read-only, full), by its error code."""
     if not isinstance(exc, sqlalchemy.exc.DBAPIError):

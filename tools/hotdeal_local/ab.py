@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ class AbRun:
     non_2xx: int
     # Per request, from ab -g: (start second, total ms), in ab's order.
     samples: list[tuple[int, int]]
+    # ab gave up on a request that got no answer within its -s timeout: what finished
+    # before that is `complete` (over `seconds` of wall time), the rest never answered.
+    timed_out: bool = False
 
 
 def _field(text: str, label: str, default: str | None = None) -> str:
@@ -43,13 +47,26 @@ def parse(stdout: str, gnuplot: Path) -> AbRun:
     )
 
 
-def run_ab(url: str, *, requests: int, concurrency: int, gnuplot: Path) -> AbRun:
+def run_ab(
+    url: str, *, requests: int, concurrency: int, gnuplot: Path, extra: tuple[str, ...] = ()
+) -> AbRun:
     ab = need_program("ab", "apache2-utils")
     # -l: the body (remaining stock) changes length, which is not a failure.
     # -r: count socket errors instead of stopping the run.
-    # ab's progress lines ("Completed 300 requests") go to stderr, straight to the terminal.
-    cmd = [ab, "-l", "-r", "-c", str(concurrency), "-n", str(requests), "-g", str(gnuplot), url]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    # `extra` goes first: ab's -t resets -n, which must come after it.
+    cmd = [ab, *extra, "-l", "-r", "-c", str(concurrency), "-n", str(requests)]
+    cmd += ["-g", str(gnuplot), url]
+    # ab's progress lines ("Completed 300 requests") go to stderr, straight to the
+    # terminal, unless a -s timeout may end the run: then stderr says how far it got.
+    timeout = "-s" in extra
+    began = time.monotonic()
+    done = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if timeout else None, text=True
+    )
+    total = re.search(r"Total of (\d+) requests completed", done.stderr or "")
+    if done.returncode != 0 and "timeout specified has expired" in (done.stderr or ""):
+        seconds = round(time.monotonic() - began, 3)
+        return AbRun(seconds, int(total.group(1)) if total else 0, 0, 0, [], timed_out=True)
     if done.returncode != 0:
         raise RuntimeError(f"ab failed (exit {done.returncode}):\n{done.stdout}")
     return parse(done.stdout, gnuplot)

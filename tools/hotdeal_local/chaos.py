@@ -4,7 +4,8 @@ checker of what every buyer was told against what the database holds.
 The stack: PostgreSQL (behind a forwarder that can lose a COMMIT's reply), a Redis
 primary with a replica behind a forwarding "endpoint" (a failover moves it, as a managed
 Redis's DNS name moves), two order-redis servers ("pods" a and b), an inline-mode
-order-redis (the workshop's in-request insert) and two writers. Buyers (threads) order
+order-redis (the workshop's in-request insert), each behind its front (nginx, as in
+the chart), and two writers. Buyers (threads) order
 with random users, quantities, Idempotency-Keys and client timeouts from a random pod,
 retrying with their key when the outcome is unknown. Each round injects one fault:
 Redis kill -9 and restart, failover to a lagging replica, a long replica lag under keyed
@@ -12,7 +13,8 @@ retries then a failover, writer kill -9, PostgreSQL restart, reset while the wri
 drains, a poisoned order, Redis restored from an older AOF copy (after the writers
 drained: what the database holds must never sell again, whichever pod takes the next
 order), Redis restarted empty, Redis full (maxmemory), the database refusing every
-write for seconds (read-only), a lost COMMIT reply in inline mode. At the end (and
+write for seconds (read-only), a lost COMMIT reply in inline mode, slow clients on one
+pod's front (its workers must go on answering). At the end (and
 before each reset) it checks:
 - units persisted <= stock;
 - every 201 persisted, once, with the order id it answered (a dead-lettered order is
@@ -50,6 +52,7 @@ from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.durability import online_replicas
 from hotdeal.schema import hotdeal_list, order_history
+from hotdeal_local.front import front
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import (
     PostgresServer,
@@ -60,6 +63,7 @@ from hotdeal_local.servers import (
     ops,
     writer,
 )
+from hotdeal_local.slowclients import slow_clients
 
 FAULTS = (
     "redis_kill9",
@@ -74,6 +78,7 @@ FAULTS = (
     "database_read_only",
     "lost_commit",
     "replica_lag",
+    "slow_clients",
 )
 # The poisoned order's take: its unit sold, its entry queued, as a buggy producer would.
 POISON = """
@@ -132,6 +137,7 @@ class Chaos:
     dead_lettered: int = 0
     route: int | None = None  # while set, every buyer uses this pod
     kinds: tuple[str, ...] = FAULTS  # the faults to take turns with
+    settle_s: float = 90  # how long a check waits for the books to settle and balance
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -173,7 +179,9 @@ class Chaos:
         ops(self.env, "init-db")
         ops(self.env, "reset", "--discard-orders", "--stock", str(self.stock))
         self.services: list[Process] = []
+        self.fronts: list[Process] = []
         self.urls: list[str] = []
+        self.direct: list[str] = []
         for name, extra in (
             ("a", {}),
             ("b", {}),
@@ -187,11 +195,14 @@ class Chaos:
                 },
             ),
         ):
-            port = free_port()
+            # Each pod as buyers reach it in the cluster: through its front (nginx).
+            port, behind = free_port(), free_port()
             log = self.workdir / f"order-redis-{name}.log"
-            self.services.append(gunicorn("order-redis", port, {**self.env, **extra}, log=log))
+            self.services.append(gunicorn("order-redis", behind, {**self.env, **extra}, log=log))
+            self.fronts.append(front(port, behind, self.workdir, name=f"front-{name}"))
             self.urls.append(f"http://127.0.0.1:{port}")
-        for proc in self.services:
+            self.direct.append(f"http://127.0.0.1:{behind}")  # for the checker's own test
+        for proc in (*self.services, *self.fronts):
             proc.start()
         self.writers: list[Process] = [self._writer(n) for n in ("w1", "w2")]
 
@@ -212,7 +223,7 @@ class Chaos:
 
     def stop(self) -> None:
         self.quit.set()
-        for proc in (*self.services, *self.writers):
+        for proc in (*self.fronts, *self.services, *self.writers):
             proc.stop(signal.SIGKILL)
         self.proxy.stop()
         self.link.stop()
@@ -235,11 +246,14 @@ class Chaos:
             if self.route is not None:  # a fault that needs one pod only
                 url = self.urls[self.route]
             if rng.random() < 0.02:  # a poisoned body: must be refused, change nothing
-                r = session.post(
-                    f"{url}/v1/orders",
-                    json={"product_id": 1, "user_id": "evil\u0000\u202e", "quantity": 1},
-                    timeout=5,
-                )
+                try:
+                    r = session.post(
+                        f"{url}/v1/orders",
+                        json={"product_id": 1, "user_id": "evil\u0000\u202e", "quantity": 1},
+                        timeout=5,
+                    )
+                except requests.RequestException:
+                    continue  # no answer at all (a fault): nothing to check, and no lost buyer
                 if r.status_code != 400:
                     self._violation(f"poisoned body answered {r.status_code}, not 400")
                 continue
@@ -444,6 +458,23 @@ class Chaos:
         time.sleep(1.5)
         self.fault_redis_failover()
 
+    def fault_slow_clients(self) -> None:
+        """40 clients send a request's headers a byte at a time to pod a or b, and every
+        buyer orders from that pod meanwhile: its two sync workers must go on answering
+        (the front holds the slow sockets, not the workers)."""
+        victim = self.rng.randrange(2)
+        port = int(self.urls[victim].rsplit(":", 1)[1])
+        with slow_clients(port, 40):
+            self.route = victim
+            with self.lock:
+                before = sum(1 for a in self.answers if a.status is not None)
+            time.sleep(max(self.round_s / 2, 1.5))
+            with self.lock:
+                answered = sum(1 for a in self.answers if a.status is not None) - before
+            self.route = None
+        if answered < 10:
+            self._violation(f"slow clients stopped the sale: {answered} answers from pod {victim}")
+
     def fault_reset_mid_drain(self) -> None:
         """Orders queue while no writer runs; the writers start draining; reset starts
         the next event in the middle of it. The closed event is checked first up to
@@ -489,7 +520,7 @@ class Chaos:
             time.sleep(0.5)
 
     def check(self) -> None:
-        report = self.settle()
+        report = self.settle(self.settle_s)
         if report.get("exit") != 0:
             self.violations += [f"reconcile: {v}" for v in report.get("violations", [])]
         engine = make_engine(self.env["HOTDEAL_DATABASE_URL"], pool_size=1)

@@ -25,8 +25,8 @@ def up(args: argparse.Namespace) -> int:
         stack.start_stores()
         stack.reset()
         services = {
-            "legacy": stack.start_service("legacy", stack.legacy_port),
-            "order-redis": stack.start_service("order-redis", stack.order_redis_port),
+            "legacy": stack.start_service("legacy", stack.legacy_port, front=True),
+            "order-redis": stack.start_service("order-redis", stack.order_redis_port, front=True),
         }
         writer = stack.start_writer()
         stack.start_prometheus(stack.prometheus_port, services, writer)
@@ -157,6 +157,35 @@ def probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def slow(args: argparse.Namespace) -> int:
+    from hotdeal_local.slowclients import run_slow_clients
+
+    result = run_slow_clients(
+        rounds=args.rounds,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        slow=args.slow,
+        workdir=args.workdir / "slow-clients",
+    )
+    print(f"\norder-redis, ab -c {args.concurrency} -n {args.requests}, medians of {args.rounds}:")
+    for name, row in result["columns"].items():
+        cpu = row.get("cpu_us_per_request")
+        print(
+            f"  {name:<14} {row['requests_per_second']:>8.1f} req/s  failed {row['failed']:>6.0f}"
+            + (f"  {cpu:>6.1f} us CPU per request (gunicorn + front)" if cpu else "")
+            + ("  (ab timed out: no answer)" if row["timed_out"] else "")
+        )
+    print(
+        f"  the front costs {result['front_cost']:.1%} of throughput; with {args.slow} slow "
+        f"clients: {result['slow_vs_front']:.2f} of the front's, {result['slow_vs_direct']:.2f} "
+        "of direct's without it"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotdeal-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,8 +241,24 @@ def main(argv: list[str] | None = None) -> None:
     p_probes.add_argument("--hold-ms", type=int, default=30)
     p_probes.add_argument("--out", default="results/probes.json")
     p_probes.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_slow = sub.add_parser(
+        "slow-clients", help="a sale under slow clients, with and without the front"
+    )
+    p_slow.add_argument("--rounds", type=int, default=3)
+    p_slow.add_argument("--requests", "-n", type=int, default=20_000)
+    p_slow.add_argument("--concurrency", "-c", type=int, default=150)
+    p_slow.add_argument("--slow", type=int, default=40)
+    p_slow.add_argument("--out", default="results/slow-clients.json")
+    p_slow.add_argument("--workdir", type=Path, default=REPO / ".local")
     args = parser.parse_args(argv)
-    commands = {"up": up, "demo": demo, "chaos": chaos, "probes": probes, "capacity": capacity}
+    commands = {
+        "up": up,
+        "demo": demo,
+        "chaos": chaos,
+        "probes": probes,
+        "capacity": capacity,
+        "slow-clients": slow,
+    }
     try:
         code = commands[args.command](args)
     except (Missing, PortTaken) as exc:

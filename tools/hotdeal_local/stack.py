@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotdeal.config import LocalSettings
+from hotdeal_local.front import front as nginx_front
 from hotdeal_local.prometheus import prometheus
 from hotdeal_local.servers import (
     REPO,
     PostgresServer,
     Process,
     RedisServer,
+    free_port,
     gunicorn,
     ops,
     port_taken,
@@ -37,6 +39,8 @@ class LocalStack:
     redis: RedisServer | None = None
     pg: PostgresServer | None = None
     processes: list[Process] = field(default_factory=list)
+    # The front (nginx) in front of a service started with front=True, by its gunicorn.
+    fronts: dict[int, Process] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -97,13 +101,23 @@ class LocalStack:
         finally:
             client.close()
 
-    def start_service(self, name: str, port: int, **extra: str) -> Process:
-        log = self.workdir / f"{name}-{port}.log"
-        proc = gunicorn(name, port, {**self.env, **extra}, log=log).start()
+    def start_service(self, name: str, port: int, *, front: bool = False, **extra: str) -> Process:
+        """gunicorn on `port`, or with `front` the front (nginx) on `port` and gunicorn
+        behind it on a free one: where buyers arrive in the cluster."""
+        behind = free_port() if front else port
+        log = self.workdir / f"{name}-{behind}.log"
+        proc = gunicorn(name, behind, {**self.env, **extra}, log=log).start()
         self.processes.append(proc)
+        if front:
+            nginx = nginx_front(port, behind, self.workdir, name=f"{name}-front").start()
+            self.processes.append(nginx)
+            self.fronts[id(proc)] = nginx
         return proc
 
     def stop_process(self, proc: Process) -> None:
+        nginx = self.fronts.pop(id(proc), None)
+        if nginx is not None:
+            self.stop_process(nginx)
         proc.stop()
         self.processes.remove(proc)
 

@@ -251,3 +251,12 @@ volumes:
 {{- define "hotdeal.secretsChecksum" -}}
 {{- include (print .Template.BasePath "/secrets.yaml") . | sha256sum | trunc 16 -}}
 {{- end -}}
+
+{{/* The front's nginx.conf (files/front.conf, the same text `make up` runs): nginx on the
+     component's port, gunicorn behind it on loopback. */}}
+{{- define "hotdeal.frontConf" -}}
+{{- .Files.Get "files/front.conf" | replace "@LISTEN@" "8080" | replace "@UPSTREAM@" (printf "127.0.0.1:%s" (include "hotdeal.behindFrontPort" .)) | replace "@RUNDIR@" "/tmp" -}}
+{{- end -}}
+
+{{/* gunicorn's port behind the front. */}}
+{{- define "hotdeal.behindFrontPort" -}}8081{{- end -}}

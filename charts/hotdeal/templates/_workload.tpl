@@ -10,6 +10,7 @@
 {{- $ctx := dict "root" $root "component" .component -}}
 {{- $stores := dict "root" $root "database" .database "redis" .redis -}}
 {{- $dbOnly := dict "root" $root "database" true "redis" false -}}
+{{- $front := and (eq .probe "http") $root.Values.front.enabled -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -34,6 +35,9 @@ spec:
              must not. What is outside the spec is the chart's own Secrets: a changed
              password rolls the pods that read it (existingSecret: see the README). */}}
         checksum/secrets: {{ include "hotdeal.secretsChecksum" $root }}
+        {{- if $front }}
+        checksum/front: {{ include "hotdeal.frontConf" $root | sha256sum }}
+        {{- end }}
     spec:
       automountServiceAccountToken: false
       {{- include "hotdeal.pullSecrets" $root | nindent 6 }}
@@ -67,6 +71,10 @@ spec:
           {{- end }}
           env:
             {{- include "hotdeal.connectionEnv" $stores | nindent 12 }}
+            {{- if $front }}
+            # Only the front reaches the workers; the admin port stays on the pod's IP.
+            - {name: HOTDEAL_BIND, value: "127.0.0.1:{{ include "hotdeal.behindFrontPort" . }}"}
+            {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -74,9 +82,11 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           ports:
+            {{- if not $front }}
             - name: {{ if eq .probe "http" }}http{{ else }}metrics{{ end }}
               containerPort: {{ .port }}
               protocol: TCP
+            {{- end }}
             {{- if eq .probe "http" }}
             # Probes and scrapes: hotdeal.admin, beside gunicorn's arbiter, never behind
             # orders queued in the workers (legacy's hot row kept /healthz waiting 2.5 s).
@@ -100,18 +110,63 @@ spec:
             timeoutSeconds: 3
             failureThreshold: 2
           {{- else }}
+          # /healthz reads no store (/metrics does): a slow store must not restart it.
           livenessProbe:
-            httpGet: {path: /metrics, port: metrics}
+            httpGet: {path: /healthz, port: metrics}
             periodSeconds: 15
             timeoutSeconds: 5
+          {{- end }}
+          {{- if $front }}
+          lifecycle:
+            # Stop taking requests only after the front has drained (its preStop).
+            preStop:
+              exec:
+                command: ["sleep", "6"]
           {{- end }}
           {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           volumeMounts:
             {{- include "hotdeal.secretMounts" $stores | nindent 12 }}
+        {{- if $front }}
+        # Buyers reach the front (nginx), which hands gunicorn only whole requests.
+        - name: front
+          image: {{ include "hotdeal.thirdPartyImage" (dict "root" $root "image" $root.Values.front.image) }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          # Not the image's entrypoint: it would rewrite files under /etc/nginx.
+          command: ["nginx", "-c", "/etc/hotdeal/front.conf", "-e", "stderr", "-g", "daemon off;"]
+          ports:
+            - name: http
+              containerPort: {{ .port }}
+              protocol: TCP
+          readinessProbe:
+            tcpSocket: {port: http}
+            periodSeconds: 5
+          livenessProbe:
+            tcpSocket: {port: http}
+            periodSeconds: 10
+          lifecycle:
+            # Drain: Endpoints drop the pod while the front still forwards (5 s), then
+            # it finishes what it holds (SIGTERM would drop it: nginx's fast shutdown).
+            preStop:
+              exec:
+                command: ["/bin/sh", "-c", "sleep 5; nginx -c /etc/hotdeal/front.conf -s quit; while [ -e /tmp/nginx.pid ]; do sleep 0.2; done"]
+          {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
+          resources:
+            {{- toYaml $root.Values.front.resources | nindent 12 }}
+          volumeMounts:
+            - {name: front-conf, mountPath: /etc/hotdeal, readOnly: true}
+            - {name: front-run, mountPath: /tmp}
+        {{- end }}
       volumes:
         {{- include "hotdeal.secretVolumes" $stores | nindent 8 }}
+        {{- if $front }}
+        - name: front-conf
+          configMap:
+            name: {{ include "hotdeal.component" (dict "root" $root "component" "front") }}
+        - name: front-run
+          emptyDir: {medium: Memory, sizeLimit: 16Mi}
+        {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}

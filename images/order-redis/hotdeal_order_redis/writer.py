@@ -39,17 +39,18 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 
 import redis
 import sqlalchemy.exc
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, make_wsgi_app
 from sqlalchemy import Engine, insert
 
 from hotdeal import durability, fence, metrics, redis_keys
+from hotdeal.admin import probe_server
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
@@ -593,12 +594,23 @@ def build_writer(settings: Settings | None = None) -> OrderWriter:
 
 def serve_metrics(writer: OrderWriter, settings: Settings) -> None:
     """The writer's /metrics (one process: the default registry), with the backlog read
-    from Redis at scrape time. HOTDEAL_WRITER_METRICS_PORT=0 turns it off."""
+    from Redis at scrape time, and /healthz for the liveness probe, which reads no store:
+    a slow database or Redis must not get the writer restarted (the stores' own alerts
+    say they are slow). HOTDEAL_WRITER_METRICS_PORT=0 turns both off."""
     if settings.writer_metrics_port == 0:
         return
     REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_backlog(writer.client)))
     REGISTRY.register(metrics.ScrapeCollector(lambda: writer_metrics.read_persisted(writer.engine)))
-    start_http_server(settings.writer_metrics_port, addr=settings.writer_metrics_addr)
+    scrape = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        return scrape(environ, start_response)
+
+    server = probe_server(settings.writer_metrics_addr, settings.writer_metrics_port, app)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""Slow clients (a request's headers a byte at a time, as slowloris sends them) and
+`make bench-slow-clients`: what they do to a sale with and without the front, and what
+the front costs when nobody is slow."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hotdeal_local.ab import run_ab
+from hotdeal_local.servers import cpu_seconds, free_port
+from hotdeal_local.stack import LocalStack, running
+
+HEAD = b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@contextlib.contextmanager
+def slow_clients(port: int, n: int, *, every_s: float = 0.2) -> Iterator[None]:
+    """`n` sockets on 127.0.0.1:`port`, each sending a POST's headers a byte every
+    `every_s` and never finishing; a socket the server closes is opened again (the
+    attack lasts). The sockets have all started when the block begins."""
+    stop = threading.Event()
+    started = threading.Barrier(n + 1)
+
+    def dribble() -> None:
+        first = True
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                for i, byte in enumerate(HEAD):
+                    s.send(bytes([byte]))
+                    if first and i == 0:
+                        first = False
+                        started.wait()
+                    if stop.wait(every_s):
+                        return
+            if first:  # could not even connect: count it as started, keep trying
+                first = False
+                started.wait()
+            stop.wait(every_s)
+
+    threads = [threading.Thread(target=dribble, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    started.wait()
+    stop.wait(2 * every_s)  # a few bytes each: every request is under way
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+# (name, front in place, slow clients during the run)
+COLUMNS = (
+    ("direct", False, False),
+    ("front", True, False),
+    ("front + slow", True, True),
+    ("direct + slow", False, True),
+)
+
+
+def run_slow_clients(
+    *, rounds: int, requests: int, concurrency: int, slow: int, workdir: Path
+) -> dict[str, Any]:
+    """order-redis (default durability, every request a sale) under ab, the columns taking
+    turns for `rounds` rounds: straight at gunicorn, through the front, and both with
+    `slow` slow clients attacking during the run. ab's -s 5 -t 20 bound a column whose
+    workers the attack holds."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(workdir=workdir)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in COLUMNS}
+    with running(stack):
+        stack.start_stores()
+        for round_no in range(1, rounds + 1):
+            for name, front, attacked in COLUMNS:
+                stack.reset(requests + 1000)
+                port = free_port()
+                writer = stack.start_writer()
+                proc = stack.start_service("order-redis", port, front=front)
+                url = f"http://127.0.0.1:{port}/order-redis"
+                try:
+                    run_ab(url, requests=1000, concurrency=concurrency, gnuplot=workdir / "w.tsv")
+                    pids = [proc.proc.pid] + ([stack.fronts[id(proc)].proc.pid] if front else [])
+                    before = sum(cpu_seconds(p) for p in pids)
+                    attack = slow_clients(port, slow) if attacked else contextlib.nullcontext()
+                    with attack:
+                        run = run_ab(
+                            url,
+                            requests=requests,
+                            concurrency=concurrency,
+                            gnuplot=workdir / "c.tsv",
+                            extra=("-s", "5", "-t", "20"),
+                        )
+                    cpu = sum(cpu_seconds(p) for p in pids) - before
+                finally:
+                    stack.stop_process(proc)
+                    stack.stop_process(writer)
+                sample = {
+                    "requests_per_second": round(run.complete / run.seconds, 1),
+                    "complete": run.complete,
+                    "failed": run.failed + run.non_2xx,
+                    # ab gave up after its -s timeout: no request answered in time
+                    "timed_out": int(run.timed_out),
+                }
+                if run.complete:
+                    sample["cpu_us_per_request"] = round(cpu / run.complete * 1e6, 1)
+                runs[name].append(sample)
+                print(f"  round {round_no} {name}: {sample}", flush=True)
+
+    def ratio(a: str, b: str) -> float:
+        pairs = zip(runs[a], runs[b], strict=True)
+        return round(
+            statistics.median(
+                x["requests_per_second"] / max(y["requests_per_second"], 1e-9) for x, y in pairs
+            ),
+            3,
+        )
+
+    return {
+        "rounds": rounds,
+        "slow_clients": slow,
+        "columns": {
+            name: {
+                k: statistics.median(s[k] for s in samples if k in s)
+                for k in {k for s in samples for k in s}
+            }
+            for name, samples in runs.items()
+        },
+        "front_cost": round(1 - ratio("front", "direct"), 3),
+        "slow_vs_front": ratio("front + slow", "front"),
+        "slow_vs_direct": ratio("direct + slow", "direct"),
+        "runs": runs,
+    }

@@ -3,11 +3,13 @@ harness starts on free ports, and to the services as gunicorn runs them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 from sqlalchemy import Engine
 
 from hotdeal.db import make_engine
@@ -16,6 +18,16 @@ from hotdeal_ops.reset import reset as reset_both
 
 from .events import event  # noqa: F401 (a fixture)
 from .helpers import Service, service_running, workdir
+
+# `make test` is deterministic: the same examples every run, no example database (a find
+# from an exploring run is pinned as an @example). `make test-explore` searches widely.
+settings.register_profile(
+    "gate", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True
+)
+settings.register_profile(
+    "explore", max_examples=3000, deadline=None, database=None, print_blob=True
+)
+settings.load_profile(os.environ.get("HOTDEAL_HYPOTHESIS", "gate"))
 
 
 @pytest.fixture(scope="session")

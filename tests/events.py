@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from hotdeal import redis_keys
 from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops, writer
@@ -91,6 +93,15 @@ def order(service: Service, user: str, key: str | None = None, timeout: float = 
     )
 
 
+def answer_of(service: Service, user: str, key: str) -> requests.Response:
+    """The order's answer as a buyer learns it: retried with its key while the answer
+    is a 503 (Retry-After), for at most 30 s."""
+    return wait_until(
+        lambda: (r := order(service, user, key)).status_code != 503 and r,
+        f"an answer for {user}/{key}",
+    )
+
+
 def snapshot(ev: Event) -> Path:
     """A copy of Redis's AOF as it is now (what a backup, or a lagging disk, holds)."""
     copy = workdir("aof-copy") / "data"
@@ -116,3 +127,24 @@ def wait_until(
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(every)
+
+
+class Fsyncs:
+    """The fsyncs a redis-server makes while attached (strace on its pid and threads):
+    the stand-in for a power loss, which keeps what was fsynced and nothing else. A
+    SIGKILL can't stand in: the kernel still writes what Redis had written."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=fdatasync,fsync", "-o", str(out), "-p", str(pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        # strace prints nothing on attach: give it the moment it needs to seize the threads.
+        wait_until(lambda: out.exists(), "strace to attach", timeout=10)
+        time.sleep(0.3)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        self.proc.wait(10)
+        return sum(1 for line in self.out.read_text().splitlines() if "sync(" in line)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from sqlalchemy import select
 
 from hotdeal import redis_keys
 from hotdeal.schema import hotdeal_list, order_history
 
+from .events import wait_until
 from .helpers import reconcile, service_running, stampede, statuses
 
 
@@ -45,14 +47,28 @@ def test_idempotency_key_replays_the_first_answer(order_redis, reset, rclient, w
     )
 
 
-def test_idempotency_keys_expire(stack_env, logs, reset, rclient, writer_proc):
+@pytest.mark.parametrize(("limit", "after"), [("0", "a new order"), ("1", "limit_exceeded")])
+def test_idempotency_keys_expire(stack_env, logs, reset, rclient, writer_proc, limit, after):
+    """After HOTDEAL_IDEMPOTENCY_TTL_S the key is forgotten: the same request is a new
+    order, which the per-user limit (when set) refuses naming the first one."""
     with service_running(
-        "order-redis", stack_env, logs, HOTDEAL_IDEMPOTENCY_TTL_S="7", HOTDEAL_PER_USER_LIMIT="0"
+        "order-redis", stack_env, logs, HOTDEAL_IDEMPOTENCY_TTL_S="1", HOTDEAL_PER_USER_LIMIT=limit
     ) as service:
         reset(10)
-        service.order(_body("erin"), headers={"Idempotency-Key": "k"})
-        ttl = rclient.ttl(redis_keys.idempotency(1, "erin", "k"))
-        assert 0 < ttl <= 7
+        key = {"Idempotency-Key": "k"}
+        first = service.order(_body("erin"), headers=key)
+        assert first.status_code == 201
+        record = redis_keys.idempotency(1, "erin", "k")
+        assert 0 < rclient.pttl(record) <= 1000
+        assert service.order(_body("erin"), headers=key).headers["Idempotent-Replayed"] == "true"
+        wait_until(lambda: not rclient.exists(record), "the key to expire", timeout=10)
+        again = service.order(_body("erin"), headers=key)
+        if after == "a new order":
+            assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+            assert again.json()["order_id"] != first.json()["order_id"]
+        else:
+            assert (again.status_code, again.json()["error"]) == (409, "limit_exceeded")
+            assert again.json()["orders"] == [first.json()["order_id"]]
 
 
 def test_stampede_of_1000_users_with_retries(order_redis, reset, stack_env, engine, writer_proc):
@@ -100,3 +116,29 @@ def test_stampede_of_1000_users_with_retries(order_redis, reset, stack_env, engi
     assert {r.order_id for r in rows} == unique_orders
     per_user = Counter(r.user_id for r in rows)
     assert max(per_user.values()) == 1  # nobody above the limit
+
+
+def test_a_per_user_limit_above_one_adds_units_also_after_a_repair(
+    stack_env, logs, reset, writer_proc
+):
+    """The limit counts units across orders; a repair rebuilds each buyer's count from
+    order_history, so the limit holds as before."""
+    from hotdeal_local.servers import ops
+
+    def buy(service, quantity: int) -> tuple[int, str | None]:
+        r = service.order({"product_id": 1, "user_id": "fran", "quantity": quantity})
+        return r.status_code, r.json().get("error")
+
+    with service_running("order-redis", stack_env, logs, HOTDEAL_PER_USER_LIMIT="3") as svc:
+        reset(50)
+        assert buy(svc, 2) == (201, None)
+        assert buy(svc, 2) == (409, "limit_exceeded")  # 2 + 2 > 3
+        assert buy(svc, 1) == (201, None)
+        assert buy(svc, 1) == (409, "limit_exceeded")
+        ops(stack_env, "repair", "--product", "1")  # the books rebuilt from the database
+        assert buy(svc, 1) == (409, "limit_exceeded")
+        code, report = reconcile(stack_env)
+        assert code == 0 and report["redis"]["persisted"] == 3, report
+    with service_running("order-redis", stack_env, logs, HOTDEAL_PER_USER_LIMIT="4") as svc:
+        assert buy(svc, 2) == (409, "limit_exceeded")  # 3 + 2 > 4
+        assert buy(svc, 1) == (201, None)

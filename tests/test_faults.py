@@ -22,6 +22,7 @@ from hotdeal_local.servers import (
     writer,
 )
 
+from .events import wait_until
 from .helpers import Service, buyers, reconcile, stampede, start_service, statuses, workdir
 
 # Generous client deadline: a backend that is down must answer long before it.
@@ -123,13 +124,28 @@ def test_postgres_down_is_a_fast_503_for_legacy_and_recovers(stack):
     _eventually(lambda: _order(stack.legacy, "after").status_code == 201)
 
 
+def _sold_soon(stack, more: int):
+    """A wait for `more` units sold after now (the load is under way)."""
+    books = redis_keys.books(1)
+    start = int(stack.redis_client().hget(books, "sold") or 0)
+
+    def wait() -> None:
+        wait_until(
+            lambda: int(stack.redis_client().hget(books, "sold") or 0) >= start + more,
+            "the load to be under way",
+        )
+
+    return wait
+
+
 def test_postgres_down_during_load_loses_nothing(stack):
     stack.new_writer("w1")
     load = buyers(400)
     results: list = []
+    under_way = _sold_soon(stack, 50)
     runner = threading.Thread(target=lambda: results.extend(stampede(stack.order_redis, load)))
     runner.start()
-    time.sleep(0.3)
+    under_way()  # the fault lands in the middle of the load
     stack.pg.stop("immediate")
     runner.join()
     assert statuses(results) == {201: 400}  # accepted on the Redis path throughout
@@ -147,9 +163,10 @@ def test_writer_killed_mid_load_loses_and_duplicates_nothing(stack):
     doomed = stack.new_writer("doomed")
     load = buyers(1200)
     results: list = []
+    under_way = _sold_soon(stack, 200)
     runner = threading.Thread(target=lambda: results.extend(stampede(stack.order_redis, load)))
     runner.start()
-    time.sleep(0.5)
+    under_way()
     assert runner.is_alive()  # the kill lands in the middle of the run
     doomed.stop(signal.SIGKILL)
     runner.join()
@@ -225,3 +242,21 @@ def test_reset_while_the_writer_drains_never_mixes_events(stack, run):
     assert code == 0, report["violations"]
     assert report["order_history"]["rows"] == 40
     assert report["redis"]["persisted"] == 40
+
+
+def test_the_writers_liveness_reads_no_store(event):
+    """A stopped Redis makes /metrics wait (it reads the backlog from Redis); /healthz,
+    the liveness probe the chart gives the writer, answers at once: a slow store must
+    not get the writer restarted mid-event."""
+    ev = event()
+    w = ev.writer()
+    base = f"http://127.0.0.1:{w.metrics_port}"
+    assert requests.get(f"{base}/metrics", timeout=10).status_code == 200
+    ev.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(f"{base}/metrics", timeout=2)  # control: the store is really stuck
+        r = requests.get(f"{base}/healthz", timeout=2)
+        assert (r.status_code, r.text) == (200, "ok\n")
+    finally:
+        ev.redis.proc.send_signal(signal.SIGCONT)

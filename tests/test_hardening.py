@@ -21,17 +21,30 @@ from hotdeal_order_redis.writer import OrderWriter
 
 from .helpers import reconcile, service_running, stampede, statuses
 
-POISON = ["a\u0000b", "a\u001bb", "zero\u200bwidth", "bidi\u202eevil", "tab\tx", "line\u2028x"]
+POISON = [
+    "a\u0000b",
+    "a\u001bb",
+    "zero\u200bwidth",
+    "bidi\u202eevil",
+    "tab\tx",
+    "line\u2028x",
+    "un\u0378assigned",  # no character in any Unicode version
+    "private\ue000use",
+]
 
 
 @pytest.mark.parametrize("user", POISON)
-def test_control_and_invisible_characters_are_refused_by_both(legacy, order_redis, reset, user):
+def test_control_and_invisible_characters_are_refused_by_both(
+    legacy, order_redis, reset, stack_env, user
+):
     reset(5)
     for service in (legacy, order_redis):
         r = service.order({"product_id": 1, "user_id": user, "quantity": 1})
         assert r.status_code == 400, (service.name, r.text)
         assert r.json()["error"] == "invalid_request"
         assert user not in r.text  # the answer does not echo the input
+    code, report = reconcile(stack_env)  # and nothing was sold, in either store
+    assert code == 0 and report["legacy"]["sold"] == 0 and report["redis"]["sold"] == 0, report
 
 
 def test_lone_surrogates_are_refused(legacy, order_redis, reset):
@@ -323,4 +336,48 @@ def test_takes_on_many_threads_never_exhaust_the_pool(stack_env, reset):
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(buy, range(24)))
     assert answers == ["ok"] * 24
-    assert client.hget("{prod-001}-books", "quantity") == "76"  # the pool is still whole
+    assert client.hget("{prod-001}-books", "quantity") == "76"
+    # The pool is still whole: all 4 of its connections can be handed out at once (a
+    # take's connection counted against the cap would leave fewer: "Too many connections").
+    pool = client.connection_pool
+    held = [pool.get_connection() for _ in range(4)]
+    for conn in held:
+        conn.send_command("PING")
+        assert conn.read_response() in (b"PONG", "PONG")
+        pool.release(conn)
+
+
+def test_logs_never_carry_an_orders_values(stack_env, reset, tmp_path):
+    """A buyer's id and Idempotency-Key are personal data: the services, their admin
+    listeners and the writer log none of them, on any path (sales, replays, lookups,
+    refusals, bad input, a database that is down)."""
+    import os
+
+    from hotdeal_local.servers import writer
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    os.chmod(tmp_path, 0o755)
+    user, key = "CANARYUSER9f3", "CANARYKEY9f3"
+    body = {"product_id": 1, "user_id": user, "quantity": 1}
+    reset(10)
+    w = writer({**stack_env, "HOTDEAL_LOG_LEVEL": "debug"}, log=logs / "writer.log").start()
+    try:
+        for name in ("order-redis", "legacy"):
+            with service_running(name, stack_env, logs, HOTDEAL_LOG_LEVEL="debug") as svc:
+                assert svc.order(body, headers={"Idempotency-Key": key}).status_code == 201
+                svc.order(body, headers={"Idempotency-Key": key})  # a replay or a refusal
+                svc.order({**body, "user_id": user + "\u0000"})  # bad input: 400
+                svc.get(f"/v1/orders?product_id=1&user_id={user}")
+            down = {**stack_env, "HOTDEAL_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x"}
+            if name == "legacy":  # its database is down: a 503, logged by class only
+                with service_running(name, down, logs, HOTDEAL_LOG_LEVEL="debug") as svc:
+                    assert svc.order(body).status_code == 503
+        code, report = reconcile(stack_env)
+        assert code == 0, report
+    finally:
+        w.stop()
+    texts = {p.name: p.read_text(errors="replace") for p in logs.iterdir()}
+    assert len(texts) >= 4 and all(texts.values())  # every process logged something
+    leaked = {name for name, text in texts.items() if "CANARY" in text}
+    assert not leaked, {name: texts[name][-2000:] for name in leaked}

@@ -324,10 +324,10 @@ def test_rules_and_dashboard_see_the_series_after_the_operators_relabelling(
     try:
         for port in ports.values():
             deadline = time.monotonic() + 30
-            while len(query(port, 'up{job=~"hotdeal-.*"} == 1')) < 3:
+            # Every target scraped up twice: every series is in.
+            while len(query(port, 'sum_over_time(up{job=~"hotdeal-.*"}[1m]) >= 2')) < 3:
                 assert time.monotonic() < deadline, query(port, "up")
                 time.sleep(0.5)
-            time.sleep(1.5)  # one more scrape: every series in
         up = query(ports["chart"], 'up{job="hotdeal-order-redis"}')[0]["metric"]
         assert up["namespace"] == "games" and up["service"] == "ev-hotdeal-order-redis"
         assert up["endpoint"] == "admin" and up["container"] == "order-redis"

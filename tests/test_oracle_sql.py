@@ -5,7 +5,6 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import false, select
 from sqlalchemy.dialects import oracle, postgresql
 from sqlalchemy.dialects.oracle.oracledb import OracleDialect_oracledb
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -110,12 +109,24 @@ def test_lock_wait_views_compile_for_oracle():
     )
 
 
-def test_readiness_probe_compiles_for_the_pinned_server_version():
-    # table_reachable reads no rows: `WHERE false`, which Oracle renders as 0 = 1 (and
-    # not the bare `WHERE 0` a version-less offline dialect prints).
-    assert table_reachable  # the query below is the one it runs
-    sql = oracle_sql(select(hotdeal_list.c.prod_id).where(false()))
-    assert sql == "SELECT hotdeal_list.prod_id FROM hotdeal_list WHERE 0 = 1"
+def test_readiness_probe_compiles_for_the_pinned_server_version(engine):
+    """table_reachable reads no rows: `WHERE false`, which Oracle renders as 0 = 1 (and
+    not the bare `WHERE 0` a version-less offline dialect prints). The statement is the
+    one it really runs (caught on the harness's PostgreSQL), compiled for Oracle."""
+    from sqlalchemy import event
+
+    ran = []
+
+    def catch(conn, clauseelement, *args) -> None:
+        ran.append(clauseelement)
+
+    event.listen(engine, "before_execute", catch)
+    try:
+        table_reachable(engine, hotdeal_list)
+    finally:
+        event.remove(engine, "before_execute", catch)
+    (statement,) = ran
+    assert oracle_sql(statement) == "SELECT hotdeal_list.prod_id FROM hotdeal_list WHERE 0 = 1"
 
 
 SEOUL = timezone(timedelta(hours=9))

@@ -15,7 +15,7 @@ import redis
 from redis.crc import key_slot
 from sqlalchemy import delete, func, select
 
-from hotdeal import errors, fence, redis_keys
+from hotdeal import fence, redis_keys
 from hotdeal.errors import ApiError
 from hotdeal.redis_client import make_redis, node_client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
@@ -206,8 +206,3 @@ def test_the_service_writer_and_ops_cli_run_on_the_cluster(stack_env, cluster, p
             assert done.returncode == 0, done.stdout + done.stderr
     finally:
         drain.stop()
-
-
-def test_outcome_codes_are_unchanged_by_the_cluster_path():
-    # The cluster path reuses the single-Redis answers: nothing new to learn for clients.
-    assert errors.unavailable().status == 503 and errors.outcome_unknown().status == 503

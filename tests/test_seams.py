@@ -561,3 +561,54 @@ def test_a_failback_to_a_primary_that_never_restarted_is_checked_again(event):
     fresh = ev.service(HOTDEAL_REDIS_URL=url)
     assert statuses([order(fresh, f"z{i}") for i in range(5)]) == {409: 5}
     assert _persisted(ev) == 15
+
+
+# -- 8. reset racing a legacy transaction --------------------------------------------------
+
+
+@pytest.mark.parametrize("discard", [False, True])
+def test_reset_waits_for_a_legacy_transaction_holding_the_row_lock(
+    stack_env, reset, engine, logs, discard
+):
+    """A legacy order holds the hot row's lock (FOR UPDATE, 1.5 s of work) when reset
+    starts. reset waits for the lock, then sees the committed order: without
+    --discard-orders it refuses and the order stays; with it, the event starts whole."""
+    import threading
+
+    reset(10)
+    svc = start_service("legacy", {**stack_env, "HOTDEAL_HOLD_MS": "1500"}, logs)
+    try:
+        answers = []
+        buyer = threading.Thread(
+            target=lambda: answers.append(
+                svc.order({"product_id": 1, "user_id": "holder", "quantity": 1})
+            )
+        )
+        buyer.start()
+
+        def holding() -> bool:  # the legacy transaction sits on the row, uncommitted
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                            "current_database() AND state = 'idle in transaction'"
+                        )
+                    ).scalar()
+                )
+
+        wait_until(holding, "the legacy transaction to hold the row")
+        args = ["reset", "--stock", "10"] + (["--discard-orders"] if discard else [])
+        done = ops(stack_env, *args, check=False)
+        buyer.join(30)
+        assert answers[0].status_code == 201  # the sale committed before reset went on
+        code, report = reconcile(stack_env, wait=False)
+        assert code == 0, report
+        if discard:
+            assert done.returncode == 0, done.stderr
+            assert (report["legacy"]["remaining"], report["legacy"]["sold"]) == (10, 0)
+        else:
+            assert done.returncode != 0 and "holds 1 orders" in done.stderr, done.stderr
+            assert (report["legacy"]["remaining"], report["legacy"]["sold"]) == (9, 1)
+    finally:
+        svc.proc.stop()

@@ -13,7 +13,7 @@ from .helpers import workdir
 
 def test_every_fault_once_breaks_no_promise():
     result = run_chaos(
-        seed=7, rounds=len(FAULTS), round_s=3, durability="replica", workdir=workdir("chaos")
+        seed=7, rounds=len(FAULTS), round_s=2, durability="replica", workdir=workdir("chaos")
     )
     assert result["violations"] == [], result
     assert result["faults"] == dict.fromkeys(FAULTS, 1)
@@ -72,7 +72,7 @@ def test_each_checker_rule_fires():
     from hotdeal_local.chaos import Answer, Chaos
 
     chaos = Chaos(seed=1, rounds=0, round_s=2, durability="replica", workdir=workdir("rules"))
-    chaos.settle_s = 3  # a tampered run never balances: don't wait for it to
+    chaos.settle_s = 1  # a tampered run never balances: no waiting for it to
     chaos.start()
     session = requests.Session()
     try:

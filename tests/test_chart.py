@@ -869,15 +869,19 @@ def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
 def test_buyers_reach_the_front_which_runs_the_text_make_up_runs(tmp_path):
     """Slow clients: the Service's http port is the front's (nginx), gunicorn listens on
     loopback behind it, and the ConfigMap is files/front.conf as `make up` renders it."""
-    from hotdeal_local.front import nginx_binary
+    from hotdeal_local.front import READ_TIMEOUT_S, nginx_binary
     from hotdeal_local.front import render as render_front
 
     docs = objects("default")
-    conf = by_kind(docs, "ConfigMap")["ev-hotdeal-front"]["data"]["front.conf"]
-    assert conf.rstrip() == render_front("8080", "127.0.0.1:8081", "/tmp").rstrip()
+    confs = by_kind(docs, "ConfigMap")["ev-hotdeal-front"]["data"]
+    for service, seconds in READ_TIMEOUT_S.items():
+        wanted = render_front("8080", "127.0.0.1:8081", "/tmp", seconds)
+        assert confs[f"{service}.conf"].rstrip() == wanted.rstrip()
+    conf = confs["order-redis.conf"]
     for name in ("ev-hotdeal-legacy", "ev-hotdeal-order-redis"):
         pod = pod_specs(docs)[name]
         app, front = pod["spec"]["containers"]
+        assert f"/etc/hotdeal/{name.removeprefix('ev-hotdeal-')}.conf" in front["command"]
         assert front["name"] == "front" and "nginx-unprivileged" in front["image"]
         assert front["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
         assert {p["name"] for p in app["ports"]} == {"admin"}

@@ -283,10 +283,11 @@ def test_redis_kill_9_in_fsync_mode_loses_no_answered_order(event):
     threads = [threading.Thread(target=buy) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(answered) >= 40, "sales under way")
     ev.redis.stop(signal.SIGKILL)
+    before = len(answered)
     ev.redis.start()
-    time.sleep(1.0)
+    wait_until(lambda: sum(r.status_code == 201 for r in answered[before:]) >= 20, "sales again")
     stop.set()
     for t in threads:
         t.join()

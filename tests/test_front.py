@@ -7,16 +7,18 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
 from hotdeal import errors
 from hotdeal.web import MAX_BODY_BYTES
-from hotdeal_local.front import CONF, front
-from hotdeal_local.servers import free_port, gunicorn
+from hotdeal_local.front import CONF, READ_TIMEOUT_S, front
+from hotdeal_local.servers import REPO, free_port, gunicorn
 from hotdeal_local.slowclients import slow_clients
 
 from .helpers import Service, buyers, reconcile, workdir
@@ -30,12 +32,66 @@ def test_front_limits_and_answers_are_the_services_own() -> None:
     assert size and int(size.group(1)) * 1024 == MAX_BODY_BYTES
     for answer in (errors.unavailable(), errors.outcome_unknown()):
         assert f'"error":"{answer.code}","message":"{answer.message}"' in text
+    # The front outwaits each service's longest request (a legacy buyer queued on the
+    # hot row for 36 s got outcome_unknown, and legacy has no Idempotency-Key to retry
+    # with: the retry bought a second unit).
+    for service, seconds in READ_TIMEOUT_S.items():
+        conf = (REPO / "images" / service / "gunicorn.conf.py").read_text()
+        worker_timeout = int(re.search(r"^timeout = (\d+)", conf, re.MULTILINE).group(1))
+        assert seconds > worker_timeout, service
+
+
+RAW = [
+    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40, 400),  # TLS hello
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    (b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 300 + b"\r\n", 200),
+    (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Ssl: on\r\n\r\n",
+        200,
+    ),
+]
+
+
+def _raw(port: int, request: bytes) -> tuple[int, str, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and len(data) > data.index(b"\r\n\r\n") + 4:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    ctype = next(
+        (
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-type:")
+        ),
+        "",
+    )
+    return status, ctype, body
+
+
+def test_what_nginx_cannot_parse_gets_a_json_answer(stack_env) -> None:
+    """A malformed request line once got nginx's 500 HTML (a named error location needs
+    a URI); headers gunicorn would refuse once got its HTML through the front."""
+    with fronted(stack_env) as (svc, _, _):
+        for request, status in RAW:
+            got, ctype, body = _raw(port_of(svc), request)
+            assert (got, ctype) == (status, "application/json"), (request[:40], got, body[:200])
 
 
 @contextlib.contextmanager
-def fronted(env: dict[str, str], **extra: str) -> Iterator[tuple[Service, Service]]:
+def fronted(env: dict[str, str], **extra: str) -> Iterator[tuple[Service, Service, Path]]:
     """order-redis with HOTDEAL_WORKERS=2 behind its own front: the service as buyers
-    reach it through the front, and gunicorn's own port."""
+    reach it through the front, gunicorn's own port, and the folder of their logs."""
     logs = workdir("front")
     behind, port = free_port(), free_port()
     app = gunicorn(
@@ -46,6 +102,7 @@ def fronted(env: dict[str, str], **extra: str) -> Iterator[tuple[Service, Servic
         yield (
             Service("order-redis", f"http://127.0.0.1:{port}", app),
             Service("order-redis", f"http://127.0.0.1:{behind}", app),
+            logs,
         )
     finally:
         nginx.stop()
@@ -58,7 +115,7 @@ def port_of(service: Service) -> int:
 
 def test_slow_clients_hold_no_worker_behind_the_front(stack_env, reset, writer_proc) -> None:
     reset(100)
-    with fronted(stack_env) as (svc, direct):
+    with fronted(stack_env) as (svc, direct, _):
         # Negative control: the same attack straight at gunicorn's two sync workers
         # holds both, and a buyer waits (this is what the front is for).
         control = {"product_id": 1, "user_id": "control", "quantity": 1}
@@ -77,7 +134,7 @@ def test_front_errors_are_json_and_claim_nothing_sold_only_when_nothing_was(
     stack_env, reset, writer_proc
 ) -> None:
     reset(10)
-    with fronted(stack_env) as (svc, _):
+    with fronted(stack_env) as (svc, _, logs):
         big = {"product_id": 1, "user_id": "u", "quantity": 1, "pad": "x" * MAX_BODY_BYTES}
         r = svc.order(big)
         assert r.status_code == 413 and r.json()["error"] == "request_entity_too_large"
@@ -86,7 +143,9 @@ def test_front_errors_are_json_and_claim_nothing_sold_only_when_nothing_was(
         # The front can't know whether a POST reached a worker before it died.
         assert r.status_code == 503 and r.json()["error"] == "outcome_unknown"
         assert r.headers["Retry-After"] == "1"
-        r = svc.get("/v1/orders?product_id=1&user_id=u")
+        r = svc.get("/v1/orders?product_id=1&user_id=CANARYFRONT")
         assert r.status_code == 503 and r.json()["error"] == "unavailable"
+    # nginx's error lines quote the request line: the front logs none of them.
+    assert not [p.name for p in logs.iterdir() if p.is_file() and b"CANARY" in p.read_bytes()]
     code, report = reconcile(stack_env)
     assert code == 0 and report["redis"]["sold"] == 0, report

@@ -19,6 +19,7 @@ from hotdeal_ops.reset import reset as reset_both
 from hotdeal_order_redis import writer_metrics
 from hotdeal_order_redis.writer import OrderWriter
 
+from .events import wait_until
 from .helpers import reconcile, service_running, stampede, statuses
 
 POISON = [
@@ -117,7 +118,9 @@ def test_inline_mode_replays_only_committed_orders(stack_env, logs, reset):
         first: list[requests.Response] = []
         runner = threading.Thread(target=lambda: first.append(inline.order(body, headers=headers)))
         runner.start()
-        time.sleep(0.5)
+        record = redis_keys.idempotency(1, "slow", "k-1")
+        client = redis.Redis.from_url(stack_env["HOTDEAL_REDIS_URL"])
+        wait_until(lambda: client.exists(record), "the first request to hold its key")
         early = inline.order(body, headers=headers)
         assert (early.status_code, early.json()["error"]) == (409, "in_progress")
         assert early.headers["Retry-After"] == "1"

@@ -147,7 +147,7 @@ def test_reconcile_is_consistent_during_live_traffic(order_redis, writer_proc, s
     load = threading.Thread(target=buy)
     load.start()
     try:
-        results = [reconcile(stack_env, wait=True) for _ in range(12)]
+        results = [reconcile(stack_env, wait=True) for _ in range(8)]
     finally:
         stop.set()
         load.join()

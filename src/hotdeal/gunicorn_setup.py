@@ -65,6 +65,9 @@ def common(server: ServerSettings, settings: Settings) -> dict[str, Any]:
         "backlog": 2048,
         "graceful_timeout": 30,
         "keepalive": 5,
+        # The front bounds a request's headers (4 buffers of 4 KB): gunicorn must accept
+        # what it passes, or a client gets gunicorn's HTML 431 through it.
+        "limit_request_fields": 4096,
         "accesslog": server.access_log,
         "errorlog": "-",
         "loglevel": settings.log_level,

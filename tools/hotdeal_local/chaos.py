@@ -199,7 +199,7 @@ class Chaos:
             port, behind = free_port(), free_port()
             log = self.workdir / f"order-redis-{name}.log"
             self.services.append(gunicorn("order-redis", behind, {**self.env, **extra}, log=log))
-            self.fronts.append(front(port, behind, self.workdir, name=f"front-{name}"))
+            self.fronts.append(front(port, behind, self.workdir))
             self.urls.append(f"http://127.0.0.1:{port}")
             self.direct.append(f"http://127.0.0.1:{behind}")  # for the checker's own test
         for proc in (*self.services, *self.fronts):

@@ -109,7 +109,7 @@ class LocalStack:
         proc = gunicorn(name, behind, {**self.env, **extra}, log=log).start()
         self.processes.append(proc)
         if front:
-            nginx = nginx_front(port, behind, self.workdir, name=f"{name}-front").start()
+            nginx = nginx_front(port, behind, self.workdir, service=name).start()
             self.processes.append(nginx)
             self.fronts[id(proc)] = nginx
         return proc

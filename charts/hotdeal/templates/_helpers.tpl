@@ -252,10 +252,18 @@ volumes:
 {{- include (print .Template.BasePath "/secrets.yaml") . | sha256sum | trunc 16 -}}
 {{- end -}}
 
-{{/* The front's nginx.conf (files/front.conf, the same text `make up` runs): nginx on the
-     component's port, gunicorn behind it on loopback. */}}
+{{/* The front's nginx.conf of a component (files/front.conf, the same text `make up`
+     runs): nginx on the component's port, gunicorn behind it on loopback.
+     hotdeal.frontConf (dict "root" $ "component" "legacy") */}}
 {{- define "hotdeal.frontConf" -}}
-{{- .Files.Get "files/front.conf" | replace "@LISTEN@" "8080" | replace "@UPSTREAM@" (printf "127.0.0.1:%s" (include "hotdeal.behindFrontPort" .)) | replace "@RUNDIR@" "/tmp" -}}
+{{- .root.Files.Get "files/front.conf" | replace "@LISTEN@" "8080" | replace "@UPSTREAM@" (printf "127.0.0.1:%s" (include "hotdeal.behindFrontPort" .)) | replace "@RUNDIR@" "/tmp" | replace "@READ_TIMEOUT@" (printf "%ds" (include "hotdeal.frontReadTimeout" . | int)) -}}
+{{- end -}}
+
+{{/* How long the front waits for the service: longer than its longest request
+     (gunicorn's worker timeout; legacy queues on the hot row up to 120 s). The same
+     numbers as hotdeal_local.front.READ_TIMEOUT_S (a test holds them together). */}}
+{{- define "hotdeal.frontReadTimeout" -}}
+{{- if eq .component "legacy" }}130{{ else }}35{{ end -}}
 {{- end -}}
 
 {{/* gunicorn's port behind the front. */}}

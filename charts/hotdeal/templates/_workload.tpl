@@ -36,7 +36,7 @@ spec:
              password rolls the pods that read it (existingSecret: see the README). */}}
         checksum/secrets: {{ include "hotdeal.secretsChecksum" $root }}
         {{- if $front }}
-        checksum/front: {{ include "hotdeal.frontConf" $root | sha256sum }}
+        checksum/front: {{ include "hotdeal.frontConf" $ctx | sha256sum }}
         {{- end }}
     spec:
       automountServiceAccountToken: false
@@ -134,7 +134,7 @@ spec:
           image: {{ include "hotdeal.thirdPartyImage" (dict "root" $root "image" $root.Values.front.image) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           # Not the image's entrypoint: it would rewrite files under /etc/nginx.
-          command: ["nginx", "-c", "/etc/hotdeal/front.conf", "-e", "stderr", "-g", "daemon off;"]
+          command: ["nginx", "-c", "/etc/hotdeal/{{ .component }}.conf", "-e", "stderr", "-g", "daemon off;"]
           ports:
             - name: http
               containerPort: {{ .port }}
@@ -150,7 +150,7 @@ spec:
             # it finishes what it holds (SIGTERM would drop it: nginx's fast shutdown).
             preStop:
               exec:
-                command: ["/bin/sh", "-c", "sleep 5; nginx -c /etc/hotdeal/front.conf -s quit; while [ -e /tmp/nginx.pid ]; do sleep 0.2; done"]
+                command: ["/bin/sh", "-c", "sleep 5; nginx -c /etc/hotdeal/{{ .component }}.conf -s quit; while [ -e /tmp/nginx.pid ]; do sleep 0.2; done"]
           {{- include "hotdeal.containerSecurity" $root | nindent 10 }}
           resources:
             {{- toYaml $root.Values.front.resources | nindent 12 }}

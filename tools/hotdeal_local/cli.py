@@ -17,6 +17,13 @@ from hotdeal_local.servers import REPO, Missing
 from hotdeal_local.stack import LocalStack, PortTaken, running
 
 
+def write_json(path: str, result: object) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def up(args: argparse.Namespace) -> int:
     stack = LocalStack(workdir=args.workdir, stock=args.stock, hold_ms=args.hold_ms)
     stack.check_ports(prometheus=True)
@@ -82,8 +89,7 @@ def demo(args: argparse.Namespace) -> int:
     picture(result, png)
     for d in result["designs"]:
         d.pop("_latencies", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print("\n" + table(result))
     print(f"\nwrote {out} and {png}")
     if not result["ok"]:
@@ -102,11 +108,7 @@ def capacity(args: argparse.Namespace) -> int:
         clients=tuple(int(c) for c in args.clients.split(",")),
         fsyncs=tuple(args.appendfsync.split(",")),
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"machine": {"cores": os.cpu_count()}, "runs": rows}, indent=2) + "\n"
-    )
+    out = write_json(args.out, {"machine": {"cores": os.cpu_count()}, "runs": rows})
     print(f"wrote {out}")
     return 0
 
@@ -122,9 +124,7 @@ def chaos(args: argparse.Namespace) -> int:
         workdir=args.workdir / f"chaos-{args.seed}-{args.durability}",
         faults=tuple(f for f in args.faults.split(",") if f),
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
     print(
         f"chaos seed {result['seed']}, durability {result['durability']}: "
         f"{result['requests']} requests, {result['acknowledged']} acknowledged, "
@@ -151,9 +151,7 @@ def probes(args: argparse.Namespace) -> int:
     for name, row in result.items():
         p50, worst = row["p50_ms"], row["max_ms"]
         print(f"  {name:<22} n={row['n']:<4} p50 {p50:>8.1f} ms   max {worst:>8.1f} ms")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 
@@ -180,9 +178,7 @@ def slow(args: argparse.Namespace) -> int:
         f"clients: {result['slow_vs_front']:.2f} of the front's, {result['slow_vs_direct']:.2f} "
         "of direct's without it"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from hotdeal import errors
-from hotdeal.web import MAX_BODY_BYTES
+from hotdeal.web import MAX_BODY_BYTES, openapi_document
 from hotdeal_local.front import CONF, READ_TIMEOUT_S, front
 from hotdeal_local.servers import REPO, free_port, gunicorn
 from hotdeal_local.slowclients import slow_clients
@@ -32,6 +32,10 @@ def test_front_limits_and_answers_are_the_services_own() -> None:
     assert size and int(size.group(1)) * 1024 == MAX_BODY_BYTES
     for answer in (errors.unavailable(), errors.outcome_unknown()):
         assert f'"error":"{answer.code}","message":"{answer.message}"' in text
+    # One vocabulary: every code the front answers is one the API document lists.
+    codes = set(re.findall(r'"error":"(\w+)"', text))
+    enum = set(openapi_document()["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+    assert codes and codes <= enum, codes - enum
     # The front outwaits each service's longest request (a legacy buyer queued on the
     # hot row for 36 s got outcome_unknown, and legacy has no Idempotency-Key to retry
     # with: the retry bought a second unit).

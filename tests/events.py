@@ -96,10 +96,14 @@ def order(service: Service, user: str, key: str | None = None, timeout: float = 
 def answer_of(service: Service, user: str, key: str) -> requests.Response:
     """The order's answer as a buyer learns it: retried with its key while the answer
     is a 503 (Retry-After), for at most 30 s."""
-    return wait_until(
-        lambda: (r := order(service, user, key)).status_code != 503 and r,
-        f"an answer for {user}/{key}",
-    )
+    last: list[requests.Response] = []
+
+    def final() -> bool:  # (a 4xx Response is falsy: not the condition's value)
+        last[:] = [order(service, user, key)]
+        return last[0].status_code != 503
+
+    wait_until(final, f"an answer for {user}/{key}")
+    return last[0]
 
 
 def snapshot(ev: Event) -> Path:

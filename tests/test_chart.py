@@ -1009,3 +1009,18 @@ def test_reset_prepares_the_rows_legacy_uses():
             assert "--slots" not in ops_container["args"]
         legacy = specs["ev-hotdeal-legacy"]["spec"]["containers"][0]
         assert {"name": "HOTDEAL_LEGACY_SLOTS", "value": slots} in legacy["env"]
+
+
+def test_checksum_annotations_are_strings_whatever_the_digest():
+    """A digest of only digits (the generated passwords change it every render) was an
+    integer to YAML, and the API server refuses a non-string annotation: a random
+    validation failure found by CI."""
+    for profile in PROFILES:
+        for name, tpl in pod_specs(objects(profile)).items():
+            for key, value in tpl["metadata"].get("annotations", {}).items():
+                if key.startswith("checksum/"):
+                    assert isinstance(value, str), (profile, name, key)
+    for path in ("templates/_workload.tpl", "templates/redis.yaml"):
+        for line in (CHART / path).read_text().splitlines():
+            if "checksum/" in line and "{{" in line:
+                assert "| quote }}" in line, line

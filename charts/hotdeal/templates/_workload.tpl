@@ -34,9 +34,9 @@ spec:
         {{- /* Values the pod uses are in its spec already (a change rolls it); scaling
              must not. What is outside the spec is the chart's own Secrets: a changed
              password rolls the pods that read it (existingSecret: see the README). */}}
-        checksum/secrets: {{ include "hotdeal.secretsChecksum" $root }}
+        checksum/secrets: {{ include "hotdeal.secretsChecksum" $root | quote }}
         {{- if $front }}
-        checksum/front: {{ include "hotdeal.frontConf" $ctx | sha256sum }}
+        checksum/front: {{ include "hotdeal.frontConf" $ctx | sha256sum | quote }}
         {{- end }}
     spec:
       automountServiceAccountToken: false

@@ -854,8 +854,7 @@ def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
             if d["kind"] in ("Deployment", "StatefulSet")
         }
 
-    fixed = ("redis.auth.password=p1",) if False else ()
-    base = templates("database.existingSecret=db", "redis.existingSecret=rs", *fixed)
+    base = templates("database.existingSecret=db", "redis.existingSecret=rs")
     scaled = templates(
         "database.existingSecret=db",
         "redis.existingSecret=rs",
@@ -1002,11 +1001,10 @@ def test_reset_prepares_the_rows_legacy_uses():
     many to use: one setting now, the one legacy reads."""
     for profile, slots in (("default", "1"), ("legacy-only", "8")):
         specs = pod_specs(objects(profile))
-        for job in ("ev-hotdeal-reset",):
-            (ops_container,) = specs[job]["spec"]["containers"]
-            env = {e["name"]: e.get("value") for e in ops_container["env"]}
-            assert env["HOTDEAL_LEGACY_SLOTS"] == slots
-            assert "--slots" not in ops_container["args"]
+        (ops_container,) = specs["ev-hotdeal-reset"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in ops_container["env"]}
+        assert env["HOTDEAL_LEGACY_SLOTS"] == slots
+        assert "--slots" not in ops_container["args"]
         legacy = specs["ev-hotdeal-legacy"]["spec"]["containers"][0]
         assert {"name": "HOTDEAL_LEGACY_SLOTS", "value": slots} in legacy["env"]
 

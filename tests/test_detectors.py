@@ -4,20 +4,43 @@ writer's fence checks. A check no test has seen fire is a check that may not wor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+import redis
 from sqlalchemy import delete, insert, update
 
 from hotdeal import fence, redis_keys
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
-from hotdeal_local.servers import ops
+from hotdeal_local.servers import RedisServer, ops
 from hotdeal_ops.reconcile import reconcile
 from hotdeal_order_redis.writer import Entry, OrderWriter
 
+from .helpers import workdir
+
 PID = 7  # a product of its own: the session's services sell product 1
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis no writer of the session watches: these tests put entries in a stream on
+    purpose, and a session writer draining them would store rows a later test finds."""
+    server = RedisServer(workdir("detectors-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rclient(own_redis) -> redis.Redis:
+    return redis.Redis.from_url(own_redis.url, decode_responses=True)
+
+
+@pytest.fixture
+def own_env(stack_env, own_redis) -> dict[str, str]:
+    return {**stack_env, "HOTDEAL_REDIS_URL": own_redis.url}
 
 
 @pytest.fixture
@@ -147,9 +170,9 @@ def test_books_of_another_event(engine, rclient, clean):
     assert found.startswith("redis: books are of generation")
 
 
-def test_an_internal_error_exits_4(stack_env, rclient, clean):
+def test_an_internal_error_exits_4(own_env, rclient, clean):
     _books(rclient, quantity="many")  # not a number: reconcile can't read it
-    done = ops(stack_env, "reconcile", "--product", str(PID), check=False)
+    done = ops(own_env, "reconcile", "--product", str(PID), check=False)
     assert done.returncode == 4
     assert "internal error: ValueError" in done.stderr and "Traceback" not in done.stderr
 

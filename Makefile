@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients chaos test-shuffled test-explore clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth chaos test-shuffled test-explore clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-probes probe/scrape latency under legacy's load, order port vs admin port"
 	@echo "make bench-redis  the take script's capacity on one Redis core (for the scale plan)"
 	@echo "make bench-slow-clients  a sale under 40 slow clients, with and without the front (nginx)"
+	@echo "make bench-auth   order-redis with and without token checks (HS256, ES256, RS256)"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -58,7 +59,7 @@ test-shuffled: deps venv
 # Hypothesis without the gate's fixed examples, searching widely (pin each find as an
 # @example in the test).
 test-explore: deps venv
-	HOTDEAL_HYPOTHESIS=explore $(BIN)/pytest tests/test_api_contract.py $(PYTEST_ARGS)
+	HOTDEAL_HYPOTHESIS=explore $(BIN)/pytest tests/test_api_contract.py tests/test_contract_live.py $(PYTEST_ARGS)
 
 images: deps-images venv
 	scripts/build-images.sh
@@ -90,6 +91,11 @@ bench-redis: deps venv
 # alternating rounds: the front's cost and what it saves (results/slow-clients.json).
 bench-slow-clients: deps venv
 	$(BIN)/hotdeal-local slow-clients $(SLOW_ARGS)
+
+# order-redis with HOTDEAL_AUTH=off and with HS256, ES256 and RS256 tokens, in alternating
+# rounds, and a token's first check in-process (results/auth.json).
+bench-auth: deps venv
+	$(BIN)/hotdeal-local bench-auth $(AUTH_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

@@ -1,10 +1,22 @@
 // Shared by the hotdeal k6 scripts: where to send orders, and a short summary.
 import http from 'k6/http';
+import { SharedArray } from 'k6/data';
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:5001').replace(/\/$/, '');
 export const TARGET = __ENV.TARGET || 'order-redis'; // or "legacy"
 // The workshop endpoint of each service (GET, one unit of product 1).
 export const WORKSHOP_PATH = TARGET === 'legacy' ? '/order' : '/order-redis';
+
+// The buyers' tokens, one a line (`hotdeal-ops token --users N`): buyer n sends token
+// n % N. No TOKENS_FILE: no Authorization header (a service run with HOTDEAL_AUTH=off).
+// One copy for all VUs (SharedArray): 10,000 tokens are ~6 MB.
+const TOKENS = new SharedArray('tokens', () =>
+  __ENV.TOKENS_FILE ? open(__ENV.TOKENS_FILE).split('\n').filter((t) => t.length > 0) : [],
+);
+
+export function authHeaders(n) {
+  return TOKENS.length ? { Authorization: `Bearer ${TOKENS[n % TOKENS.length]}` } : {};
+}
 
 // Sold out (409) is an expected answer in a flash sale, not a failed request.
 http.setResponseCallback(http.expectedStatuses({ min: 200, max: 299 }, 409));

@@ -9,16 +9,22 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
+from hotdeal.validation import UserIdError, check_user_id
+from hotdeal_local import auth
 from hotdeal_local.servers import Process, free_port, gunicorn, ops
+from hotdeal_ops.tokens import jwks_of
 
 
 @dataclass
@@ -28,22 +34,52 @@ class Service:
     proc: Process
 
     def order(
-        self, body: Any, *, headers: dict[str, str] | None = None, timeout: float = 30
+        self,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+        user: str | None = None,
     ) -> requests.Response:
+        """POST /v1/orders as the buyer `user` (default: the body's user_id when it is a
+        valid buyer id, else "tester"), with a token of the local identity provider
+        unless `headers` carry an Authorization of their own."""
         data = body if isinstance(body, str | bytes) else json.dumps(body)
+        named = body.get("user_id") if isinstance(body, dict) else None
         return requests.post(
             f"{self.url}/v1/orders",
             data=data,
             timeout=timeout,
-            headers={"Content-Type": "application/json", **(headers or {})},
+            headers={
+                "Content-Type": "application/json",
+                **as_buyer(user or named, headers),
+                **(headers or {}),
+            },
         )
 
-    def get(self, path: str, timeout: float = 30) -> requests.Response:
-        return requests.get(f"{self.url}{path}", timeout=timeout)
+    def get(self, path: str, timeout: float = 30, user: str | None = None) -> requests.Response:
+        """GET as `user`, else as the query's user_id, else as a support tool that may
+        read every buyer's orders (test_buyers checks what a buyer may read)."""
+        query = parse_qs(urlsplit(path).query).get("user_id")
+        named = user or (query[0] if query else None)
+        headers = as_buyer(named) if named else auth.bearer("support", scope=auth.ACT_FOR)
+        return requests.get(f"{self.url}{path}", timeout=timeout, headers=headers)
 
     def admin(self, path: str, timeout: float = 30) -> requests.Response:
         """The admin listener (/readyz, /metrics): not on the order port."""
         return requests.get(f"http://127.0.0.1:{self.proc.admin_port}{path}", timeout=timeout)
+
+
+def as_buyer(user: object, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """A bearer token for `user` (or for "tester" if it is no buyer id), unless the
+    request already says who it is."""
+    if headers and any(k.lower() == "authorization" for k in headers):
+        return {}
+    try:
+        check_user_id(user)
+    except UserIdError:
+        user = "tester"
+    return auth.bearer(str(user))
 
 
 def workdir(name: str) -> Path:
@@ -106,3 +142,40 @@ def reconcile(env: dict[str, str], product: int = 1, wait: bool = True) -> tuple
     done: subprocess.CompletedProcess = ops(env, *args, check=False)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout)
+
+
+class JwksServer:
+    """An identity provider's JWKS endpoint on a free port: its keys can be changed,
+    it can go down (503 or no listener), and it counts the fetches it answered."""
+
+    def __init__(self, keys: dict[str, Any]) -> None:
+        self.keys = dict(keys)  # kid -> private key (the endpoint publishes the public half)
+        self.extra: list[dict[str, Any]] = []  # JWKs published as they are
+        self.fetches = 0
+        self.down = False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if server.down:
+                    self.send_error(503)
+                    return
+                server.fetches += 1
+                doc = jwks_of(server.keys)
+                body = json.dumps({"keys": doc["keys"] + server.extra}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/.well-known/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

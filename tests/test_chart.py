@@ -4,6 +4,7 @@ objects contain."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import subprocess
@@ -26,6 +27,11 @@ PROFILES = {
     "external": {
         "database": {"oracle": {"enabled": False}, "existingSecret": "rds-oracle"},
         "redis": {"enabled": False, "existingSecret": "elasticache"},
+        "auth": {
+            "existingSecret": "idp-key",
+            "issuer": "https://id.example",
+            "devKeys": {"enabled": False},
+        },
     },
     "external-urls": {
         "database": {
@@ -59,8 +65,22 @@ PROFILES = {
 }
 
 
-def helm(binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TOOLS / binary), *args], capture_output=True, text=True, check=check)
+# Every render of this chart below starts from skaffold dev's identity setup (a chart
+# with defaults only refuses to render: it needs to know the identity provider; see
+# test_buyer_identity_needs_a_key_source). Later -f/--set override it.
+DEV_IDENTITY = Path("/tmp/hotdeal-chart-dev-identity.yaml")
+DEV_IDENTITY.write_text(
+    yaml.safe_dump({"auth": {"devKeys": {"enabled": True}}, "workshopRoutes": True})
+)
+
+
+def helm(
+    binary: str, *args: str, check: bool = True, identity: bool = True
+) -> subprocess.CompletedProcess:
+    argv = list(args)
+    if identity and argv[:1] in (["template"], ["install"]) and str(CHART) in argv:
+        argv.insert(argv.index(str(CHART)) + 1, f"--values={DEV_IDENTITY}")
+    return subprocess.run([str(TOOLS / binary), *argv], capture_output=True, text=True, check=check)
 
 
 @cache
@@ -135,8 +155,10 @@ def test_helm3_and_helm4_render_the_same():
         # annotations); compare everything else.
         for docs in (strip, four):
             for d in docs:
-                if d["kind"] == "Secret":
-                    d["stringData"] = sorted(d["stringData"])
+                if d["kind"] == "Secret":  # generated passwords and keys: their names only
+                    for field in ("stringData", "data"):
+                        if field in d:
+                            d[field] = sorted(d[field])
                 template = d.get("spec", {}).get("template", {})
                 template.get("metadata", {}).get("annotations", {}).pop("checksum/secrets", 0)
         assert strip == four, profile
@@ -237,9 +259,10 @@ def test_each_pod_gets_only_the_stores_it_uses(profile, overrides):
         token = template["spec"].get("automountServiceAccountToken")
         assert token is (name == "ev-hotdeal-event"), name
         for c in template["spec"].get("initContainers", []):
-            assert {e["name"] for e in c["env"] if e["name"].endswith("_URL_FILE")} == {
-                "HOTDEAL_DATABASE_URL_FILE"
-            }, name
+            # init-db needs the database; the load jobs' token minter no store at all.
+            assert {e["name"] for e in c["env"] if e["name"].endswith("_URL_FILE")} == (
+                {"HOTDEAL_DATABASE_URL_FILE"} if c["name"] == "init-db" else set()
+            ), name
 
 
 def test_services_get_secrets_as_files_and_probes():
@@ -294,7 +317,7 @@ def test_existing_secrets_replace_the_stores():
         secrets = {
             v["secret"]["secretName"] for v in tpl["spec"].get("volumes", []) if "secret" in v
         }
-        assert secrets <= {"rds-oracle", "elasticache"}, name
+        assert secrets <= {"rds-oracle", "elasticache", "idp-key"}, name
     urls = by_kind(objects("external-urls"), "Secret")
     assert urls["ev-hotdeal-redis"]["stringData"] == {
         "redis-url": "rediss://:t@cache.example:6379/0"
@@ -312,6 +335,12 @@ def test_existing_secrets_with_their_own_key_names(tmp_path):
                 "redis": {
                     "existingSecret": "corp-redis",
                     "existingSecretKeys": {"url": "uri", "password": "pw"},
+                },
+                "auth": {
+                    "existingSecret": "corp-idp",
+                    "existingSecretKey": "jwt.pem",
+                    "issuer": "https://id.corp",
+                    "devKeys": {"enabled": False},
                 },
             }
         )
@@ -336,6 +365,7 @@ def test_existing_secrets_with_their_own_key_names(tmp_path):
         ("corp-db", "app-pw"),
         ("corp-redis", "uri"),
         ("corp-redis", "pw"),
+        ("corp-idp", "jwt.pem"),
     }
 
 
@@ -464,7 +494,18 @@ def test_ops_and_load_jobs_are_suspended_cronjobs():
     }
     assert all(c["spec"]["suspend"] is True for c in cron.values())
     ab = cron["ev-hotdeal-load-ab"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert ab["containers"][0]["args"] == [
+    # ab -c 150 -n 3000 as in the workshop, with its one buyer's token (sh reads it).
+    sh, dash_c, line = ab["containers"][0]["command"]
+    assert (sh, dash_c) == ("/bin/sh", "-c")
+    words = shlex.split(line)
+    assert words[:4] == [
+        "exec",
+        "/usr/local/apache2/bin/ab",
+        "-H",
+        "Authorization: Bearer $(head -n 1 /tokens/tokens.txt)",
+    ]
+    assert words[:1] + words[4:] == [
+        "exec",
         "-l",
         "-r",
         "-c",
@@ -847,7 +888,9 @@ def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
         args = ["template", "ev", str(CHART)]
         for s in sets:
             args += ["--set", s]
-        docs = [d for d in yaml.safe_load_all(helm("helm4", *args).stdout) if d]
+        # A mounted IdP key: the dev key pair is generated anew by each `helm template`.
+        args += ["--set", "auth.existingSecret=idp", "--set", "auth.issuer=https://id"]
+        docs = [d for d in yaml.safe_load_all(helm("helm4", *args, identity=False).stdout) if d]
         return {
             d["metadata"]["name"]: d["spec"]["template"]
             for d in docs
@@ -958,6 +1001,8 @@ def _immutable(docs: list[dict]) -> dict[tuple[str, str], object]:
 
 
 def _render_chart(chart: Path, values: dict, tmp_path: Path) -> list[dict]:
+    if chart != CHART:  # 0.1.0 had no buyer identity (its schema refuses the section)
+        values = {k: v for k, v in values.items() if k not in ("auth", "workshopRoutes")}
     path = tmp_path / "upgrade-values.yaml"
     path.write_text(yaml.safe_dump(values))
     out = helm("helm4", "template", "ev", str(chart), "-n", "games", "-f", str(path)).stdout
@@ -1022,3 +1067,121 @@ def test_checksum_annotations_are_strings_whatever_the_digest():
         for line in (CHART / path).read_text().splitlines():
             if "checksum/" in line and "{{" in line:
                 assert "| quote }}" in line, line
+
+
+# -- buyer identity -----------------------------------------------------------------
+
+
+def _template(*sets: str, identity: bool = False) -> subprocess.CompletedProcess:
+    args = ["template", "ev", str(CHART), "-n", "games"]
+    for s in sets:
+        args += ["--set", s]
+    return helm("helm4", *args, check=False, identity=identity)
+
+
+def test_buyer_identity_needs_a_key_source():
+    done = _template()
+    assert done.returncode != 0
+    assert "auth.mode=jwt needs exactly one key source" in done.stderr
+    assert "auth.mode=jwt needs auth.issuer" in done.stderr
+    two = _template("auth.jwksUrl=https://id.example/jwks", "auth.existingSecret=idp")
+    assert "exactly one key source" in two.stderr
+    load = _template("auth.jwksUrl=https://id/j", "auth.issuer=https://id", "load.enabled=true")
+    assert "needs auth.devKeys.enabled=true" in load.stderr
+    routes = _template("auth.devKeys.enabled=true", "load.enabled=true")
+    assert "set workshopRoutes=true" in routes.stderr
+    assert _template("auth.mode=off").returncode == 0  # the workshop's trust, on request
+    leeway = _template("auth.devKeys.enabled=true", "auth.leewaySeconds=301")
+    assert leeway.returncode != 0
+
+
+def _services(docs: list[dict]) -> dict[str, dict]:
+    deployments = by_kind(docs, "Deployment")
+    return {
+        n: deployments[n]["spec"]["template"]["spec"]
+        for n in ("ev-hotdeal-legacy", "ev-hotdeal-order-redis")
+    }
+
+
+def test_a_jwks_url_is_what_the_services_verify_with():
+    done = _template(
+        "auth.jwksUrl=https://id.example/.well-known/jwks.json", "auth.issuer=https://id.example"
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    for spec in _services(docs).values():
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["HOTDEAL_AUTH_JWKS_URL"] == "https://id.example/.well-known/jwks.json"
+        assert env["HOTDEAL_AUTH_ISSUER"] == "https://id.example"
+        assert env["HOTDEAL_WORKSHOP_ROUTES"] == "false"  # off unless asked for
+        assert "HOTDEAL_AUTH_PUBLIC_KEY_FILE" not in env
+        assert "auth-key" not in {v["name"] for v in spec["volumes"]}
+    assert not [d for d in docs if d["metadata"]["name"] == "ev-hotdeal-auth-dev"]
+
+
+def test_a_mounted_public_key_reaches_only_the_order_services():
+    done = _template("auth.existingSecret=idp-key", "auth.issuer=https://id.example")
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    for spec in _services(docs).values():
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "auth-key"]
+        assert volume["secret"] == {
+            "secretName": "idp-key",
+            "items": [{"key": "public-key.pem", "path": "public-key.pem"}],
+        }
+        app, *others = spec["containers"]
+        assert "auth-key" in {m["name"] for m in app["volumeMounts"]}
+        assert all("auth-key" not in {m["name"] for m in c.get("volumeMounts", [])} for c in others)
+    for name, pod in pod_specs(docs).items():
+        if name not in _services(docs):
+            assert "auth-key" not in {v["name"] for v in pod["spec"].get("volumes", [])}, name
+
+
+def test_the_dev_key_signs_only_in_the_load_jobs_and_verifies_in_the_services():
+    """skaffold dev: the chart's own key pair. The services mount the certificate, only
+    the load jobs the private key, and a token its key signs verifies with its
+    certificate (the same code as the pods: hotdeal-ops token, hotdeal.identity)."""
+    done = _template("auth.devKeys.enabled=true", "workshopRoutes=true", "load.enabled=true")
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    (secret,) = [d for d in docs if d["metadata"]["name"] == "ev-hotdeal-auth-dev"]
+    assert secret["type"] == "kubernetes.io/tls"
+    readers = {}
+    for name, pod in pod_specs(docs).items():
+        for v in pod["spec"].get("volumes", []):
+            if v.get("secret", {}).get("secretName") == "ev-hotdeal-auth-dev":
+                readers[name] = {i["key"] for i in v["secret"]["items"]}
+    assert readers == {
+        "ev-hotdeal-legacy": {"tls.crt"},
+        "ev-hotdeal-order-redis": {"tls.crt"},
+        "ev-hotdeal-load-k6": {"tls.key"},
+        "ev-hotdeal-load-ab": {"tls.key"},
+    }
+    specs = pod_specs(docs)
+    k6 = specs["ev-hotdeal-load-k6"]["spec"]
+    assert k6["initContainers"][0]["command"][-1].startswith("hotdeal-ops token --users 10000")
+    assert {"name": "TOKENS_FILE", "value": "/tokens/tokens.txt"} in k6["containers"][0]["env"]
+    ab = specs["ev-hotdeal-load-ab"]["spec"]["containers"][0]
+    assert "Authorization: Bearer $(head -n 1 /tokens/tokens.txt)" in ab["command"][-1]
+
+    from hotdeal.config import Settings
+    from hotdeal.identity import verifier_from_settings
+    from hotdeal_ops.tokens import Signer, load_signing_key
+
+    key = base64.b64decode(secret["data"]["tls.key"]).decode()
+    cert = base64.b64decode(secret["data"]["tls.crt"]).decode()
+    token = Signer(load_signing_key(key), "hotdeal-dev", "hotdeal").token("load-7")
+    verifier = verifier_from_settings(
+        Settings(auth_issuer="hotdeal-dev", auth_audience="hotdeal", auth_public_key=cert), "t"
+    )
+    assert verifier.caller(f"Bearer {token}").subject == "load-7"
+
+
+def test_the_testrun_runners_mint_their_tokens_too():
+    done = _template(
+        "auth.devKeys.enabled=true", "workshopRoutes=true", "load.enabled=true",
+        "load.k6.testRun.runId=9",
+    )  # fmt: skip
+    (testrun,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "TestRun"]
+    runner = testrun["spec"]["runner"]
+    assert runner["initContainers"][0]["name"] == "tokens"
+    assert {"name": "TOKENS_FILE", "value": "/tokens/tokens.txt"} in runner["env"]

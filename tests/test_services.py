@@ -24,7 +24,8 @@ BAD_BODIES = [
     ({"product_id": 1, "user_id": "u", "quantity": "1"}, 400),
     ({"product_id": "1", "user_id": "u", "quantity": 1}, 400),
     ({"product_id": 1, "user_id": "", "quantity": 1}, 400),
-    ({"product_id": 1, "quantity": 1}, 400),
+    ({"product_id": 1, "user_id": "u", "quantity": 1.5}, 400),
+    ({"product_id": 1, "user_id": "\u00fc", "quantity": 1}, 400),
     ({"product_id": 1, "user_id": "u", "quantity": 1, "price": 0}, 400),
     ({"product_id": 999, "user_id": "u", "quantity": 1}, 404),
 ]
@@ -108,6 +109,7 @@ def test_unknown_paths_and_methods_answer_json(legacy, order_redis):
         r = requests.delete(f"{service.url}/v1/orders", timeout=5)
         assert r.status_code == 405
         assert r.json()["error"] == "method_not_allowed"
+        assert {"GET", "POST"} <= set(r.headers["Allow"].replace(" ", "").split(","))
 
 
 def test_multi_unit_orders_never_oversell(request, service, reset, stack_env, logs):

@@ -123,7 +123,14 @@ def test_the_deploy_waits_for_oracles_first_start():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     oracle = yaml.safe_load_all(
         subprocess.run(
-            [str(Path(sys.prefix) / "tools" / "helm4"), "template", "ev", str(CHART)],
+            [
+                str(Path(sys.prefix) / "tools" / "helm4"),
+                "template",
+                "ev",
+                str(CHART),
+                "--set",
+                "auth.devKeys.enabled=true",  # as skaffold.yaml sets it
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -1,6 +1,6 @@
-"""`hotdeal-ops`: init-db, reset, reconcile, repair, dead-letters, event. Connection
-settings come from the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL, or their
-*_FILE variants).
+"""`hotdeal-ops`: init-db, reset, reconcile, repair, dead-letters, event, keygen, token.
+Connection settings come from the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL,
+or their *_FILE variants).
 
 Exit codes: 0 done / books clean, 1 a violation (reconcile, event), 2 usage or
 configuration, 3 a backend unreachable, 4 an internal error (a bug: please report it).
@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -26,7 +27,7 @@ from hotdeal.db import make_engine
 from hotdeal.errors import error_code, is_logon_refused, is_unavailable
 from hotdeal.redis_client import Client, redis_from_settings
 from hotdeal.schema import metadata
-from hotdeal_ops import dead_letters
+from hotdeal_ops import dead_letters, tokens
 from hotdeal_ops.event import EventError, run_event
 from hotdeal_ops.reconcile import reconcile
 from hotdeal_ops.reset import ResetRefused, reset
@@ -225,6 +226,36 @@ def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     return run_event(args, ctx.engine, ctx.redis)
 
 
+def cmd_keygen(ctx: Context, args: argparse.Namespace) -> int:
+    """Write a local signing key pair (ES256): signing.pem, public.pem, jwks.json."""
+    settings = ctx.settings
+    signer = tokens.Signer.generate(settings.auth_issuer or "", settings.auth_audience or "")
+    if args.kid:
+        signer.kid = args.kid
+    _emit({name: str(path) for name, path in signer.write(args.dir).items()} | {"kid": signer.kid})
+    return EXIT_OK
+
+
+def cmd_token(ctx: Context, args: argparse.Namespace) -> int:
+    """Print tokens, one a line: for --subject, or for N buyers <prefix>0.. (load tests)."""
+    settings = ctx.settings
+    if not settings.signing_key:
+        raise UsageError("HOTDEAL_SIGNING_KEY (or HOTDEAL_SIGNING_KEY_FILE) is required")
+    if not settings.auth_issuer or not settings.auth_audience:
+        raise UsageError("HOTDEAL_AUTH_ISSUER and HOTDEAL_AUTH_AUDIENCE are required")
+    signer = tokens.Signer(
+        tokens.load_signing_key(settings.signing_key),
+        settings.auth_issuer,
+        settings.auth_audience,
+        kid=settings.signing_key_id,
+        ttl_s=args.ttl,
+    )
+    subjects = [args.subject] if args.subject else [f"{args.prefix}{i}" for i in range(args.users)]
+    for subject in subjects:
+        print(signer.token(subject, scope=args.scope))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hotdeal-ops", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -301,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="requeue only this dead-letter entry id (repeatable; default: all of them)",
     )
+
+    kg = command("keygen", cmd_keygen)
+    kg.add_argument("--dir", type=Path, required=True, help="where to write the key files")
+    kg.add_argument("--kid", default=None, help="the key id (default: local-<random>)")
+
+    tk = command("token", cmd_token)
+    who = tk.add_mutually_exclusive_group()
+    who.add_argument("--subject", default=None, help="one token, for this buyer")
+    who.add_argument("--users", type=_positive, default=1, help="tokens for N buyers")
+    tk.add_argument("--prefix", default="user-", help="buyer ids for --users: <prefix><i>")
+    tk.add_argument("--ttl", type=_positive, default=3600, help="seconds each token lives")
+    tk.add_argument("--scope", default=None, help="e.g. hotdeal:act_for_buyer (a service)")
 
     ev = command("event", cmd_event)
     ev.add_argument("--load-cronjob", required=True, help="the chart's suspended load CronJob")

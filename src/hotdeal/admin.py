@@ -24,6 +24,7 @@ from collections.abc import Callable
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from hotdeal import identity
 from hotdeal.config import Settings
 from hotdeal.web import init_health, init_metrics
 
@@ -34,6 +35,7 @@ def create_admin_app(service: str, factory: str, settings: Settings | None = Non
     settings = settings or Settings.from_env()
     module, _, name = factory.partition(":")
     checks, readers = getattr(importlib.import_module(module), name)(settings)
+    checks = {**checks, **identity.readiness_checks(settings, service)}
     app = Flask(f"{service}-admin")
     init_health(app, checks)
     init_metrics(app, service, checks, readers)

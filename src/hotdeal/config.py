@@ -126,6 +126,29 @@ class Settings(_FromEnv):
     writer_name: str | None = setting("HOTDEAL_WRITER_NAME")
     writer_check_ms: int = setting("HOTDEAL_WRITER_CHECK_MS", 2000, minimum=100, kind=int)
     writer_auto_repair: bool = setting("HOTDEAL_WRITER_AUTO_REPAIR", True, kind=bool)
+    # Buyer identity (hotdeal.identity): "jwt" = the buyer is a verified token's subject;
+    # "off" = the body names the buyer, as in the workshop (benchmarks of the designs).
+    auth: str = setting("HOTDEAL_AUTH", "jwt", choices=("jwt", "off"))
+    auth_issuer: str | None = setting("HOTDEAL_AUTH_ISSUER")
+    auth_audience: str | None = setting("HOTDEAL_AUTH_AUDIENCE")
+    # Exactly one key source: a JWKS URL, a PEM public key or certificate, or (local use)
+    # an HS256 secret.
+    auth_jwks_url: str | None = setting("HOTDEAL_AUTH_JWKS_URL")
+    auth_public_key: str | None = setting("HOTDEAL_AUTH_PUBLIC_KEY")
+    auth_hs256_secret: str | None = setting("HOTDEAL_AUTH_HS256_SECRET")
+    auth_leeway_s: int = setting("HOTDEAL_AUTH_LEEWAY_S", 30, minimum=0, maximum=300, kind=int)
+    auth_buyer_claim: str = setting("HOTDEAL_AUTH_BUYER_CLAIM", "sub")
+    # A token with this scope (the game server, the payment callback) may name the buyer.
+    auth_act_for_scope: str = setting("HOTDEAL_AUTH_ACT_FOR_SCOPE", "hotdeal:act_for_buyer")
+    # At most one JWKS fetch per this many seconds for unknown kids; a set older than
+    # max_age is refetched in the background.
+    auth_jwks_refresh_s: int = setting("HOTDEAL_AUTH_JWKS_REFRESH_S", 30, minimum=1, kind=int)
+    auth_jwks_max_age_s: int = setting("HOTDEAL_AUTH_JWKS_MAX_AGE_S", 300, minimum=1, kind=int)
+    # hotdeal-ops token (load jobs, local runs): the PEM private key or HS256 secret.
+    signing_key: str | None = setting("HOTDEAL_SIGNING_KEY")
+    signing_key_id: str | None = setting("HOTDEAL_SIGNING_KEY_ID")
+    # The workshop's GET /order and GET /order-redis (ab's routes): off in production.
+    workshop_routes: bool = setting("HOTDEAL_WORKSHOP_ROUTES", False, kind=bool)
     log_level: str = setting("HOTDEAL_LOG_LEVEL", "info")
     # hotdeal-ops event: the namespace of the load CronJob (default: the pod's own).
     namespace: str | None = setting("HOTDEAL_NAMESPACE")

@@ -31,6 +31,15 @@ class ApiError(Exception):
         return {"error": self.code, "message": self.message, **self.extra}
 
 
+class NotReady(RuntimeError):
+    """A readiness check's own verdict; its message is safe to show."""
+
+
+class Degraded(RuntimeError):
+    """A readiness check's "ready, but": the pod stays in service and /readyz says why
+    (e.g. the JWKS endpoint is down and the cached keys still verify)."""
+
+
 def sold_out(remaining: int) -> ApiError:
     return ApiError(409, "sold_out", "not enough stock for this order", remaining=remaining)
 

@@ -40,6 +40,17 @@ ORDERS = Counter(
 DECREMENTS = Counter(
     "hotdeal_stock_decrements_total", "Units taken from stock.", ["service", "product"]
 )
+AUTH_REFUSED = Counter(
+    "hotdeal_auth_refused_total",
+    "Requests refused for their token (401), by reason: missing, malformed, too_large, "
+    "algorithm, unknown_key, signature, expired, claims, buyer.",
+    ["service", "reason"],
+)
+JWKS_REFRESHES = Counter(
+    "hotdeal_auth_jwks_refreshes_total",
+    "JWKS fetches, by result (ok, failed).",
+    ["service", "result"],
+)
 ORDER_DURATION = Histogram(
     "hotdeal_order_duration_seconds",
     "Order request latency, as the service saw it.",

@@ -1,51 +1,93 @@
-"""Parsing of order requests: strict types, clear messages, nothing coerced."""
+"""Parsing of order requests: strict types, clear messages, nothing coerced (but 339.0
+is the JSON number 339)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
+    field_validator,
 )
 
 from hotdeal.errors import ApiError, unknown_order
 
+if TYPE_CHECKING:
+    from hotdeal.identity import Caller
+
 MAX_USER_ID = 64
 MAX_IDEMPOTENCY_KEY = 128
-# Control, format, surrogate, private-use, unassigned and separator characters: a
-# database may refuse them (PostgreSQL rejects U+0000 and lone surrogates), a log or a
-# terminal may act on them, and no game's user id needs them.
-_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
+# Buyer ids and Idempotency-Keys: printable ASCII, no whitespace. A database may refuse
+# other characters (PostgreSQL rejects U+0000), a log or a terminal may act on them, and
+# an identity provider's subjects (UUIDs, numbers) need none of them. The OpenAPI
+# document states the same patterns (USER_ID_PATTERN).
+USER_ID_PATTERN = rf"^[!-~]{{1,{MAX_USER_ID}}}$"
+_USER_ID = re.compile(USER_ID_PATTERN[1:-1])
 _KEY = re.compile(rf"[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}")
 
 
-def _printable(value: str) -> str:
-    for ch in value:
-        if unicodedata.category(ch) in _REFUSED_CATEGORIES or ch.isspace():
-            raise ValueError("must not contain whitespace, control or unassigned characters")
+class UserIdError(ValueError):
+    pass
+
+
+def check_user_id(value: object) -> str:
+    if not isinstance(value, str) or not _USER_ID.fullmatch(value):
+        raise UserIdError(f"1 to {MAX_USER_ID} printable ASCII characters, no whitespace")
     return value
 
 
-UserId = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=MAX_USER_ID),
-    AfterValidator(_printable),
-]
+def _user_id(value: str) -> str:
+    try:
+        return check_user_id(value)
+    except UserIdError as exc:
+        raise ValueError(str(exc)) from None
 
 
-class OrderRequest(BaseModel):
+def _integral(value: Any) -> Any:
+    # JSON has numbers, not ints: 339.0 is the integer 339 (as JSON Schema's "integer"
+    # says), 339.5 is not. Booleans stay refused (strict mode).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+UserId = Annotated[str, AfterValidator(_user_id)]
+Count = Annotated[int, BeforeValidator(_integral)]
+
+
+class OrderBody(BaseModel):
+    """POST /v1/orders as sent: `user_id` only confirms (or, with the act-for scope,
+    names) the buyer; the token says who is buying (hotdeal.identity)."""
+
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    product_id: int = Field(ge=1, le=2_000_000_000)
-    user_id: UserId
-    quantity: int = Field(ge=1)
+    product_id: Count = Field(ge=1, le=2_000_000_000)
+    # Absent, not null: the document says string (null was accepted: schemathesis).
+    user_id: UserId | None = None
+    quantity: Count = Field(ge=1)
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must be a string (leave it out to buy as the token's buyer)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """An order as the stores take it: its buyer known."""
+
+    product_id: int
+    user_id: str
+    quantity: int
 
 
 def _describe(err: ValidationError) -> str:
@@ -55,18 +97,18 @@ def _describe(err: ValidationError) -> str:
     )
 
 
-def parse_order(body: Any, max_per_order: int) -> OrderRequest:
+def parse_order(body: Any, max_per_order: int, caller: Caller) -> OrderRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "body must be a JSON object")
     try:
-        order = OrderRequest.model_validate(body)
+        order = OrderBody.model_validate(body)
     except ValidationError as err:
         raise ApiError(400, "invalid_request", _describe(err)) from None
     if order.quantity > max_per_order:
         raise ApiError(
             400, "invalid_request", f"quantity: must be at most {max_per_order} per order"
         )
-    return order
+    return OrderRequest(order.product_id, caller.buyer(order.user_id), order.quantity)
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:
@@ -82,12 +124,13 @@ def parse_idempotency_key(raw: str | None) -> str | None:
     return raw
 
 
-def parse_user_id(raw: str | None) -> str:
-    if raw is None or not 1 <= len(raw) <= MAX_USER_ID:
-        raise ApiError(400, "invalid_request", f"user_id: 1 to {MAX_USER_ID} characters")
+def parse_user_id(raw: str | None) -> str | None:
+    """A lookup's user_id (absent: the caller's own)."""
+    if raw is None:
+        return None
     try:
-        return _printable(raw)
-    except ValueError as exc:
+        return check_user_id(raw)
+    except UserIdError as exc:
         raise ApiError(400, "invalid_request", f"user_id: {exc}") from None
 
 

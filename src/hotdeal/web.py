@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -26,8 +27,10 @@ from prometheus_client.core import Metric
 from werkzeug.exceptions import HTTPException
 
 from hotdeal import metrics
+from hotdeal.config import Settings
 from hotdeal.durability import DurabilityError
-from hotdeal.errors import ApiError, is_unavailable, unavailable
+from hotdeal.errors import ApiError, Degraded, NotReady, is_unavailable, unavailable
+from hotdeal.identity import Caller, Trusting, Verifier
 from hotdeal.validation import OrderRequest, parse_order
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,10 @@ def error_answer(exc: Exception, call: OrderCall | None = None) -> tuple[Respons
     anything else 500 "error"."""
     if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error=code, message=exc.description), exc.code or 500, "rejected"
+        response = jsonify(error=code, message=exc.description)
+        # Allow on a 405 (RFC 9110 15.5.6), and whatever else the exception carries.
+        response.headers.update((k, v) for k, v in exc.get_headers() if k != "Content-Type")
+        return response, exc.code or 500, "rejected"
     if not isinstance(exc, ApiError):
         if is_unavailable(exc):
             # The class only: a driver's message may quote the statement's parameters.
@@ -102,7 +108,12 @@ def error_answer(exc: Exception, call: OrderCall | None = None) -> tuple[Respons
     return response, exc.status, exc.code if exc.code in OUTCOMES else "rejected"
 
 
-def order_from_request(call: OrderCall, max_per_order: int) -> OrderRequest:
+def caller_of_request(verifier: Verifier | Trusting) -> Caller:
+    """Who sent this request (401/403 before anything else is read)."""
+    return verifier.caller(request.headers.get("Authorization"))
+
+
+def order_from_request(call: OrderCall, max_per_order: int, caller: Caller) -> OrderRequest:
     if not request.is_json:
         raise ApiError(400, "invalid_request", "body must be JSON (Content-Type: application/json)")
     try:
@@ -111,7 +122,7 @@ def order_from_request(call: OrderCall, max_per_order: int) -> OrderRequest:
         raise ApiError(400, "invalid_request", "body is nested too deeply") from None
     except ValueError:
         raise ApiError(400, "invalid_request", "body is not valid JSON") from None
-    order = parse_order(body, max_per_order)
+    order = parse_order(body, max_per_order, caller)
     call.candidate = order.product_id
     return order
 
@@ -129,6 +140,13 @@ def workshop_answer(call: OrderCall, take: Callable[[], Any]) -> Response:
         return Response(OUT_OF_STOCK, status=409, mimetype="text/plain")
     call.product_known()
     return Response(str(remaining), mimetype="text/plain")
+
+
+def workshop_order_of(caller: Caller) -> OrderRequest:
+    """The workshop's GET routes: one unit of product 1 for the caller (all of ab's
+    clients share one token, so no per-user limit), or for one shared buyer when
+    HOTDEAL_AUTH=off."""
+    return OrderRequest(1, caller.subject or "workshop", 1)
 
 
 @cache
@@ -203,30 +221,55 @@ def init_errors(app: Flask) -> None:
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def _openapi_source() -> dict[str, Any]:
     return yaml.safe_load(files("hotdeal").joinpath("openapi.yaml").read_text())
 
 
-def init_public(app: Flask) -> None:
+def _serves(item: dict[str, Any], service: str) -> bool:
+    return service in item.pop("x-services", [service])
+
+
+def openapi_document(service: str, settings: Settings) -> dict[str, Any]:
+    """The document of what `service` serves with these settings: its paths and
+    parameters only, the workshop's routes only when on, the limits it enforces."""
+    doc = copy.deepcopy(_openapi_source())
+    for path, item in list(doc["paths"].items()):
+        workshop = item.pop("x-workshop", False)
+        if not _serves(item, service) or (workshop and not settings.workshop_routes):
+            del doc["paths"][path]
+            continue
+        for operation in item.values():
+            operation["parameters"] = [
+                p for p in operation.get("parameters", []) if _serves(p, service)
+            ]
+            if not operation["parameters"]:
+                del operation["parameters"]
+    schemas = doc["components"]["schemas"]
+    schemas["OrderRequest"]["properties"]["quantity"]["maximum"] = settings.max_per_order
+    if settings.auth == "off":  # the body names the buyer
+        del doc["security"], doc["components"]["securitySchemes"]
+        schemas["OrderRequest"]["required"].append("user_id")
+    return doc
+
+
+def init_public(app: Flask, service: str, settings: Settings) -> None:
+    document = openapi_document(service, settings)
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok")
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(openapi_document())
+        return jsonify(document)
 
 
 def reason(exc: BaseException) -> str:
     """Why a check failed, for /readyz: the error's kind, never a backend's address or
     a driver's message (they name hosts, ports and users)."""
-    if isinstance(exc, ApiError | DurabilityError | NotReady):
+    if isinstance(exc, ApiError | DurabilityError | NotReady | Degraded):
         return str(exc)
     return exc.__class__.__name__
-
-
-class NotReady(RuntimeError):
-    """A readiness check's own verdict; its message is safe to show."""
 
 
 def init_health(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
@@ -237,14 +280,18 @@ def init_health(app: Flask, checks: dict[str, ReadinessCheck]) -> None:
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         failed: dict[str, str] = {}
+        degraded: dict[str, str] = {}
         for name, check in checks.items():
             try:
                 check()
+            except Degraded as exc:
+                degraded[name] = str(exc)
             except Exception as exc:
                 failed[name] = reason(exc)
+        extra = {"degraded": degraded} if degraded else {}
         if failed:
-            return jsonify(status="unavailable", failed=failed), 503
-        return jsonify(status="ok"), 200
+            return jsonify(status="unavailable", failed=failed, **extra), 503
+        return jsonify(status="ok", **extra), 200
 
 
 def init_metrics(

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotdeal_local import auth
 from hotdeal_local.servers import need_program
 
 
@@ -48,13 +49,23 @@ def parse(stdout: str, gnuplot: Path) -> AbRun:
 
 
 def run_ab(
-    url: str, *, requests: int, concurrency: int, gnuplot: Path, extra: tuple[str, ...] = ()
+    url: str,
+    *,
+    requests: int,
+    concurrency: int,
+    gnuplot: Path,
+    extra: tuple[str, ...] = (),
+    token: str | None = None,
 ) -> AbRun:
+    """`token`: the bearer token all of ab's clients send (default: the local identity
+    provider's, for its workshop buyer)."""
     ab = need_program("ab", "apache2-utils")
     # -l: the body (remaining stock) changes length, which is not a failure.
     # -r: count socket errors instead of stopping the run.
     # `extra` goes first: ab's -t resets -n, which must come after it.
-    cmd = [ab, *extra, "-l", "-r", "-c", str(concurrency), "-n", str(requests)]
+    # All of ab's clients are one buyer with one token, as the workshop's were one user.
+    header = f"Authorization: Bearer {token or auth.token(auth.WORKSHOP_BUYER)}"
+    cmd = [ab, *extra, "-l", "-r", "-H", header, "-c", str(concurrency), "-n", str(requests)]
     cmd += ["-g", str(gnuplot), url]
     # ab's progress lines ("Completed 300 requests") go to stderr, straight to the
     # terminal, unless a -s timeout may end the run: then stderr says how far it got.

@@ -52,6 +52,7 @@ from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.durability import online_replicas
 from hotdeal.schema import hotdeal_list, order_history
+from hotdeal_local import auth
 from hotdeal_local.front import front
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import (
@@ -245,17 +246,25 @@ class Chaos:
             url = self.urls[rng.choices((0, 1, 2), weights=(45, 45, 10))[0]]
             if self.route is not None:  # a fault that needs one pod only
                 url = self.urls[self.route]
-            if rng.random() < 0.02:  # a poisoned body: must be refused, change nothing
+            if rng.random() < 0.03:  # a poisoned body or a forged token: refused, no change
+                forged = rng.random() < 0.5
                 try:
                     r = session.post(
                         f"{url}/v1/orders",
-                        json={"product_id": 1, "user_id": "evil\u0000\u202e", "quantity": 1},
+                        json={
+                            "product_id": 1,
+                            "user_id": "u0" if forged else "evil\u0000\u202e",
+                            "quantity": 1,
+                        },
+                        headers=auth.forged_bearer("u0") if forged else auth.bearer("u0"),
                         timeout=5,
                     )
                 except requests.RequestException:
                     continue  # no answer at all (a fault): nothing to check, and no lost buyer
-                if r.status_code != 400:
-                    self._violation(f"poisoned body answered {r.status_code}, not 400")
+                wanted = 401 if forged else 400
+                if r.status_code != wanted:
+                    what = "forged token" if forged else "poisoned body"
+                    self._violation(f"{what} answered {r.status_code}, not {wanted}")
                 continue
             user = f"u{rng.randrange(self.users)}"
             quantity = rng.randint(1, 2)
@@ -280,7 +289,7 @@ class Chaos:
             r = session.post(
                 f"{url}/v1/orders",
                 json={"product_id": 1, "user_id": user, "quantity": quantity},
-                headers={"Idempotency-Key": key} if key else {},
+                headers={**auth.bearer(user), **({"Idempotency-Key": key} if key else {})},
                 timeout=timeout,
             )
         except requests.RequestException:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from hotdeal_local import auth
 from hotdeal_local.chaos import FAULTS
 from hotdeal_local.demo import BENCH_DESIGNS, DEFAULT_DESIGNS, DESIGNS, run_demo
 from hotdeal_local.report import picture, table
@@ -37,7 +38,14 @@ def up(args: argparse.Namespace) -> int:
         }
         writer = stack.start_writer()
         stack.start_prometheus(stack.prometheus_port, services, writer)
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in stack.env.items())
+        # The local identity provider's key, for `hotdeal-ops token` in another shell.
+        keys = auth.signer().write(stack.workdir / "auth")
+        minting = {
+            "HOTDEAL_SIGNING_KEY_FILE": str(keys["signing_key"]),
+            "HOTDEAL_AUTH_ISSUER": auth.ISSUER,
+            "HOTDEAL_AUTH_AUDIENCE": auth.AUDIENCE,
+        }
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**stack.env, **minting}.items())
         print(
             f"""
 hotdeal is up (stock {args.stock} of product 1, hold {args.hold_ms} ms):
@@ -49,8 +57,11 @@ hotdeal is up (stock {args.stock} of product 1, hold {args.hold_ms} ms):
   postgresql    {stack.pg.url if stack.pg else ""}
   logs          .local/*.log
 
-  ab -c 150 -n 3000 {stack.legacy_url}/order
   export {exports}
+  TOKEN=$(.venv/bin/hotdeal-ops token --subject player-1)    # --users N: N buyers
+  curl -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+       -d '{{"product_id": 1, "quantity": 1}}' {stack.order_redis_url}/v1/orders
+  ab -H "Authorization: Bearer $TOKEN" -c 150 -n 3000 {stack.legacy_url}/order
   .venv/bin/hotdeal-ops reset --stock 10000 ; .venv/bin/hotdeal-ops reconcile --wait
 
 Ctrl-C stops everything.""",
@@ -182,6 +193,30 @@ def slow(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_auth(args: argparse.Namespace) -> int:
+    from hotdeal_local.authbench import run_auth_bench
+
+    result = run_auth_bench(
+        rounds=args.rounds,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        workdir=args.workdir / "bench-auth",
+    )
+    print(f"\norder-redis, ab -c {args.concurrency} -n {args.requests}, medians of {args.rounds}:")
+    for name, row in result["columns"].items():
+        vs = row.get("throughput_vs_off")
+        print(
+            f"  {name:<6} {row['requests_per_second']:>8.1f} req/s "
+            f"{row['cpu_us_per_request']:>7.1f} us CPU per request"
+            + (f"  {vs:.3f} of off's throughput" if vs else "")
+        )
+    for algorithm, us in result["first_verify_us"].items():
+        share = result["first_verify_share_of_order_cpu"][algorithm]
+        print(f"  a token's first check, {algorithm}: {us:.1f} us ({share:.1%} of an order's CPU)")
+    write_json(args.out, result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hotdeal-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     p_probes.add_argument("--hold-ms", type=int, default=30)
     p_probes.add_argument("--out", default="results/probes.json")
     p_probes.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_auth = sub.add_parser("bench-auth", help="order-redis with and without token checks")
+    p_auth.add_argument("--rounds", type=int, default=3)
+    p_auth.add_argument("--requests", "-n", type=int, default=20_000)
+    p_auth.add_argument("--concurrency", "-c", type=int, default=150)
+    p_auth.add_argument("--out", default="results/auth.json")
+    p_auth.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_slow = sub.add_parser(
         "slow-clients", help="a sale under slow clients, with and without the front"
     )
@@ -254,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         "probes": probes,
         "capacity": capacity,
         "slow-clients": slow,
+        "bench-auth": bench_auth,
     }
     try:
         code = commands[args.command](args)

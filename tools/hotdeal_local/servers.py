@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hotdeal.config import LocalSettings
 from hotdeal.process import die_with_parent
+from hotdeal_local import auth
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -451,6 +452,9 @@ def gunicorn(
         app or service,
         [str(BIN / "gunicorn"), "-c", str(conf), *([app] if app else [])],
         {
+            # Locally: the local identity provider's tokens, and ab's workshop routes.
+            **auth.service_env(),
+            "HOTDEAL_WORKSHOP_ROUTES": "true",
             **env,
             "HOTDEAL_BIND": f"127.0.0.1:{port}",
             "HOTDEAL_ADMIN_BIND": f"127.0.0.1:{admin}",

@@ -60,6 +60,23 @@ app.kubernetes.io/part-of: hotdeal
 {{- if and .Values.load.k6.testRun.runId (not (and .Values.load.enabled .Values.load.k6.enabled)) -}}
 {{- $errors = append $errors "load.k6.testRun.runId needs load.enabled=true and load.k6.enabled=true (the TestRun runs the k6 scripts' ConfigMap)" -}}
 {{- end -}}
+{{- $a := .Values.auth -}}
+{{- if eq $a.mode "jwt" -}}
+{{- $sources := 0 -}}
+{{- range (list $a.jwksUrl $a.existingSecret $a.devKeys.enabled) }}{{ if . }}{{ $sources = add1 $sources }}{{ end }}{{ end -}}
+{{- if ne (int $sources) 1 -}}
+{{- $errors = append $errors "auth.mode=jwt needs exactly one key source: auth.jwksUrl, auth.existingSecret or auth.devKeys.enabled" -}}
+{{- end -}}
+{{- if not (include "hotdeal.authIssuer" .) -}}
+{{- $errors = append $errors "auth.mode=jwt needs auth.issuer (the identity provider's iss)" -}}
+{{- end -}}
+{{- if and .Values.load.enabled (not $a.devKeys.enabled) -}}
+{{- $errors = append $errors "load.enabled with auth.mode=jwt needs auth.devKeys.enabled=true: the load jobs sign their buyers' tokens with the dev key" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.load.enabled (not .Values.workshopRoutes) (or .Values.load.ab.enabled (and .Values.load.k6.enabled (eq .Values.load.k6.script "workshop.js"))) -}}
+{{- $errors = append $errors "the ab job and k6's workshop.js use the workshop's GET routes: set workshopRoutes=true (or load.ab.enabled=false and load.k6.script=spike.js)" -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\nhotdeal: invalid values:\n- %s" (join "\n- " $errors)) -}}
 {{- end -}}
@@ -244,6 +261,9 @@ volumes:
 - {name: VUS, value: {{ $l.concurrency | quote }}}
 - {name: RATE, value: {{ $l.k6.spike.rate | quote }}}
 - {name: DURATION, value: {{ $l.k6.spike.duration | quote }}}
+{{- if eq .Values.auth.mode "jwt" }}
+- {name: TOKENS_FILE, value: /tokens/tokens.txt}
+{{- end }}
 {{- end -}}
 
 {{/* A digest of the chart's own Secrets: in a pod's annotations, a changed password
@@ -268,3 +288,87 @@ volumes:
 
 {{/* gunicorn's port behind the front. */}}
 {{- define "hotdeal.behindFrontPort" -}}8081{{- end -}}
+
+{{/* Buyer identity (hotdeal.identity): what legacy and order-redis need to verify
+     tokens. The key is a mounted file; a JWKS URL is fetched by the services. */}}
+{{- define "hotdeal.authDevSecret" -}}
+{{- printf "%s-auth-dev" (include "hotdeal.fullname" .) -}}
+{{- end -}}
+
+{{- define "hotdeal.authIssuer" -}}
+{{- .Values.auth.issuer | default (ternary "hotdeal-dev" "" .Values.auth.devKeys.enabled) -}}
+{{- end -}}
+
+{{- define "hotdeal.authEnv" -}}
+{{- $a := .Values.auth }}
+- {name: HOTDEAL_AUTH, value: {{ $a.mode | quote }}}
+{{- if eq $a.mode "jwt" }}
+- {name: HOTDEAL_AUTH_ISSUER, value: {{ include "hotdeal.authIssuer" . | quote }}}
+- {name: HOTDEAL_AUTH_AUDIENCE, value: {{ $a.audience | quote }}}
+- {name: HOTDEAL_AUTH_LEEWAY_S, value: {{ $a.leewaySeconds | quote }}}
+- {name: HOTDEAL_AUTH_BUYER_CLAIM, value: {{ $a.buyerClaim | quote }}}
+- {name: HOTDEAL_AUTH_ACT_FOR_SCOPE, value: {{ $a.actForScope | quote }}}
+{{- if $a.jwksUrl }}
+- {name: HOTDEAL_AUTH_JWKS_URL, value: {{ $a.jwksUrl | quote }}}
+- {name: HOTDEAL_AUTH_JWKS_REFRESH_S, value: {{ $a.jwksRefreshSeconds | quote }}}
+{{- else }}
+- {name: HOTDEAL_AUTH_PUBLIC_KEY_FILE, value: /var/run/secrets/hotdeal/auth/public-key.pem}
+{{- end }}
+{{- end }}
+- {name: HOTDEAL_WORKSHOP_ROUTES, value: {{ .Values.workshopRoutes | quote }}}
+{{- end -}}
+
+{{/* The verifying key's volume and mount (none with a JWKS URL or auth off). */}}
+{{- define "hotdeal.authKeyMounted" -}}
+{{- and (eq .Values.auth.mode "jwt") (not .Values.auth.jwksUrl) | ternary "true" "" -}}
+{{- end -}}
+
+{{- define "hotdeal.authVolume" -}}
+{{- if include "hotdeal.authKeyMounted" . }}
+- name: auth-key
+  secret:
+    {{- if .Values.auth.existingSecret }}
+    secretName: {{ .Values.auth.existingSecret }}
+    items: [{key: {{ .Values.auth.existingSecretKey }}, path: public-key.pem}]
+    {{- else }}
+    secretName: {{ include "hotdeal.authDevSecret" . }}
+    items: [{key: tls.crt, path: public-key.pem}]
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "hotdeal.authMount" -}}
+{{- if include "hotdeal.authKeyMounted" . }}
+- {name: auth-key, mountPath: /var/run/secrets/hotdeal/auth, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* The load jobs' tokens: an init container mints them with the dev signing key into
+     an emptyDir (hotdeal-ops token), the load generator reads /tokens/tokens.txt.
+     hotdeal.loadTokens (dict "root" $ "users" N) */}}
+{{- define "hotdeal.loadTokensInit" -}}
+{{- $root := .root -}}
+- name: tokens
+  image: {{ include "hotdeal.image" (dict "root" $root "image" $root.Values.orderRedis.image) }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: ["/bin/sh", "-c", "hotdeal-ops token --users {{ .users }} --prefix load- > /tokens/tokens.txt"]
+  env:
+    - {name: HOTDEAL_SIGNING_KEY_FILE, value: /var/run/secrets/hotdeal/signing/tls.key}
+    - {name: HOTDEAL_AUTH_ISSUER, value: {{ include "hotdeal.authIssuer" $root | quote }}}
+    - {name: HOTDEAL_AUTH_AUDIENCE, value: {{ $root.Values.auth.audience | quote }}}
+  {{- include "hotdeal.containerSecurity" $root | nindent 2 }}
+  resources:
+    {{- toYaml $root.Values.ops.resources | nindent 4 }}
+  volumeMounts:
+    - {name: signing-key, mountPath: /var/run/secrets/hotdeal/signing, readOnly: true}
+    - {name: tokens, mountPath: /tokens}
+{{- end -}}
+
+{{- define "hotdeal.loadTokensVolumes" -}}
+- name: signing-key
+  secret:
+    secretName: {{ include "hotdeal.authDevSecret" . }}
+    items: [{key: tls.key, path: tls.key}]
+- name: tokens
+  emptyDir: {medium: Memory, sizeLimit: 64Mi}
+{{- end -}}

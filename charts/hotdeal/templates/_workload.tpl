@@ -75,6 +75,9 @@ spec:
             # Only the front reaches the workers; the admin port stays on the pod's IP.
             - {name: HOTDEAL_BIND, value: "127.0.0.1:{{ include "hotdeal.behindFrontPort" . }}"}
             {{- end }}
+            {{- if eq .probe "http" }}
+            {{- include "hotdeal.authEnv" $root | nindent 12 }}
+            {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -128,6 +131,9 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           volumeMounts:
             {{- include "hotdeal.secretMounts" $stores | nindent 12 }}
+            {{- if eq .probe "http" }}
+            {{- include "hotdeal.authMount" $root | nindent 12 }}
+            {{- end }}
         {{- if $front }}
         # Buyers reach the front (nginx), which hands gunicorn only whole requests.
         - name: front
@@ -160,6 +166,9 @@ spec:
         {{- end }}
       volumes:
         {{- include "hotdeal.secretVolumes" $stores | nindent 8 }}
+        {{- if eq .probe "http" }}
+        {{- include "hotdeal.authVolume" $root | nindent 8 }}
+        {{- end }}
         {{- if $front }}
         - name: front-conf
           configMap:

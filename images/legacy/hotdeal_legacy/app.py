@@ -10,6 +10,8 @@ from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.db_waits import read_db_waits
 from hotdeal.designs import Design
+from hotdeal.errors import unknown_order
+from hotdeal.identity import verifier_from_settings
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
@@ -17,18 +19,18 @@ from hotdeal.web import (
     OrderRoutes,
     Reader,
     ReadinessCheck,
+    caller_of_request,
     init_errors,
     init_public,
     order_from_request,
     sold,
     workshop_answer,
+    workshop_order_of,
 )
 from hotdeal_legacy.orders import LegacyOrders, Placed, find_order, user_orders
 from hotdeal_legacy.stock_metrics import read_stock
 
 SERVICE = "legacy"
-# The workshop's GET /order sells one unit of product 1 to one shared buyer.
-WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
 
 def probes(settings: Settings, engine: Engine) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
@@ -53,8 +55,10 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
+    verifier = verifier_from_settings(settings, SERVICE)
+    verifier.warm_up()
     init_errors(app)
-    init_public(app)
+    init_public(app, SERVICE, settings)
     design = Design.of_legacy(settings.legacy_slots)
     lock_wait = metrics.LOCK_WAIT.labels(SERVICE, design)
     lock_hold = metrics.LOCK_HOLD.labels(SERVICE, design)
@@ -69,14 +73,18 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
 
     routes = OrderRoutes(SERVICE)
 
-    @routes.get("/order")
-    def workshop_order(call: OrderCall) -> Response:
-        call.candidate = WORKSHOP_ORDER.product_id
-        return workshop_answer(call, lambda: place(call, WORKSHOP_ORDER).remaining)
+    if settings.workshop_routes:
+
+        @routes.get("/order")
+        def workshop_order(call: OrderCall) -> Response:
+            order = workshop_order_of(caller_of_request(verifier))
+            call.candidate = order.product_id
+            return workshop_answer(call, lambda: place(call, order).remaining)
 
     @routes.post("/v1/orders")
     def create_order(call: OrderCall) -> tuple[Response, int]:
-        order = order_from_request(call, settings.max_per_order)
+        caller = caller_of_request(verifier)
+        order = order_from_request(call, settings.max_per_order, caller)
         placed = place(call, order)
         return jsonify(
             order_id=placed.order_id,
@@ -89,12 +97,17 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:
-        return jsonify(find_order(engine, parse_order_id(order_id)))
+        caller = caller_of_request(verifier)
+        record = find_order(engine, parse_order_id(order_id))
+        if not caller.owns(record["user_id"]):
+            raise unknown_order()
+        return jsonify(record)
 
     @app.get("/v1/orders")
     def list_orders() -> Response:
+        caller = caller_of_request(verifier)
         pid = parse_product_id(request.args.get("product_id"))
-        user = parse_user_id(request.args.get("user_id"))
+        user = caller.buyer(parse_user_id(request.args.get("user_id")))
         return jsonify(orders=user_orders(engine, pid, user))
 
     return app

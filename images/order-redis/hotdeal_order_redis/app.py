@@ -7,34 +7,33 @@ from flask import Flask, Response, jsonify, request
 from hotdeal import durability
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
+from hotdeal.errors import NotReady, unknown_order
+from hotdeal.identity import verifier_from_settings
 from hotdeal.redis_client import memory_full, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal.validation import (
-    OrderRequest,
     parse_idempotency_key,
     parse_order_id,
     parse_product_id,
     parse_user_id,
 )
 from hotdeal.web import (
-    NotReady,
     OrderCall,
     OrderRoutes,
     Reader,
     ReadinessCheck,
+    caller_of_request,
     init_errors,
     init_public,
     order_from_request,
     sold,
     workshop_answer,
+    workshop_order_of,
 )
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
 
 SERVICE = "order-redis"
-# The workshop's GET /order-redis: one unit of product 1 to one shared buyer, so the
-# per-user limit does not apply to it.
-WORKSHOP_ORDER = OrderRequest(product_id=1, user_id="workshop", quantity=1)
 
 
 def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
@@ -76,29 +75,33 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
 
     app = Flask(__name__)
     app.extensions["hotdeal_engine"] = engine
+    verifier = verifier_from_settings(settings, SERVICE)
+    verifier.warm_up()
 
     init_errors(app)
-    init_public(app)
+    init_public(app, SERVICE, settings)
 
     orders = OrderRoutes(SERVICE)
 
-    @orders.get("/order-redis")
-    def workshop_order(call: OrderCall) -> Response:
-        call.candidate = WORKSHOP_ORDER.product_id
+    if settings.workshop_routes:
 
-        def take() -> int:
-            taken = stock.take(
-                WORKSHOP_ORDER, limit=0, idempotency_key=None, list_under_buyer=False
-            )
-            sold(SERVICE, WORKSHOP_ORDER)
-            return taken.remaining
+        @orders.get("/order-redis")
+        def workshop_order(call: OrderCall) -> Response:
+            order = workshop_order_of(caller_of_request(verifier))
+            call.candidate = order.product_id
 
-        return workshop_answer(call, take)
+            def take() -> int:
+                taken = stock.take(order, limit=0, idempotency_key=None, list_under_buyer=False)
+                sold(SERVICE, order)
+                return taken.remaining
+
+            return workshop_answer(call, take)
 
     @orders.post("/v1/orders")
     def create_order(call: OrderCall) -> tuple[Response, int]:
+        caller = caller_of_request(verifier)
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        order = order_from_request(call, settings.max_per_order)
+        order = order_from_request(call, settings.max_per_order, caller)
         taken = stock.take(order, limit=settings.per_user_limit, idempotency_key=key)
         call.product_known()
         response = jsonify(
@@ -117,12 +120,17 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:
-        return jsonify(stock.lookup(parse_order_id(order_id)))
+        caller = caller_of_request(verifier)
+        record = stock.lookup(parse_order_id(order_id))
+        if not caller.owns(record["user_id"]):
+            raise unknown_order()
+        return jsonify(record)
 
     @app.get("/v1/orders")
     def list_orders() -> Response:
+        caller = caller_of_request(verifier)
         pid = parse_product_id(request.args.get("product_id"))
-        user = parse_user_id(request.args.get("user_id"))
+        user = caller.buyer(parse_user_id(request.args.get("user_id")))
         return jsonify(orders=stock.user_orders(pid, user))
 
     return app

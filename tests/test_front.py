@@ -95,19 +95,21 @@ def test_what_nginx_cannot_parse_gets_a_json_answer(stack_env) -> None:
 
 
 @contextlib.contextmanager
-def fronted(env: dict[str, str], **extra: str) -> Iterator[tuple[Service, Service, Path]]:
-    """order-redis with HOTDEAL_WORKERS=2 behind its own front: the service as buyers
-    reach it through the front, gunicorn's own port, and the folder of their logs."""
+def fronted(
+    env: dict[str, str], name: str = "order-redis", **extra: str
+) -> Iterator[tuple[Service, Service, Path]]:
+    """A service (order-redis) with HOTDEAL_WORKERS=2 behind its own front: the service
+    as buyers reach it through the front, gunicorn's own port, and their logs' folder."""
     logs = workdir("front")
     behind, port = free_port(), free_port()
     app = gunicorn(
-        "order-redis", behind, {**env, "HOTDEAL_WORKERS": "2", **extra}, log=logs / "gunicorn.log"
+        name, behind, {**env, "HOTDEAL_WORKERS": "2", **extra}, log=logs / "gunicorn.log"
     ).start()
-    nginx = front(port, behind, logs).start()
+    nginx = front(port, behind, logs, service=name).start()
     try:
         yield (
-            Service("order-redis", f"http://127.0.0.1:{port}", app),
-            Service("order-redis", f"http://127.0.0.1:{behind}", app),
+            Service(name, f"http://127.0.0.1:{port}", app),
+            Service(name, f"http://127.0.0.1:{behind}", app),
             logs,
         )
     finally:

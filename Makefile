@@ -45,9 +45,12 @@ lint: venv
 	$(BIN)/shellcheck scripts/*.sh .ci/run
 	$(VENV)/tools/helm4 lint --strict charts/hotdeal
 
+# Two workers, each test file on one of them (module fixtures stay whole); every test
+# starts its own servers on free ports and writes only its own scratch files, and
+# passes in any order (make test-shuffled).
 test: deps venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not images" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not images" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The suite in a shuffled order (one fixed seed unless SEED is given): no test may pass
 # only because of the tests before it.

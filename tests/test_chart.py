@@ -9,6 +9,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -68,7 +69,9 @@ PROFILES = {
 # Every render of this chart below starts from skaffold dev's identity setup (a chart
 # with defaults only refuses to render: it needs to know the identity provider; see
 # test_buyer_identity_needs_a_key_source). Later -f/--set override it.
-DEV_IDENTITY = Path("/tmp/hotdeal-chart-dev-identity.yaml")
+# Values files of this process's own (two pytest workers must not rewrite each other's).
+SCRATCH = Path(tempfile.mkdtemp(prefix="hotdeal-chart-"))
+DEV_IDENTITY = SCRATCH / "dev-identity.yaml"
 DEV_IDENTITY.write_text(
     yaml.safe_dump({"auth": {"devKeys": {"enabled": True}}, "workshopRoutes": True})
 )
@@ -85,7 +88,7 @@ def helm(
 
 @cache
 def render(profile: str, binary: str = "helm4") -> str:
-    values = Path(f"/tmp/hotdeal-chart-{profile}.yaml")
+    values = SCRATCH / f"{profile}.yaml"
     values.write_text(yaml.safe_dump(PROFILES[profile]))
     done = helm(binary, "template", "ev", str(CHART), "-n", "games", "-f", str(values))
     return done.stdout
@@ -626,7 +629,7 @@ def test_helm_test_hook_checks_readiness():
 
 
 def test_notes_tell_how_to_run_the_event():
-    values = Path("/tmp/hotdeal-chart-load.yaml")
+    values = SCRATCH / "load.yaml"
     values.write_text(yaml.safe_dump(PROFILES["load"]))
     done = helm(
         "helm4", "install", "ev", str(CHART), "--dry-run=client", "-n", "games", "-f", str(values)

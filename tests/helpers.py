@@ -145,14 +145,17 @@ def reconcile(env: dict[str, str], product: int = 1, wait: bool = True) -> tuple
 
 
 class JwksServer:
-    """An identity provider's JWKS endpoint on a free port: its keys can be changed,
-    it can go down (503 or no listener), and it counts the fetches it answered."""
+    """An identity provider's JWKS endpoint on a free port: its keys can be changed, it
+    can go down (`down`: 503) or misbehave (`mode`: "trickle" a byte a second, "hang"
+    never answering, "huge" 8 MB of valid JSON), and it counts the fetches it answered."""
 
     def __init__(self, keys: dict[str, Any]) -> None:
         self.keys = dict(keys)  # kid -> private key (the endpoint publishes the public half)
         self.extra: list[dict[str, Any]] = []  # JWKs published as they are
         self.fetches = 0
         self.down = False
+        self.mode = "ok"
+        self.stop_event = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -160,13 +163,25 @@ class JwksServer:
                 if server.down:
                     self.send_error(503)
                     return
+                if server.mode == "hang":
+                    server.stop_event.wait(60)
+                    return
                 server.fetches += 1
                 doc = jwks_of(server.keys)
                 body = json.dumps({"keys": doc["keys"] + server.extra}).encode()
+                if server.mode == "huge":
+                    body = body[:-1] + b', "padding": "' + b"x" * 8_000_000 + b'"}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if server.mode == "trickle":
+                    for byte in body:
+                        if server.stop_event.wait(1):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    return
                 self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
@@ -177,5 +192,6 @@ class JwksServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self.stop_event.set()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -6,9 +6,11 @@ the endpoint keeps the cached keys working."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from hotdeal.errors import ApiError, Degraded, NotReady
 from hotdeal.identity import MAX_TOKEN_BYTES, JwksKeys, Refused, Verifier, verifier_from_settings
 from hotdeal_ops.tokens import Signer, public_pem
 
+from .events import wait_until
 from .helpers import JwksServer
 
 ISS, AUD = "https://id.example", "hotdeal"
@@ -161,6 +164,15 @@ def test_bad_tokens_are_refused_with_their_reason(verifier, es256, make, reason)
     assert refusals(reason) == before + 1
 
 
+def test_odd_dates_are_refused_or_bounded_never_a_500(verifier, es256):
+    # A NumericDate is a JSON number: PyJWT also took "1796..." (helper's attack).
+    err = refused(verifier, bearer(es256.token("p", exp=str(int(time.time()) + 600))))
+    assert (err.status, err.reason) == (401, "claims")
+    assert refused(verifier, bearer(es256.token("p", exp=True))).status == 401
+    # exp = 10**400 overflowed float(): a 500. It is a signed token: valid, cached an hour.
+    assert verifier.caller(bearer(es256.token("p", exp=10**400))).subject == "p"
+
+
 def test_an_hs256_token_signed_with_the_public_key_is_refused(verifier, es256):
     # The classic confusion: the verifier's public key used as an HMAC secret.
     secret = public_pem(es256.key).encode()
@@ -259,35 +271,82 @@ def test_a_symmetric_key_in_the_set_is_never_used(idp):
     assert v.caller(bearer(signer_of(idp, "k1").token("p"))).subject == "p"
 
 
+def _degraded(keys: JwksKeys) -> bool:
+    try:
+        keys.check()
+    except Degraded:
+        return True
+    return False
+
+
 def test_an_outage_keeps_the_cached_keys_and_says_so(idp):
     v = jwks_verifier(idp)
     token = signer_of(idp, "k1").token("p")
-    failed = (
-        REGISTRY.get_sample_value(
-            "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
-        )
-        or 0.0
-    )
+    failed = REGISTRY.get_sample_value(
+        "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
+    ) or 0.0
     idp.down = True
-    time.sleep(1.1)
     keys: JwksKeys = v.keys
-    with pytest.raises(Degraded, match="JWKS unreachable"):
-        keys.check()
+    wait_until(lambda: _degraded(keys), "readiness to say the JWKS is unreachable")
     assert v.caller(bearer(signer_of(idp, "k1").token("p2"))).subject == "p2"
     assert v.caller(bearer(token)).subject == "p"
-    assert (
-        REGISTRY.get_sample_value(
-            "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
-        )
-        == failed + 1
-    )
+    assert REGISTRY.get_sample_value(
+        "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
+    ) >= failed + 1
     # A new kid while the endpoint is down: we can't know, so 503 (not "your token is bad").
     other = Signer(ec.generate_private_key(ec.SECP256R1()), ISS, AUD, kid="k9")
-    time.sleep(1.1)
+    time.sleep(1.1)  # past the refresh interval (a rate bound, not synchronisation)
     assert refused(v, bearer(other.token("p"))).status == 503
     idp.down = False
-    time.sleep(1.1)
-    keys.check()  # back: ready, no longer degraded
+    wait_until(lambda: not _degraded(keys), "readiness to be whole again")
+
+
+def _returns(call, within_s: float = 15):
+    """`call()` in a thread: it must return (a hang would hold a worker for good)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(_outcome(call)), daemon=True)
+    thread.start()
+    thread.join(within_s)
+    assert not thread.is_alive(), "it hung"
+    return result[0]
+
+
+def _outcome(call):
+    try:
+        return call()
+    except ApiError as err:
+        return err
+
+
+@pytest.mark.parametrize("mode", ["trickle", "hang", "huge"])
+def test_an_endpoint_that_misbehaves_holds_no_request_and_no_probe(idp, mode):
+    """A JWKS answering a byte a second held the lock of every fetch: requests with an
+    unknown kid and the readiness probe hung, and each stale-key request left a thread
+    waiting on it (helper's attack). Now one refresher per process fetches, bounded in
+    time and size, and callers wait for it a bounded time."""
+    v = jwks_verifier(idp)
+    keys: JwksKeys = v.keys
+    keys.max_age_s = 0  # every request finds the keys stale and asks for a refresh
+    known = signer_of(idp, "k1")
+    idp.mode = mode
+    threads = threading.active_count()
+    for i in range(5):
+        stranger = Signer(ec.generate_private_key(ec.SECP256R1()), ISS, AUD, kid=f"x{i}")
+        answer = _returns(lambda s=stranger: v.caller(bearer(s.token("p"))))
+        assert isinstance(answer, ApiError) and answer.status in (401, 503), answer
+        keys._asked_at = float("-inf")  # let the next one ask again
+    for i in range(50):
+        assert _returns(lambda i=i: v.caller(bearer(known.token(f"k{i}")))).subject == f"k{i}"
+    assert threading.active_count() <= threads + 2  # the refresher, and its deadline timer
+
+    def probe() -> bool:
+        with contextlib.suppress(Degraded, NotReady):  # ready or not: it must answer
+            keys.check()
+        return True
+
+    assert _returns(probe)
+    if mode == "huge":  # refused whole, the cached keys kept
+        wait_until(lambda: keys._failed == "JwksTooLarge", "the oversized set refused")
 
 
 def test_no_keys_at_all_is_not_ready_and_answers_503(idp):

@@ -18,7 +18,9 @@ PyJWT (RFC 7519, RFC 8725's advice), never a string in the body.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 # A token is ~300-900 bytes; anything near a header's limit is not one of ours.
 MAX_TOKEN_BYTES = 4096
 MAX_CACHED = 100_000
+# A JWKS is a few KiB; a provider answering more is broken (or not the provider).
+MAX_JWKS_BYTES = 1 << 20
+# A verified token is kept at most this long, whatever its exp says.
+MAX_CACHED_S = 3600
 REALM = "hotdeal"
 # Which algorithms a key of each type may verify (RFC 8725 3.1: the key decides).
 ALGORITHMS_OF = {
@@ -146,8 +152,12 @@ class StaticKey:
 
 
 class JwksKeys:
-    """The keys of a JWKS URL, by kid. Thread-safe; one fetch at a time, at most one per
-    `min_interval_s` however many unknown kids arrive (no refetch storm)."""
+    """The keys of a JWKS URL, by kid. One refresher thread per process fetches them;
+    a request or a probe only asks it to and waits a bounded time (`wait_s`), never on
+    the fetch itself: an endpoint that trickles, hangs or answers 300 MB holds the
+    refresher (at most `timeout_s`, at most MAX_JWKS_BYTES), not the workers. At most
+    one fetch per `min_interval_s` however many unknown kids arrive (per process: each
+    worker and the admin listener fetch for themselves)."""
 
     def __init__(
         self,
@@ -157,49 +167,89 @@ class JwksKeys:
         min_interval_s: float,
         max_age_s: float,
         timeout_s: float = 2.0,
-        get: Callable[..., requests.Response] = requests.get,
     ) -> None:
         self.url = url
         self.min_interval_s = min_interval_s
         self.max_age_s = max_age_s
         self.timeout_s = timeout_s
-        self._get = get
+        self.wait_s = timeout_s + 0.5  # what a request with an unknown kid may wait
         self._keys: dict[str | None, tuple[Any, tuple[str, ...]]] = {}
         self._fetched_at: float | None = None  # monotonic, of the last good fetch
-        self._attempted_at = float("-inf")
+        self._asked_at = float("-inf")
         self._failed: str | None = None
-        self._lock = threading.Lock()
+        self._attempts = 0
+        self._done = threading.Condition()
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._session = requests.Session()
         self._refreshes = {
             result: metrics.JWKS_REFRESHES.labels(service, result) for result in ("ok", "failed")
         }
         self.version = 0
 
-    def refresh(self, *, force: bool = False) -> None:
-        """Fetch the set unless one was tried within the interval (or `force`)."""
-        with self._lock:
+    def refresh(self, *, wait: bool = True, force: bool = False) -> None:
+        """Ask for a fetch unless one was asked for within the interval (or `force`);
+        `wait`: until it is done, at most `wait_s`."""
+        with self._done:
             now = time.monotonic()
-            if not force and now - self._attempted_at < self.min_interval_s:
+            if not force and now - self._asked_at < self.min_interval_s:
                 return
-            self._attempted_at = now
+            self._asked_at = now
+            target = self._attempts + 1
+            self._start()
+            self._wanted.set()
+            if wait:
+                self._done.wait_for(lambda: self._attempts >= target, timeout=self.wait_s)
+
+    def _start(self) -> None:
+        # One refresher per process (gunicorn forks workers: a parent's thread is gone).
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="jwks", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
             try:
                 keys = self._fetch()
             except Exception as exc:  # keep the cached keys: an IdP outage is not ours
-                self._failed = exc.__class__.__name__
+                failed = exc.__class__.__name__
                 self._refreshes["failed"].inc()
-                log.warning("JWKS refresh failed: %s", self._failed)
-                return
-            self._failed = None
-            self._fetched_at = now
+                log.warning("JWKS refresh failed: %s", failed)
+                with self._done:
+                    self._failed = failed
+                    self._attempts += 1
+                    self._done.notify_all()
+                continue
             self._refreshes["ok"].inc()
-            if keys.keys() != self._keys.keys():
-                self.version += 1
-            self._keys = keys
+            with self._done:
+                if keys.keys() != self._keys.keys():
+                    self.version += 1
+                self._keys = keys
+                self._failed = None
+                self._fetched_at = time.monotonic()
+                self._attempts += 1
+                self._done.notify_all()
 
     def _fetch(self) -> dict[str | None, tuple[Any, tuple[str, ...]]]:
-        response = self._get(self.url, timeout=self.timeout_s)
-        response.raise_for_status()
+        timeout = (self.timeout_s, self.timeout_s)
+        with self._session.get(self.url, timeout=timeout, stream=True) as response:
+            # A total deadline: a server sending a byte a second never trips the read
+            # timeout; shutting the socket down ends the read (urllib3's shutdown()).
+            deadline = threading.Timer(self.timeout_s, response.raw.shutdown)
+            deadline.start()
+            try:
+                response.raise_for_status()
+                body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
+            finally:
+                deadline.cancel()
+        if len(body) > MAX_JWKS_BYTES:
+            raise JwksTooLarge(f"over {MAX_JWKS_BYTES} bytes")
         found: dict[str | None, tuple[Any, tuple[str, ...]]] = {}
-        for jwk in jwt.PyJWKSet.from_dict(response.json()).keys:
+        for jwk in jwt.PyJWKSet.from_dict(json.loads(body)).keys:
             if jwk.public_key_use not in (None, "sig"):
                 continue
             key = jwk.key
@@ -212,11 +262,11 @@ class JwksKeys:
         return found
 
     def find(self, kid: str | None, algorithm: str) -> Any:
-        if self._fetched_at is None or time.monotonic() - self._fetched_at > self.max_age_s:
-            if self._fetched_at is None:
-                self.refresh()
-            else:  # stale but usable: refresh off the request's path
-                threading.Thread(target=self.refresh, daemon=True).start()
+        fetched = self._fetched_at
+        if fetched is None:
+            self.refresh()
+        elif time.monotonic() - fetched > self.max_age_s:
+            self.refresh(wait=False)  # stale but usable: refreshed off the request's path
         entry = self._keys.get(kid)
         if entry is None:
             self.refresh()
@@ -231,14 +281,20 @@ class JwksKeys:
         return key
 
     def check(self) -> None:
-        """For readiness: no keys at all is not ready; an unreachable JWKS while cached
-        keys still verify is degraded (buyers keep buying)."""
-        self.refresh()
+        """For readiness, from the last fetch (a probe never waits for one, but the
+        first): no keys at all is not ready; an unreachable JWKS while cached keys still
+        verify is degraded (buyers keep buying)."""
+        self.refresh(wait=self._attempts == 0)
         if self._fetched_at is None:
-            raise NotReady(f"no signing keys: the JWKS could not be fetched ({self._failed})")
+            why = self._failed or "not fetched yet"
+            raise NotReady(f"no signing keys: the JWKS could not be fetched ({why})")
         if self._failed:
             age = time.monotonic() - self._fetched_at
             raise Degraded(f"JWKS unreachable ({self._failed}): keys fetched {age:.0f} s ago")
+
+
+class JwksTooLarge(ValueError):
+    pass
 
 
 Keys = StaticKey | JwksKeys
@@ -340,12 +396,18 @@ class Verifier:
             raise Refused("claims", "the token is not for this service") from None
         except jwt.PyJWTError:
             raise Refused("malformed", "the token could not be read") from None
+        for name in ("exp", "nbf", "iat"):
+            # RFC 7519 2: a NumericDate is a JSON number (PyJWT also takes "123").
+            value = claims.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Refused("claims", f"the token's {name} is not a number")
         subject = claims[self.claim]
         try:
             check_user_id(subject)
         except UserIdError:
             raise Refused("buyer", f"the token's {self.claim} is not a buyer id") from None
-        expires = float(claims["exp"]) + self.leeway_s
+        # min() on the int first: float(10**400) overflows.
+        expires = min(claims["exp"], time.time() + MAX_CACHED_S) + self.leeway_s
         return Caller(subject, self.scope in _scopes(claims), self.scope), expires
 
 
@@ -394,6 +456,8 @@ def verifier_from_settings(settings: Settings, service: str) -> Verifier | Trust
         return Trusting()
     if not settings.auth_issuer or not settings.auth_audience:
         raise ConfigError("HOTDEAL_AUTH=jwt needs HOTDEAL_AUTH_ISSUER and HOTDEAL_AUTH_AUDIENCE")
+    for result in ("ok", "failed"):  # exported at 0 whatever the key source: the alerts'
+        metrics.JWKS_REFRESHES.labels(service, result)  # series exist before any fetch
     return Verifier(settings, keys_from_settings(settings, service), service)
 
 

@@ -345,18 +345,24 @@ volumes:
 
 {{/* The load jobs' tokens: an init container mints them with the dev signing key into
      an emptyDir (hotdeal-ops token), the load generator reads /tokens/tokens.txt.
-     hotdeal.loadTokens (dict "root" $ "users" N) */}}
+     hotdeal.loadTokensInit (dict "root" $ "users" N ["testRun" true]) */}}
 {{- define "hotdeal.loadTokensInit" -}}
 {{- $root := .root -}}
 - name: tokens
   image: {{ include "hotdeal.image" (dict "root" $root "image" $root.Values.orderRedis.image) }}
+  {{- if not .testRun }}
   imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  {{- end }}
   command: ["/bin/sh", "-c", "hotdeal-ops token --users {{ .users }} --prefix load- > /tokens/tokens.txt"]
   env:
     - {name: HOTDEAL_SIGNING_KEY_FILE, value: /var/run/secrets/hotdeal/signing/tls.key}
     - {name: HOTDEAL_AUTH_ISSUER, value: {{ include "hotdeal.authIssuer" $root | quote }}}
     - {name: HOTDEAL_AUTH_AUDIENCE, value: {{ $root.Values.auth.audience | quote }}}
+  {{- /* The k6-operator's InitContainer has no pullPolicy or securityContext: it copies
+       the runner's (a strict create would refuse the unknown fields). */}}
+  {{- if not .testRun }}
   {{- include "hotdeal.containerSecurity" $root | nindent 2 }}
+  {{- end }}
   resources:
     {{- toYaml $root.Values.ops.resources | nindent 4 }}
   volumeMounts:

@@ -282,17 +282,23 @@ def _degraded(keys: JwksKeys) -> bool:
 def test_an_outage_keeps_the_cached_keys_and_says_so(idp):
     v = jwks_verifier(idp)
     token = signer_of(idp, "k1").token("p")
-    failed = REGISTRY.get_sample_value(
-        "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
-    ) or 0.0
+    failed = (
+        REGISTRY.get_sample_value(
+            "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
+        )
+        or 0.0
+    )
     idp.down = True
     keys: JwksKeys = v.keys
     wait_until(lambda: _degraded(keys), "readiness to say the JWKS is unreachable")
     assert v.caller(bearer(signer_of(idp, "k1").token("p2"))).subject == "p2"
     assert v.caller(bearer(token)).subject == "p"
-    assert REGISTRY.get_sample_value(
-        "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
-    ) >= failed + 1
+    assert (
+        REGISTRY.get_sample_value(
+            "hotdeal_auth_jwks_refreshes_total", {"service": "test", "result": "failed"}
+        )
+        >= failed + 1
+    )
     # A new kid while the endpoint is down: we can't know, so 503 (not "your token is bad").
     other = Signer(ec.generate_private_key(ec.SECP256R1()), ISS, AUD, kid="k9")
     time.sleep(1.1)  # past the refresh interval (a rate bound, not synchronisation)

@@ -147,7 +147,8 @@ def reconcile(env: dict[str, str], product: int = 1, wait: bool = True) -> tuple
 class JwksServer:
     """An identity provider's JWKS endpoint on a free port: its keys can be changed, it
     can go down (`down`: 503) or misbehave (`mode`: "trickle" a byte a second, "hang"
-    never answering, "huge" 8 MB of valid JSON), and it counts the fetches it answered."""
+    never answering, "huge" 8 MB of valid JSON, "slow-headers" its headers a byte a
+    second, "redirect" to itself with an 8 MB body), and it counts the fetches."""
 
     def __init__(self, keys: dict[str, Any]) -> None:
         self.keys = dict(keys)  # kid -> private key (the endpoint publishes the public half)
@@ -165,6 +166,20 @@ class JwksServer:
                     return
                 if server.mode == "hang":
                     server.stop_event.wait(60)
+                    return
+                if server.mode == "slow-headers":
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 1000:
+                        if server.stop_event.wait(1):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    return
+                if server.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "8000000")
+                    self.end_headers()
+                    self.wfile.write(b"x" * 8_000_000)
                     return
                 server.fetches += 1
                 doc = jwks_of(server.keys)

@@ -182,7 +182,7 @@ class JwksKeys:
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._session = requests.Session()
+        self._fetcher: threading.Thread | None = None
         self._refreshes = {
             result: metrics.JWKS_REFRESHES.labels(service, result) for result in ("ok", "failed")
         }
@@ -214,7 +214,7 @@ class JwksKeys:
             self._wanted.wait()
             self._wanted.clear()
             try:
-                keys = self._fetch()
+                keys = self._fetch_within_deadline()
             except Exception as exc:  # keep the cached keys: an IdP outage is not ours
                 failed = exc.__class__.__name__
                 self._refreshes["failed"].inc()
@@ -234,15 +234,43 @@ class JwksKeys:
                 self._attempts += 1
                 self._done.notify_all()
 
+    def _fetch_within_deadline(self) -> dict[str | None, tuple[Any, tuple[str, ...]]]:
+        """The fetch in a thread of its own, given `timeout_s` in all: headers sent a
+        byte a second hold only that thread (at most one such at a time: a second
+        attempt while it is stuck fails at once, and readiness says so)."""
+        if self._fetcher is not None and self._fetcher.is_alive():
+            raise JwksTimeout("the previous fetch is still stuck")
+        result: list[Any] = []
+
+        def fetch() -> None:
+            try:
+                result.append(self._fetch())
+            except Exception as exc:
+                result.append(exc)
+
+        self._fetcher = threading.Thread(target=fetch, name="jwks-fetch", daemon=True)
+        self._fetcher.start()
+        self._fetcher.join(self.timeout_s + 0.2)
+        if not result:
+            raise JwksTimeout(f"no whole answer within {self.timeout_s} s")
+        if isinstance(result[0], Exception):
+            raise result[0]
+        return result[0]
+
     def _fetch(self) -> dict[str | None, tuple[Any, tuple[str, ...]]]:
         timeout = (self.timeout_s, self.timeout_s)
-        with self._session.get(self.url, timeout=timeout, stream=True) as response:
-            # A total deadline: a server sending a byte a second never trips the read
+        # No redirects (requests reads a 3xx's body whole, past the cap), no pooled
+        # connection (one made before gunicorn forks would be shared by the workers).
+        with requests.get(
+            self.url, timeout=timeout, stream=True, allow_redirects=False
+        ) as response:
+            # The body's deadline: a server sending a byte a second never trips the read
             # timeout; shutting the socket down ends the read (urllib3's shutdown()).
             deadline = threading.Timer(self.timeout_s, response.raw.shutdown)
             deadline.start()
             try:
-                response.raise_for_status()
+                if response.status_code != 200:
+                    raise JwksRefused(f"HTTP {response.status_code}")
                 body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
             finally:
                 deadline.cancel()
@@ -295,6 +323,14 @@ class JwksKeys:
 
 class JwksTooLarge(ValueError):
     pass
+
+
+class JwksTimeout(TimeoutError):
+    pass
+
+
+class JwksRefused(ValueError):
+    """Not a 200 (a redirect included: a JWKS URL names the set itself)."""
 
 
 Keys = StaticKey | JwksKeys

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from hotdeal_local import auth
 from hotdeal_local.servers import REPO, free_port
 
 from .helpers import Service, buyers, reconcile, stampede, statuses, workdir
@@ -41,8 +42,14 @@ def image(service: str) -> str:
 def secrets(stack_env) -> Path:
     """The connection URLs as files, as the chart mounts its Secrets."""
     folder = workdir("secrets")
-    for key, var in (("database-url", "HOTDEAL_DATABASE_URL"), ("redis-url", "HOTDEAL_REDIS_URL")):
-        (folder / key).write_text(stack_env[var])
+    files = {
+        "database-url": stack_env["HOTDEAL_DATABASE_URL"],
+        "redis-url": stack_env["HOTDEAL_REDIS_URL"],
+        # The identity provider's public key, as auth.existingSecret mounts it.
+        "public-key.pem": auth.service_env()["HOTDEAL_AUTH_PUBLIC_KEY"],
+    }
+    for key, value in files.items():
+        (folder / key).write_text(value)
         (folder / key).chmod(0o644)  # readable by the image's uid 10001
     return folder
 
@@ -76,6 +83,16 @@ def run(
         "HOTDEAL_DATABASE_URL_FILE=/var/run/secrets/hotdeal/database/database-url",
         "-e",
         "HOTDEAL_REDIS_URL_FILE=/var/run/secrets/hotdeal/redis/redis-url",
+        "-v",
+        f"{secrets}/public-key.pem:/var/run/secrets/hotdeal/auth/public-key.pem:ro",
+        "-e",
+        "HOTDEAL_AUTH_PUBLIC_KEY_FILE=/var/run/secrets/hotdeal/auth/public-key.pem",
+        "-e",
+        f"HOTDEAL_AUTH_ISSUER={auth.ISSUER}",
+        "-e",
+        f"HOTDEAL_AUTH_AUDIENCE={auth.AUDIENCE}",
+        "-e",
+        "HOTDEAL_WORKSHOP_ROUTES=true",
         "-e",
         "HOTDEAL_HOLD_MS=5",
         "-e",
@@ -208,7 +225,7 @@ def test_legacy_container_sells_exactly_the_stock(secrets, containers, reset, st
     reset(10)
     service = serve("legacy", secrets, containers)
     assert statuses(stampede(service, buyers(25), concurrency=25)) == {201: 10, 409: 15}
-    assert requests.get(f"{service.url}/order", timeout=5).text == "Out Of Stock"
+    assert service.get("/order", timeout=5).text == "Out Of Stock"
     code, report = reconcile(stack_env)
     assert code == 0, report["violations"]
 

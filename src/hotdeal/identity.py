@@ -142,11 +142,6 @@ class StaticKey:
         self.key = key
         self.algorithms = algorithms_of(key)
 
-    def find(self, kid: str | None, algorithm: str) -> Any:
-        if algorithm not in self.algorithms:
-            raise Refused("algorithm", f"algorithm {algorithm} is not accepted")
-        return self.key
-
     def check(self) -> None:
         pass
 
@@ -188,12 +183,12 @@ class JwksKeys:
         }
         self.version = 0
 
-    def refresh(self, *, wait: bool = True, force: bool = False) -> None:
-        """Ask for a fetch unless one was asked for within the interval (or `force`);
-        `wait`: until it is done, at most `wait_s`."""
+    def refresh(self, *, wait: bool = True) -> None:
+        """Ask for a fetch unless one was asked for within the interval; `wait`: until
+        it is done, at most `wait_s`."""
         with self._done:
             now = time.monotonic()
-            if not force and now - self._asked_at < self.min_interval_s:
+            if now - self._asked_at < self.min_interval_s:
                 return
             self._asked_at = now
             target = self._attempts + 1

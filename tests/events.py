@@ -102,7 +102,10 @@ def answer_of(service: Service, user: str, key: str) -> requests.Response:
         last[:] = [order(service, user, key)]
         return last[0].status_code != 503
 
-    wait_until(final, f"an answer for {user}/{key}")
+    try:
+        wait_until(final, f"an answer for {user}/{key}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last: {last[0].text}") from None
     return last[0]
 
 

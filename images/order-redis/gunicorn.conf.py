@@ -45,20 +45,8 @@ workers = server_settings.workers or 2 * cores
 threads = server_settings.threads or (32 if inline else 1)
 # Inline mode: one pooled database connection per thread.
 wsgi_app = f"hotdeal_order_redis.app:create_app(pool_size={threads})"
-# Workers fork from an app that is already built and warm, so a worker is ready the
-# moment it exists (a flash sale starts at full load, with no time to warm up).
-preload_app = True
 timeout = 30
 # Probes and scrapes on their own port, outside the workers' queue (hotdeal.admin).
 when_ready = gunicorn_setup.admin_starter(
     "order-redis", "hotdeal_order_redis.app:admin_probes", server_settings.admin_bind
 )
-
-
-def post_fork(server, worker):  # noqa: ANN001, ANN201
-    # Connections opened before the fork must not be shared between workers. redis-py
-    # resets its pool by itself when it sees a new pid; SQLAlchemy's pool must be told.
-    app = getattr(worker.app, "callable", None)  # the preloaded Flask app
-    engine = app.extensions.get("hotdeal_engine") if app is not None else None
-    if engine is not None:
-        engine.dispose(close=False)

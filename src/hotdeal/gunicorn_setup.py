@@ -58,6 +58,15 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_fork(server: Any, worker: Any) -> None:
+    # Connections opened before the fork must not be shared between workers. redis-py
+    # resets its pool by itself when it sees a new pid; SQLAlchemy's pool must be told.
+    app = getattr(worker.app, "callable", None)  # the preloaded Flask app
+    engine = app.extensions.get("hotdeal_engine") if app is not None else None
+    if engine is not None:
+        engine.dispose(close=False)
+
+
 def common(server: ServerSettings, settings: Settings) -> dict[str, Any]:
     """Settings both services use; each config adds its worker model."""
     return {
@@ -77,6 +86,11 @@ def common(server: ServerSettings, settings: Settings) -> dict[str, Any]:
         # gunicorn's runtime control socket lives under $HOME: unused here, and it would
         # need a writable home on a read-only root filesystem.
         "control_socket_disable": True,
+        # Workers fork from an app that is already built and warm, so a worker is ready
+        # the moment it exists (a flash sale starts at full load, with no time to warm
+        # up, and a restarted pod serves in ~2 s).
+        "preload_app": True,
+        "post_fork": post_fork,
         "on_starting": on_starting,
         "child_exit": child_exit,
     }

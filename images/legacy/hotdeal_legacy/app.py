@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     orders = LegacyOrders(engine, hold_ms=settings.hold_ms, slots=settings.legacy_slots)
 
     app = Flask(__name__)
+    app.extensions["hotdeal_engine"] = engine  # disposed in each forked worker
     verifier = verifier_from_settings(settings, SERVICE)
     verifier.warm_up()
     init_errors(app)

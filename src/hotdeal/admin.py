@@ -7,18 +7,15 @@ probe or a scrape on the order port waits in the same queue (measured: /healthz 
 takes it out of the Service, and Prometheus loses the event it should watch. This
 process reads the workers' samples from PROMETHEUS_MULTIPROC_DIR and the stores itself.
 
-    python -m hotdeal.admin <module:function> <host:port>
-
 `module:function(settings)` returns the service's (readiness checks, scrape readers).
-It is started by the gunicorn configs (gunicorn_setup.start_admin) with a parent-death
-signal, so it never outlives the service.
+The gunicorn configs fork it from the arbiter (gunicorn_setup.admin_starter) with a
+parent-death signal, so it never outlives the service.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from collections.abc import Callable
 
 from flask import Flask
@@ -49,8 +46,8 @@ def probe_server(host: str, port: int, app: Callable) -> BaseWSGIServer:
     return make_server(host, port, app, threaded=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    service, factory, bind = (argv or sys.argv[1:])[:3]
+def main(argv: list[str]) -> None:
+    service, factory, bind = argv
     host, _, port = bind.rpartition(":")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -58,7 +55,3 @@ def main(argv: list[str] | None = None) -> None:
     server = probe_server(host or "0.0.0.0", int(port), create_admin_app(service, factory))
     log.info("%s admin listener on %s", service, bind)
     server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth chaos test-shuffled test-explore clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth bench-sold-out chaos test-shuffled test-explore clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-redis  the take script's capacity on one Redis core (for the scale plan)"
 	@echo "make bench-slow-clients  a sale under 40 slow clients, with and without the front (nginx)"
 	@echo "make bench-auth   order-redis with and without token checks (HS256, ES256, RS256)"
+	@echo "make bench-sold-out  sold-out answers vs a bare Flask route; how long a returned unit waits"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -99,6 +100,11 @@ bench-slow-clients: deps venv
 # rounds, and a token's first check in-process (results/auth.json).
 bench-auth: deps venv
 	$(BIN)/hotdeal-local bench-auth $(AUTH_ARGS)
+
+# Sold-out answers against a bare Flask route, in alternating rounds, and how long a
+# unit that comes back stays refused (results/sold-out.json).
+bench-sold-out: deps venv
+	$(BIN)/hotdeal-local bench-sold-out $(SOLD_OUT_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

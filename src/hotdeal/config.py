@@ -98,6 +98,12 @@ class Settings(_FromEnv):
     # "inline" = insert into the RDBMS inside the request (the workshop's way).
     order_write: str = setting("HOTDEAL_ORDER_WRITE", "stream", choices=("stream", "inline"))
     idempotency_ttl_s: int = setting("HOTDEAL_IDEMPOTENCY_TTL_S", 86400, minimum=1, kind=int)
+    # order-redis: how long a worker answers sold out from memory after a take found
+    # nothing left (hotdeal_order_redis.sold_out); a unit that comes back waits at most
+    # this long. 0 = every order runs the take.
+    sold_out_recheck_ms: int = setting(
+        "HOTDEAL_SOLD_OUT_RECHECK_MS", 250, minimum=0, maximum=60_000, kind=int
+    )
     # legacy: number of stock rows per product (1 = the single hot row).
     legacy_slots: int = setting("HOTDEAL_LEGACY_SLOTS", 1, minimum=1, kind=int)
     # Pooled connections per worker; None = one per gunicorn thread (see ServerSettings).

@@ -30,7 +30,10 @@ def _app() -> Flask:
 
 def bare_app() -> Flask:
     app = _app()
-    app.add_url_rule("/ceiling", "ceiling", lambda: Response("1", mimetype="text/plain"))
+    # POST too: `make bench-sold-out` sends it the orders it sends order-redis.
+    app.add_url_rule(
+        "/ceiling", "ceiling", lambda: Response("1", mimetype="text/plain"), methods=["GET", "POST"]
+    )
     return app
 
 

@@ -193,6 +193,34 @@ def slow(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_sold_out(args: argparse.Namespace) -> int:
+    from hotdeal_local.soldoutbench import run_sold_out_bench
+
+    result = run_sold_out_bench(
+        rounds=args.rounds,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        samples=args.samples,
+        workdir=args.workdir / "bench-sold-out",
+    )
+    c, n, rounds = args.concurrency, args.requests, args.rounds
+    print(f"\nsold-out answers, ab -c {c} -n {n}, medians of {rounds}:")
+    for name, row in result["columns"].items():
+        vs = row.get("vs_flask")
+        print(
+            f"  {name:<16} {row['requests_per_second']:>8.1f} req/s "
+            f"{row['cpu_us_per_request']:>7.1f} us CPU per request"
+            + (f"  {vs:.3f} of flask's" if vs else "")
+        )
+    back = result["come_back"]
+    print(
+        f"a unit that came back was sold after {back['p50_ms']} ms (p50), {back['max_ms']} ms "
+        f"(max of {back['samples']}); recheck {back['recheck_ms']} ms"
+    )
+    write_json(args.out, result)
+    return 0
+
+
 def bench_auth(args: argparse.Namespace) -> int:
     from hotdeal_local.authbench import run_auth_bench
 
@@ -281,6 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     p_auth.add_argument("--concurrency", "-c", type=int, default=150)
     p_auth.add_argument("--out", default="results/auth.json")
     p_auth.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_sold = sub.add_parser("bench-sold-out", help="sold-out answers against a bare Flask route")
+    p_sold.add_argument("--rounds", type=int, default=3)
+    p_sold.add_argument("--requests", "-n", type=int, default=20_000)
+    p_sold.add_argument("--concurrency", "-c", type=int, default=150)
+    p_sold.add_argument("--samples", type=int, default=20)
+    p_sold.add_argument("--out", default="results/sold-out.json")
+    p_sold.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_slow = sub.add_parser(
         "slow-clients", help="a sale under slow clients, with and without the front"
     )
@@ -299,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         "capacity": capacity,
         "slow-clients": slow,
         "bench-auth": bench_auth,
+        "bench-sold-out": bench_sold_out,
     }
     try:
         code = commands[args.command](args)

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
         idempotency_ttl_s=settings.idempotency_ttl_s,
         durability_mode=settings.redis_durability,
         durability_timeout_ms=settings.redis_durability_timeout_ms,
+        sold_out_recheck_ms=settings.sold_out_recheck_ms,
     )
     stock.warm_up()
 

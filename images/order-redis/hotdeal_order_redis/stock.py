@@ -35,6 +35,7 @@ from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topolo
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.seen import SeenMarks
+from hotdeal_order_redis.sold_out import SoldOutMarks
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class RedisStock:
         idempotency_ttl_s: int = 86400,
         durability_mode: str = "fsync",
         durability_timeout_ms: int = 500,
+        sold_out_recheck_ms: int = 0,
     ) -> None:
         if write == "inline" and engine is None:
             raise ValueError("inline order writes need a database engine")
@@ -117,6 +119,7 @@ class RedisStock:
         self._plan_lock = threading.Lock()
         # The fence: per product, the highest (epoch, seq) this server answered 201 for.
         self._seen = SeenMarks()
+        self._sold_out = SoldOutMarks(sold_out_recheck_ms)
         self._line = threading.local()
         # On one Redis the take reads the instance mark; a cluster has no key for it.
         self._marked = "0" if is_cluster(client) else "1"
@@ -266,18 +269,20 @@ class RedisStock:
     ) -> Taken:
         """`again`: whether a take that had to settle something first (validate the
         books, give back a take that never committed) may run once more."""
-        try:
-            plan = self.durability_plan()
-        except durability.DurabilityError:
-            raise errors.unavailable() from None
-        except redis.RedisError:
-            raise errors.unavailable() from None
         pid, user = order.product_id, order.user_id
         idem_key = (
             redis_keys.idempotency(pid, user, idempotency_key)
             if idempotency_key
             else redis_keys.idempotency_placeholder(pid)
         )
+        if self._sold_out.known(pid) and not (idempotency_key and self._key_exists(idem_key)):
+            raise errors.sold_out(0)
+        try:
+            plan = self.durability_plan()
+        except durability.DurabilityError:
+            raise errors.unavailable() from None
+        except redis.RedisError:
+            raise errors.unavailable() from None
         keys = [
             *redis_keys.take_keys(pid),
             idem_key,
@@ -318,7 +323,25 @@ class RedisStock:
             return taken
         if status == "unvalidated" and again and self._validate_here():
             return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
+        if status == "sold_out":
+            self._sold_out.learn(pid, int(rest[0]))
         raise _refusal(status, rest, order, limit)
+
+    def _key_exists(self, key: str) -> bool:
+        """Whether an Idempotency-Key was used before (its take may be owed a replay):
+        one EXISTS on the product's node, no script. Nothing is sold either way, so a
+        lost reply is `unavailable`."""
+        node = node_client(self.client, key)
+        conn, _ = self._ready(node)
+        try:
+            (reply,) = self._round_trip(conn, [("EXISTS", key)])
+        except ApiError:
+            raise errors.unavailable() from None
+        if isinstance(reply, Exception):
+            if isinstance(reply, redis.exceptions.AskError):
+                refresh_topology(self.client)
+            raise errors.unavailable()
+        return bool(reply)
 
     def _validate_here(self) -> bool:
         """Inline mode has the database, and may run no writer: check the books against

@@ -110,3 +110,32 @@ def test_units_that_come_back_are_sold_after_the_recheck(event):
     assert ev.books()["quantity"] == "0"
     code, report = reconcile(ev.env)
     assert code == 0, report["violations"]
+
+
+def test_what_is_not_a_valid_sold_out_order_gets_the_usual_answer(event):
+    """The shortcut in front of Flask only ever says sold_out, where the app would."""
+    ev = event(stock=1)
+    svc = ev.service(HOTDEAL_SOLD_OUT_RECHECK_MS=FOR_THE_TEST, HOTDEAL_WORKERS="1")
+    assert statuses([order(svc, "a"), order(svc, "b")]) == {201: 1, 409: 1}
+    bad = svc.order({"product_id": 1, "user_id": "c", "quantity": 0})
+    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request")
+    broken = svc.order(b'{"product_id": 1,', user="c")
+    assert (broken.status_code, broken.json()["error"]) == (400, "invalid_request")
+    anonymous = svc.order({"product_id": 1, "quantity": 1}, headers={"Authorization": None})
+    assert anonymous.status_code == 401 and "Bearer" in anonymous.headers["WWW-Authenticate"]
+    other = svc.order({"product_id": 1, "user_id": "someone-else", "quantity": 1}, user="c")
+    assert (other.status_code, other.json()["error"]) == (403, "insufficient_scope")
+    bad_key = order(svc, "c", key="has a space")
+    assert (bad_key.status_code, bad_key.json()["error"]) == (400, "invalid_request")
+    unknown = svc.order({"product_id": 2, "user_id": "c", "quantity": 1})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_product")
+    sold_out = [order(svc, f"late{i}") for i in range(3)]
+    assert {(r.status_code, r.json()["error"]) for r in sold_out} == {(409, "sold_out")}
+    assert sold_out[0].headers["Content-Type"] == "application/json"
+    page = svc.admin("/metrics").text
+    refused = [
+        line for line in page.splitlines()
+        if line.startswith("hotdeal_orders_total{") and 'result="sold_out"' in line
+    ]  # fmt: skip
+    assert len(refused) == 1 and 'product="1"' in refused[0], refused
+    assert float(refused[0].rsplit(" ", 1)[1]) == 4.0  # b's and the three late ones

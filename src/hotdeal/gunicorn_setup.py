@@ -88,7 +88,7 @@ def post_fork(server: Any, worker: Any) -> None:
     # Connections opened before the fork must not be shared between workers. redis-py
     # resets its pool by itself when it sees a new pid; SQLAlchemy's pool must be told.
     app = getattr(worker.app, "callable", None)  # the preloaded Flask app
-    engine = app.extensions.get("hotdeal_engine") if app is not None else None
+    engine = getattr(app, "extensions", {}).get("hotdeal_engine")
     if engine is not None:
         engine.dispose(close=False)
 

@@ -30,6 +30,7 @@ from hotdeal.web import (
     workshop_answer,
     workshop_order_of,
 )
+from hotdeal_order_redis.sold_out import SoldOutShortcut
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
 
@@ -118,6 +119,13 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
         return response, 201
 
     app.register_blueprint(orders.blueprint)
+    app.wsgi_app = SoldOutShortcut(  # type: ignore[method-assign]
+        app.wsgi_app,
+        stock=stock,
+        verifier=verifier,
+        max_per_order=settings.max_per_order,
+        routes=orders,
+    )
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:

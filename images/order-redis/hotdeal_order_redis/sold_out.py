@@ -9,12 +9,30 @@ memory; the first order after that runs the take again. So:
   the load (each worker learns on its own: one take each, no shared state to go stale);
 - an order with an Idempotency-Key may be the retry of a take that sold: it costs one
   EXISTS on its key (hotdeal_order_redis.stock), and a key that exists gets the take.
+
+SoldOutShortcut answers those orders before Flask: a request and a response through
+Flask cost ~30% of a bare route's throughput (measured: a WSGI callable 3,250 req/s, a
+Flask route 2,250), and after the last unit every answer is one of these.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from hotdeal import errors
+from hotdeal.errors import ApiError
+from hotdeal.identity import Trusting, Verifier
+from hotdeal.validation import parse_idempotency_key, parse_order
+from hotdeal.web import MAX_BODY_BYTES, OrderRoutes, encoded
+
+if TYPE_CHECKING:
+    from hotdeal_order_redis.stock import RedisStock
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class SoldOutMarks:
@@ -42,3 +60,71 @@ class SoldOutMarks:
         for fewer units could still be sold otherwise)."""
         if remaining <= 0 and self._recheck_s > 0:
             self._until[product_id] = self._clock() + self._recheck_s
+
+    def any(self) -> bool:
+        return bool(self._until)
+
+
+class SoldOutShortcut:
+    """WSGI middleware in front of the Flask app: a valid, authenticated order for a
+    product this worker knows is sold out gets its 409 here. Anything else (another
+    route, a body that does not parse or validate, a refused token, a product not known
+    sold out, a key that was used, Redis away) goes to the app untouched, body and all,
+    and is answered there as it always is: this path only ever says sold_out, and only
+    where the app would."""
+
+    def __init__(
+        self,
+        app: WsgiApp,
+        *,
+        stock: RedisStock,
+        verifier: Verifier | Trusting,
+        max_per_order: int,
+        routes: OrderRoutes,
+    ) -> None:
+        self.app = app
+        self.stock = stock
+        self.verifier = verifier
+        self.max_per_order = max_per_order
+        self.routes = routes
+        self.body = encoded(errors.sold_out(0))
+        self.headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(self.body))),
+        ]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if (
+            self.stock.any_sold_out
+            and environ.get("PATH_INFO") == "/v1/orders"
+            and environ.get("REQUEST_METHOD") == "POST"
+        ):
+            started = time.perf_counter()
+            product = self._sold_out(environ)
+            if product is not None:
+                self.routes.record(str(product), "sold_out", started)
+                start_response("409 CONFLICT", self.headers)
+                return [self.body]
+        return self.app(environ, start_response)
+
+    def _sold_out(self, environ: dict[str, Any]) -> int | None:
+        """The product, if this order is one to refuse here; None sends it to the app."""
+        if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
+            return None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return None
+        if not 0 < length <= MAX_BODY_BYTES:
+            return None
+        raw = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(raw)  # the app reads the same body
+        try:
+            caller = self.verifier.caller(environ.get("HTTP_AUTHORIZATION"))
+            order = parse_order(json.loads(raw), self.max_per_order, caller)
+            key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            if self.stock.known_sold_out(order, key):
+                return order.product_id
+        except (ApiError, ValueError, RecursionError):  # a refused token is an ApiError too
+            pass
+        return None

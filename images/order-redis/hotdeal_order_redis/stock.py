@@ -275,7 +275,7 @@ class RedisStock:
             if idempotency_key
             else redis_keys.idempotency_placeholder(pid)
         )
-        if self._sold_out.known(pid) and not (idempotency_key and self._key_exists(idem_key)):
+        if self.known_sold_out(order, idempotency_key):
             raise errors.sold_out(0)
         try:
             plan = self.durability_plan()
@@ -326,6 +326,21 @@ class RedisStock:
         if status == "sold_out":
             self._sold_out.learn(pid, int(rest[0]))
         raise _refusal(status, rest, order, limit)
+
+    def known_sold_out(self, order: OrderRequest, idempotency_key: str | None) -> bool:
+        """This worker knows the product is sold out (hotdeal_order_redis.sold_out) and
+        the order can't be the retry of a sale: it has no Idempotency-Key, or one never
+        used. Raises `unavailable` if Redis can't say which."""
+        if not self._sold_out.known(order.product_id):
+            return False
+        if idempotency_key is None:
+            return True
+        key = redis_keys.idempotency(order.product_id, order.user_id, idempotency_key)
+        return not self._key_exists(key)
+
+    @property
+    def any_sold_out(self) -> bool:
+        return self._sold_out.any()
 
     def _key_exists(self, key: str) -> bool:
         """Whether an Idempotency-Key was used before (its take may be owed a replay):

@@ -121,6 +121,11 @@ def test_what_is_not_a_valid_sold_out_order_gets_the_usual_answer(event):
     assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request")
     broken = svc.order(b'{"product_id": 1,', user="c")
     assert (broken.status_code, broken.json()["error"]) == (400, "invalid_request")
+    not_json = svc.order(
+        {"product_id": 1, "user_id": "c", "quantity": 1},
+        headers={"Content-Type": "application/jsonx"},
+    )
+    assert (not_json.status_code, not_json.json()["error"]) == (400, "invalid_request")
     anonymous = svc.order({"product_id": 1, "quantity": 1}, headers={"Authorization": None})
     assert anonymous.status_code == 401 and "Bearer" in anonymous.headers["WWW-Authenticate"]
     other = svc.order({"product_id": 1, "user_id": "someone-else", "quantity": 1}, user="c")

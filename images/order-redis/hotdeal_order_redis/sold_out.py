@@ -109,7 +109,8 @@ class SoldOutShortcut:
 
     def _sold_out(self, environ: dict[str, Any]) -> int | None:
         """The product, if this order is one to refuse here; None sends it to the app."""
-        if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
+        # Exactly JSON (any other type, even one the app accepts, goes to the app).
+        if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")

@@ -883,6 +883,31 @@ def test_cluster_mode_reaches_every_redis_client():
             assert (env.get("HOTDEAL_REDIS_CLUSTER") == "true") == uses_redis, (name, c["name"])
 
 
+def test_the_order_models_settings_reach_every_process_that_touches_it(tmp_path):
+    """The Idempotency-Key TTL and the durability: the service takes with them, the writer
+    (and `hotdeal-ops repair`, run in its pod) rebuild with them; the writer's rebuilds
+    once restored keys with the 86,400 s default."""
+    values = tmp_path / "model.yaml"
+    model = {"idempotencyTtlSeconds": 3600, "durability": "none", "durabilityTimeoutMs": 700}
+    values.write_text(yaml.safe_dump({"orderRedis": model}))
+    done = helm("helm4", "template", "ev", str(CHART), "-n", "games", "-f", str(values))
+    expected = {
+        "HOTDEAL_IDEMPOTENCY_TTL_S": "3600",
+        "HOTDEAL_REDIS_DURABILITY": "none",
+        "HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS": "700",
+    }
+    touching = set()
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    for name, template in pod_specs(docs).items():
+        for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if "HOTDEAL_REDIS_URL_FILE" in env:
+                touching.add(name)
+                assert {k: env.get(k) for k in expected} == expected, (name, c["name"])
+    assert {"ev-hotdeal-order-redis", "ev-hotdeal-writer"} <= touching, touching
+    assert {"ev-hotdeal-reset", "ev-hotdeal-reconcile"} <= touching, touching
+
+
 def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
     """Before, the pod checksum hashed the whole component block: `--set
     orderRedis.replicas=6` mid-event restarted every order-redis pod."""

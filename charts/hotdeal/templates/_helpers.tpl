@@ -153,11 +153,25 @@ imagePullSecrets:
 - name: HOTDEAL_REDIS_CLUSTER
   value: "true"
 {{- end }}
+{{- include "hotdeal.orderModelEnv" .root }}
 {{- end }}
 - name: HOTDEAL_HOLD_MS
   value: {{ .root.Values.event.holdMs | quote }}
 - name: HOTDEAL_MAX_PER_ORDER
   value: {{ .root.Values.event.maxPerOrder | quote }}
+{{- end -}}
+
+{{/* What shapes the Redis order model, the same in every process that touches it: the
+     service takes and waits, the writer waits and rebuilds, reset and repair rebuild
+     (an Idempotency-Key rebuilt with another TTL would replay for a different time). */}}
+{{- define "hotdeal.orderModelEnv" -}}
+{{- $v := .Values.orderRedis }}
+- name: HOTDEAL_IDEMPOTENCY_TTL_S
+  value: {{ $v.idempotencyTtlSeconds | quote }}
+- name: HOTDEAL_REDIS_DURABILITY
+  value: {{ $v.durability | quote }}
+- name: HOTDEAL_REDIS_DURABILITY_TIMEOUT_MS
+  value: {{ $v.durabilityTimeoutMs | quote }}
 {{- end -}}
 
 {{- define "hotdeal.secretVolumes" -}}

@@ -83,3 +83,52 @@ def test_each_way_an_order_ends_is_counted_once(client, path, status, product, r
     if status >= 400 and path != "/sold-out":  # the workshop's "Out Of Stock" is text
         assert answer.is_json and "error" in answer.get_json()
     assert _count(product, result) == before + 1
+
+
+def test_one_table_of_outcomes_holds_the_code_the_document_and_the_metric_together():
+    """hotdeal.errors.OUTCOMES is the one place that says what an error code means: every
+    answer the code builds uses its status, the OpenAPI document lists exactly its codes
+    (the 500 "error" no promise allows aside), and the metric's results, the README and
+    the alert rules and dashboard name only its results."""
+    import re
+    from pathlib import Path
+
+    import werkzeug.exceptions as http
+
+    from hotdeal.web import error_answer, openapi_document
+
+    root = Path(__file__).resolve().parents[1]
+    built = []
+    for folder in ("src", "images", "ops"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            built += re.findall(r'(?:ApiError|__init__)\(\s*(\d{3}),\s*"([a-z_]+)"', text)
+    assert len(built) > 15
+    for status, code in built:
+        assert errors.OUTCOMES[code].status == int(status), (code, status)
+    for exc in (http.NotFound(), http.MethodNotAllowed(["POST"]), http.RequestEntityTooLarge()):
+        with Flask(__name__).app_context():
+            response, status, _ = error_answer(exc)
+        assert errors.OUTCOMES[response.get_json()["error"]].status == status
+
+    with Flask(__name__).app_context():
+        spec = openapi_document("order-redis", __import__("hotdeal.config").config.Settings())
+    documented = spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+    assert set(documented) == set(errors.OUTCOMES) - {"error"}
+    # ...and the document's statuses for the order route are the table's.
+    responses = spec["paths"]["/v1/orders"]["post"]["responses"]
+    statuses = {o.status for code, o in errors.OUTCOMES.items() if code != "error"}
+    assert statuses - {405} <= {int(s) for s in responses}, sorted(responses)  # 405: not POST
+
+    results = set(errors.METRIC_RESULTS)
+    readme = (root / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "`hotdeal_orders_total{" in line)
+    assert results <= set(re.findall(r"`([a-z_]+)`", row)), row
+    rules = "".join(
+        (root / "charts/hotdeal/files" / name).read_text()
+        for name in ("alerts.yaml", "dashboard.json")
+    )
+    named = re.findall(r'hotdeal_orders_total\{[^}]*result=~?\\?"([^"\\]+)', rules)
+    assert len(named) >= 3
+    for match in named:
+        assert set(match.split("|")) <= results, match

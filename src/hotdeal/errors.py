@@ -3,13 +3,56 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import redis.exceptions
 import sqlalchemy.exc
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One kind of answer an order can get. `counted`: an outcome of its own in
+    hotdeal_orders_total{result} (any other failure is "rejected"); `names_product`: the
+    answer proves the product exists, so the request is labelled with it (clients can't
+    mint series with product ids that don't exist)."""
+
+    status: int
+    counted: bool = False
+    names_product: bool = False
+
+
+# Every error code the services answer, the one place that says what each means for its
+# status, the metric and the product label (hotdeal.web), and the OpenAPI document's
+# enum (a test holds the document to it). "ok" is the 201, "error" the 500 no promise
+# allows.
+OUTCOMES: dict[str, Outcome] = {
+    "invalid_request": Outcome(400),
+    "unauthorized": Outcome(401),
+    "invalid_token": Outcome(401),
+    "insufficient_scope": Outcome(403),
+    "unknown_product": Outcome(404),
+    "unknown_order": Outcome(404),
+    "not_found": Outcome(404),
+    "method_not_allowed": Outcome(405),
+    "sold_out": Outcome(409, counted=True, names_product=True),
+    "limit_exceeded": Outcome(409, counted=True, names_product=True),
+    "not_open": Outcome(409, counted=True, names_product=True),
+    "in_progress": Outcome(409, counted=True, names_product=True),
+    "request_entity_too_large": Outcome(413),
+    "request_uri_too_long": Outcome(414),
+    "idempotency_key_reused": Outcome(422, names_product=True),
+    "error": Outcome(500, counted=True),
+    "unavailable": Outcome(503, counted=True),
+    "outcome_unknown": Outcome(503, counted=True),
+    "paused": Outcome(503, counted=True, names_product=True),
+}
+# hotdeal_orders_total{result}: "ok", the counted codes, and "rejected" for the rest.
+METRIC_RESULTS = ("ok", *(code for code, o in OUTCOMES.items() if o.counted), "rejected")
+
+
 class ApiError(Exception):
-    """An answer with a 4xx/5xx status and a JSON body `{"error": code, "message": ...}`."""
+    """An answer with a 4xx/5xx status and a JSON body `{"error": code, "message": ...}`;
+    `code` is one of OUTCOMES, with its status."""
 
     def __init__(
         self,

@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hotdeal.errors import METRIC_RESULTS
+
 log = logging.getLogger(__name__)
 
 # From a 1 ms Redis round trip to a 100 s queue on the hot row.
@@ -33,8 +35,8 @@ LATENCY_BUCKETS = (
 
 ORDERS = Counter(
     "hotdeal_orders_total",
-    "Order requests by outcome: ok, sold_out, limit_exceeded, not_open, rejected (bad "
-    "input), unavailable (503), error.",
+    f"Order requests by outcome: {', '.join(METRIC_RESULTS)} (bad input, an unknown "
+    "product, a refused token).",
     ["service", "product", "result"],
 )
 DECREMENTS = Counter(

@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from hotdeal import metrics
 from hotdeal.config import Settings
 from hotdeal.durability import DurabilityError
-from hotdeal.errors import ApiError, Degraded, NotReady, is_unavailable, unavailable
+from hotdeal.errors import OUTCOMES, ApiError, Degraded, NotReady, is_unavailable, unavailable
 from hotdeal.identity import Caller, Trusting, Verifier
 from hotdeal.validation import OrderRequest, parse_order
 
@@ -40,28 +40,10 @@ Reader = Callable[[], Iterable[Metric]]
 
 # Order bodies are ~80 bytes; anything near this is not an order (413 before parsing).
 MAX_BODY_BYTES = 4096
-# ApiError codes that are an outcome of their own in hotdeal_orders_total; every other
-# 4xx is "rejected" (bad input, unknown product, reused idempotency key).
-OUTCOMES = {
-    "sold_out",
-    "limit_exceeded",
-    "not_open",
-    "unavailable",
-    "outcome_unknown",
-    "paused",
-    "in_progress",
-    "error",
-}
-# Answers that prove the product exists: only then does the request carry its product
-# label. Any other request is labelled "none", so clients can't mint metric series.
-PRODUCT_KNOWN = {
-    "sold_out",
-    "limit_exceeded",
-    "not_open",
-    "paused",
-    "in_progress",
-    "idempotency_key_reused",
-}
+# ApiError codes that are an outcome of their own in hotdeal_orders_total, and those
+# whose answer proves the product exists (hotdeal.errors.OUTCOMES says which).
+COUNTED = frozenset(code for code, o in OUTCOMES.items() if o.counted)
+PRODUCT_KNOWN = frozenset(code for code, o in OUTCOMES.items() if o.names_product)
 OUT_OF_STOCK = "Out Of Stock"
 
 
@@ -106,7 +88,7 @@ def error_answer(exc: Exception, call: OrderCall | None = None) -> tuple[Respons
     response = Response(encoded(exc), status=exc.status, mimetype="application/json")
     if exc.headers:
         response.headers.update(exc.headers)
-    return response, exc.status, exc.code if exc.code in OUTCOMES else "rejected"
+    return response, exc.status, exc.code if exc.code in COUNTED else "rejected"
 
 
 def encoded(exc: ApiError) -> bytes:
@@ -267,6 +249,9 @@ def openapi_document(service: str, settings: Settings) -> dict[str, Any]:
             if not operation["parameters"]:
                 del operation["parameters"]
     schemas = doc["components"]["schemas"]
+    # The codes follow from the one table of outcomes (the 500 no promise allows aside).
+    codes = [code for code in OUTCOMES if code != "error"]
+    schemas["Error"]["properties"]["error"]["enum"] = codes
     schemas["OrderRequest"]["properties"]["quantity"]["maximum"] = settings.max_per_order
     if settings.auth == "off":  # the body names the buyer
         del doc["security"], doc["components"]["securitySchemes"]

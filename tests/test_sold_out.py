@@ -3,7 +3,11 @@ script; they never hide a replay that is owed, and a unit that comes back is sol
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
+
+import redis
 
 from hotdeal_local.servers import ops
 from hotdeal_order_redis.sold_out import SoldOutMarks
@@ -144,3 +148,45 @@ def test_what_is_not_a_valid_sold_out_order_gets_the_usual_answer(event):
     ]  # fmt: skip
     assert len(refused) == 1 and 'product="1"' in refused[0], refused
     assert float(refused[0].rsplit(" ", 1)[1]) == 4.0  # b's and the three late ones
+
+
+def test_a_busy_redis_is_a_503_for_a_keyed_order_and_refusals_count_once(event):
+    ev = event(stock=1)
+    svc = ev.service(HOTDEAL_SOLD_OUT_RECHECK_MS=FOR_THE_TEST, HOTDEAL_WORKERS="1")
+    assert order(svc, "a", key="k-a").status_code == 201
+    assert order(svc, "b").status_code == 409
+    anonymous = svc.order({"product_id": 1, "quantity": 1}, headers={"Authorization": None})
+    assert anonymous.status_code == 401
+    page = svc.admin("/metrics").text
+    assert 'hotdeal_auth_refused_total{reason="missing",service="order-redis"} 1.0' in page
+    # A script that never ends: Redis answers BUSY to everything else until it is killed.
+    client = ev.client()
+    client.config_set("busy-reply-threshold", 100)
+
+    def spin() -> None:
+        with contextlib.suppress(redis.ResponseError):  # killed: "script killed by user"
+            ev.client().eval("while true do end", 0)
+
+    stuck = threading.Thread(target=spin)
+    stuck.start()
+    try:
+        wait_until(lambda: _busy(ev), "Redis busy")
+        keyed = order(svc, "a", key="k-a")
+        assert (keyed.status_code, keyed.json()["error"]) == (503, "unavailable"), keyed.text
+    finally:
+        while _busy(ev):
+            with contextlib.suppress(redis.ResponseError):
+                ev.client().script_kill()
+        stuck.join()
+    replay = order(svc, "a", key="k-a")
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+
+
+def _busy(ev) -> bool:
+    try:
+        ev.client().ping()
+    except redis.exceptions.BusyLoadingError:
+        return False
+    except redis.ResponseError as exc:
+        return "busy" in str(exc).lower()
+    return False

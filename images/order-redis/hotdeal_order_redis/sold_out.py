@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hotdeal import errors
-from hotdeal.errors import ApiError
+from hotdeal.errors import ApiError, is_unavailable
 from hotdeal.identity import Trusting, Verifier
 from hotdeal.validation import parse_idempotency_key, parse_order
-from hotdeal.web import MAX_BODY_BYTES, OrderRoutes, encoded
+from hotdeal.web import MAX_BODY_BYTES, OrderCall, OrderRoutes, encoded, error_answer
 
 if TYPE_CHECKING:
     from hotdeal_order_redis.stock import RedisStock
@@ -62,16 +62,22 @@ class SoldOutMarks:
             self._until[product_id] = self._clock() + self._recheck_s
 
     def any(self) -> bool:
+        """Some product is known sold out (lapsed marks are dropped on the way)."""
+        now = self._clock()
+        for product_id, until in list(self._until.items()):
+            if until <= now:
+                self._until.pop(product_id, None)
         return bool(self._until)
 
 
 class SoldOutShortcut:
-    """WSGI middleware in front of the Flask app: a valid, authenticated order for a
-    product this worker knows is sold out gets its 409 here. Anything else (another
-    route, a body that does not parse or validate, a refused token, a product not known
-    sold out, a key that was used, Redis away) goes to the app untouched, body and all,
-    and is answered there as it always is: this path only ever says sold_out, and only
-    where the app would."""
+    """WSGI middleware in front of the Flask app, for orders of a product this worker
+    knows is sold out: it answers them as the app would, without Flask. A sold-out
+    answer from memory; any refusal on the way (a token refused, a bad Idempotency-Key,
+    a body that does not validate, another buyer named, Redis away for a keyed order)
+    with the app's own answer, checked in the app's order, counted once. Anything else
+    (another route, a body that is not exactly JSON or names no marked product, a key
+    that was used, a failure the app must log) goes to the app untouched, body and all."""
 
     def __init__(
         self,
@@ -100,15 +106,23 @@ class SoldOutShortcut:
             and environ.get("REQUEST_METHOD") == "POST"
         ):
             started = time.perf_counter()
-            product = self._sold_out(environ)
-            if product is not None:
-                self.routes.record(str(product), "sold_out", started)
-                start_response("409 CONFLICT", self.headers)
-                return [self.body]
+            marked = self._marked(environ)
+            if marked is not None:
+                product, body = marked
+                answer = self._answer(environ, product, body)
+                if answer is SOLD_OUT:
+                    self.routes.record(str(product), "sold_out", started)
+                    start_response("409 CONFLICT", self.headers)
+                    return [self.body]
+                if answer is not None:
+                    response, label, result = answer
+                    self.routes.record(label, result, started)
+                    return response(environ, start_response)
         return self.app(environ, start_response)
 
-    def _sold_out(self, environ: dict[str, Any]) -> int | None:
-        """The product, if this order is one to refuse here; None sends it to the app."""
+    def _marked(self, environ: dict[str, Any]) -> tuple[int, Any] | None:
+        """(product, body) of an order for a product known sold out, else None. The body
+        is read once; the app gets the same bytes."""
         # Exactly JSON (any other type, even one the app accepts, goes to the app).
         if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
@@ -119,13 +133,34 @@ class SoldOutShortcut:
         if not 0 < length <= MAX_BODY_BYTES:
             return None
         raw = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(raw)  # the app reads the same body
+        environ["wsgi.input"] = io.BytesIO(raw)
         try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        product = body.get("product_id") if isinstance(body, dict) else None
+        if type(product) is not int or not self.stock.marked(product):
+            return None
+        return product, body
+
+    def _answer(self, environ: dict[str, Any], product: int, body: Any) -> Any:
+        """SOLD_OUT, the app's answer to a refusal as (response, product label, result),
+        or None for the app to answer."""
+        call = OrderCall()
+        call.candidate = product
+        try:
+            # The app's order of checks (hotdeal_order_redis.app.create_order).
             caller = self.verifier.caller(environ.get("HTTP_AUTHORIZATION"))
-            order = parse_order(json.loads(raw), self.max_per_order, caller)
             key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            order = parse_order(body, self.max_per_order, caller)
             if self.stock.known_sold_out(order, key):
-                return order.product_id
-        except (ApiError, ValueError, RecursionError):  # a refused token is an ApiError too
-            pass
-        return None
+                return SOLD_OUT
+            return None  # a replay may be owed: the take decides
+        except Exception as exc:
+            if not (isinstance(exc, ApiError) or is_unavailable(exc)):
+                return None  # the app answers it, and logs it
+            response, _, result = error_answer(exc, call)
+            return response, call.product, result
+
+
+SOLD_OUT = object()

@@ -203,7 +203,9 @@ class RedisStock:
                 known = (sock, _run_id(conn.read_response()))
                 self._line.run_ids[id(conn)] = known
             return conn, known[1]
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+            # ResponseError: INFO refused (BUSY running a script, LOADING, ...): no take
+            # was sent either.
             raise errors.unavailable() from None
 
     def _round_trip(
@@ -341,6 +343,11 @@ class RedisStock:
     @property
     def any_sold_out(self) -> bool:
         return self._sold_out.any()
+
+    def marked(self, product_id: int) -> bool:
+        """This worker knows the product is sold out (a keyed order may still be owed a
+        replay: known_sold_out says)."""
+        return self._sold_out.known(product_id)
 
     def _key_exists(self, key: str) -> bool:
         """Whether an Idempotency-Key was used before (its take may be owed a replay):

@@ -166,17 +166,24 @@ def probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounds(args: argparse.Namespace) -> dict[str, int]:
+    """What every benchmark in alternating rounds takes from its command line."""
+    return {"rounds": args.rounds, "requests": args.requests, "concurrency": args.concurrency}
+
+
+def _load(args: argparse.Namespace) -> str:
+    return f"ab -c {args.concurrency} -n {args.requests}, medians of {args.rounds}"
+
+
 def slow(args: argparse.Namespace) -> int:
     from hotdeal_local.slowclients import run_slow_clients
 
     result = run_slow_clients(
-        rounds=args.rounds,
-        requests=args.requests,
-        concurrency=args.concurrency,
+        **_rounds(args),
         slow=args.slow,
         workdir=args.workdir / "slow-clients",
     )
-    print(f"\norder-redis, ab -c {args.concurrency} -n {args.requests}, medians of {args.rounds}:")
+    print(f"\norder-redis, {_load(args)}:")
     for name, row in result["columns"].items():
         cpu = row.get("cpu_us_per_request")
         print(
@@ -197,14 +204,11 @@ def bench_sold_out(args: argparse.Namespace) -> int:
     from hotdeal_local.soldoutbench import run_sold_out_bench
 
     result = run_sold_out_bench(
-        rounds=args.rounds,
-        requests=args.requests,
-        concurrency=args.concurrency,
+        **_rounds(args),
         samples=args.samples,
         workdir=args.workdir / "bench-sold-out",
     )
-    c, n, rounds = args.concurrency, args.requests, args.rounds
-    print(f"\nsold-out answers, ab -c {c} -n {n}, medians of {rounds}:")
+    print(f"\nsold-out answers, {_load(args)}:")
     for name, row in result["columns"].items():
         vs = row.get("vs_flask")
         print(
@@ -225,12 +229,10 @@ def bench_auth(args: argparse.Namespace) -> int:
     from hotdeal_local.authbench import run_auth_bench
 
     result = run_auth_bench(
-        rounds=args.rounds,
-        requests=args.requests,
-        concurrency=args.concurrency,
+        **_rounds(args),
         workdir=args.workdir / "bench-auth",
     )
-    print(f"\norder-redis, ab -c {args.concurrency} -n {args.requests}, medians of {args.rounds}:")
+    print(f"\norder-redis, {_load(args)}:")
     for name, row in result["columns"].items():
         vs = row.get("throughput_vs_off")
         print(

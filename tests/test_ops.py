@@ -225,3 +225,24 @@ def test_oracle_errors_are_logged_by_code():
         "connect", {}, oracledb.DatabaseError("ORA-01033: ORACLE initialization in progress")
     )
     assert not errors.is_logon_refused(starting) and errors.error_code(starting) == "ORA-01033"
+
+
+def test_a_reset_in_the_middle_of_a_sale_tries_its_transaction_again(engine, rclient, monkeypatch):
+    """A take between the reset's WATCH and EXEC made it fail (WatchError: exit 4)."""
+    from hotdeal_ops import reset as reset_module
+
+    reset_module.reset(engine, rclient, 1, 10, slots=1, opens_at=None, discard_orders=True)
+    checked = reset_module._rebuilt_meanwhile
+    takes = []
+
+    def a_take_meanwhile(client, product_id, fresh):
+        answer = checked(client, product_id, fresh)
+        if len(takes) < 2 and client is not rclient:  # the WATCHing pipeline
+            takes.append(rclient.hincrby(redis_keys.books(1), redis_keys.SEQ, 1))
+        return answer
+
+    monkeypatch.setattr(reset_module, "_rebuilt_meanwhile", a_take_meanwhile)
+    reset_module.reset(engine, rclient, 1, 7, slots=1, opens_at=None, discard_orders=True)
+    assert len(takes) == 2  # two transactions lost, the third replaced the books
+    books = rclient.hgetall(redis_keys.books(1))
+    assert (books["quantity"], books["seq"]) == ("7", "0")

@@ -9,9 +9,11 @@ that held the row lock) stays in the old event and is purged by the next reset.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
+import redis
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from hotdeal import fence, redis_keys
@@ -151,6 +153,21 @@ def reset_redis(
     # transaction within one slot only): registered first, so a writer finds the stream.
     client.sadd(redis_keys.STREAMS, stream)
     client.sadd(redis_keys.PRODUCTS, product_id)
+    # A take or a writer's check may change the books between WATCH and EXEC (a reset
+    # in the middle of a sale): the transaction did nothing then, and is tried again.
+    for _ in range(RESET_ATTEMPTS - 1):
+        with contextlib.suppress(redis.WatchError):
+            _replace_books(client, product_id, fresh, books)
+            return
+    _replace_books(client, product_id, fresh, books)
+
+
+# Transactions a reset tries before it gives up (each lost to a take in between).
+RESET_ATTEMPTS = 50
+
+
+def _replace_books(client: Client, product_id: int, fresh: Fresh, books: dict) -> None:
+    stream = redis_keys.orders_stream(product_id)
     pipe = client.pipeline(transaction=True)
     pipe.watch(redis_keys.books(product_id))
     if _rebuilt_meanwhile(pipe, product_id, fresh):

@@ -7,12 +7,13 @@ import contextlib
 import signal
 import threading
 
+import pytest
 import redis
 
 from hotdeal_local.servers import ops
 from hotdeal_order_redis.sold_out import SoldOutMarks
 
-from .events import order, wait_until
+from .events import SERVERS, order, wait_until
 from .helpers import reconcile, statuses
 
 # Long enough that no recheck happens by accident within a test.
@@ -61,8 +62,9 @@ def test_sold_out_answers_need_no_redis_but_a_keyed_order_asks(event):
     assert ev.books()["quantity"] == "0" and ev.books()["sold"] == "2"
 
 
-def test_the_retry_of_the_last_sale_is_replayed_not_refused(event):
-    ev = event(stock=1)
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_the_retry_of_the_last_sale_is_replayed_not_refused(event, server):
+    ev = event(stock=1, binary=SERVERS[server])
     ev.writer()
     svc = ev.service(HOTDEAL_SOLD_OUT_RECHECK_MS=FOR_THE_TEST, HOTDEAL_WORKERS="1")
     first = order(svc, "last-buyer", key="k-last")

@@ -223,6 +223,60 @@ def test_a_pod_that_answered_none_of_the_forgotten_takes_sells_none_of_them(even
     assert report["redis"]["persisted_total"] == 100
 
 
+@pytest.mark.parametrize("checker", ["writer's check", "validate"])
+def test_a_pause_judged_on_books_a_repair_replaced_pauses_nothing(event, monkeypatch, checker):
+    """CI caught it: a check read books rolled back to 151/50, an operator's repair rebuilt
+    them at 152/80, and then the check's pause landed on the rebuilt books, so selling
+    stayed paused (auto-repair off) with the old books' reason. The repair is run here
+    in the check's window, between its reads and its pause."""
+    ev = event(stock=10, HOTDEAL_WRITER_AUTO_REPAIR="false")
+    svc = ev.service()
+    writer = ev.writer()
+    assert statuses([order(svc, f"u{i}") for i in range(3)]) == {201: 3}
+    wait_until(lambda: _persisted(ev) == 3 and not ev.client().xlen(_stream()), "3 drained")
+    copy = snapshot(ev)
+    assert statuses([order(svc, f"u{i}") for i in range(3, 6)]) == {201: 3}
+    wait_until(lambda: _persisted(ev) == 6 and not ev.client().xlen(_stream()), "6 drained")
+    writer.stop(signal.SIGKILL)  # no check of its own in the window
+    restart_from(ev, copy)
+    assert ev.books()["sold"] == "3"
+    engine = make_engine(ev.env["HOTDEAL_DATABASE_URL"], pool_size=1)
+    client = ev.client()
+    judge = fence.behind
+
+    def repaired_meanwhile(books, marks):
+        monkeypatch.setattr(fence, "behind", judge)
+        assert fence.repair(engine, client, 1)["sold"] == 6
+        return judge(books, marks)  # the rolled-back books, as read before the repair
+
+    monkeypatch.setattr(fence, "behind", repaired_meanwhile)
+    if checker == "validate":
+        assert fence.validate(engine, client, 1, auto_repair=False) == "changed"
+    else:
+        assert fence.check(engine, client, 1) is None
+    engine.dispose()
+    assert "paused" not in ev.books(), ev.books()
+    assert statuses([order(svc, f"n{i}") for i in range(6)]) == {201: 4, 409: 2}
+
+
+def test_a_pause_judged_on_an_older_epoch_is_refused(event):
+    """The writer's batch check pauses the books it read with the batch's acknowledgement
+    (fence.lua holds every such pause to the generation and epoch it was judged on)."""
+    ev = event(stock=10)
+    client = ev.client()
+    books = ev.books()
+    older = {**books, redis_keys.EPOCH: str(int(books[redis_keys.EPOCH]) - 1)}
+    assert not fence.pause(client, 1, "stale", judged=older)
+    assert not fence.pause(client, 1, "stale", judged={**books, redis_keys.GENERATION: "0"})
+    assert "paused" not in ev.books()
+    assert fence.pause(client, 1, "current", judged=books)
+    assert ev.books()["paused"] == "current"
+
+
+def _stream() -> str:
+    return redis_keys.orders_stream(1)
+
+
 def test_a_backup_from_an_earlier_event_is_rebuilt_for_this_one(event):
     """Before: a Redis restored from before the last reset, with restarted pods, sold 16
     of 10, users with a limit of 1 bought twice, and nothing paused (the fence skipped

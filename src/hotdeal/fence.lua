@@ -6,7 +6,10 @@
 -- KEYS: 1 the product's books, 2 the instance mark (or a placeholder in a cluster)
 -- ARGV: 1 what to do:
 --   "whoami"                     -> this server's run_id
---   "pause", reason              -> 1 if the books exist (the first reason is kept), else 0
+--   "pause", reason [, generation, epoch]
+--                                -> 1 if the books exist (the first reason is kept), else 0;
+--                                   with generation and epoch: 0 unless the books are
+--                                   still of those (the pause was judged on them)
 --   "stamp", run_id, generation, epoch
 --                                -> 1: the books (of that generation) are checked on this
 --                                   server and sell from `epoch` on; 0 if it is not
@@ -22,6 +25,14 @@ end
 if what == "pause" then
   if redis.call("EXISTS", KEYS[1]) == 0 then
     return 0
+  end
+  -- A check reads the books, then the database, then pauses: a repair, reset or stamp
+  -- in between (each moves the generation or the epoch) made books it never judged.
+  if ARGV[3] then
+    local b = redis.call("HMGET", KEYS[1], "generation", "epoch")
+    if tonumber(b[1] or "0") ~= tonumber(ARGV[3]) or tonumber(b[2] or "0") ~= tonumber(ARGV[4]) then
+      return 0
+    end
   end
   redis.call("HSETNX", KEYS[1], "paused", ARGV[2])
   return 1

@@ -32,6 +32,7 @@ Dead-lettered orders were answered 201 and took their units: they count as sold 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -90,10 +91,19 @@ def run_id(client: Client, pid: int) -> str:
     return str(_fence(client, pid, "whoami"))
 
 
-def pause(client: Client, pid: int, reason: str) -> bool:
-    """Stop selling `pid` (the first reason is kept). False if the product has no books.
-    Works on a full Redis too (fence.lua is allowed past maxmemory)."""
-    return _fence(client, pid, "pause", reason) == 1
+def pause(
+    client: Client, pid: int, reason: str, *, judged: Mapping[str, str] | None = None
+) -> bool:
+    """Stop selling `pid` (the first reason is kept). False if the product has no books,
+    or, with `judged` (the books the reason was found in), if the books are no longer
+    of that generation and epoch: a repair, reset or check made new ones meanwhile, and
+    pausing them for the old ones' fault would stop a healthy sale (with auto-repair
+    off, until an operator came). Works on a full Redis too (fence.lua is allowed past
+    maxmemory)."""
+    marks: tuple[object, ...] = ()
+    if judged is not None:
+        marks = (judged.get(redis_keys.GENERATION, 0), judged.get(redis_keys.EPOCH, 0))
+    return _fence(client, pid, "pause", reason, *marks) == 1
 
 
 def stamp(client: Client, pid: int, server: str, generation: int, epoch: int) -> bool:
@@ -150,7 +160,7 @@ def check(engine: Engine, client: Client, pid: int) -> str | None:
     if int(books.get(redis_keys.GENERATION, 0)) != generation:
         return None  # a reset is under way
     reason = behind(books, marks)
-    if reason and pause(client, pid, reason):
+    if reason and pause(client, pid, reason, judged=books):
         return reason
     return None
 
@@ -443,7 +453,7 @@ def validate(
             f"{ROLLBACK}books of event {generation} but the database is at event "
             f"{head['generation']}: the database is behind Redis"
         )
-        pause(client, pid, reason)
+        pause(client, pid, reason, judged=books)
         return reason
     reason = None
     if books and generation == head["generation"]:
@@ -453,7 +463,8 @@ def validate(
                 return books[redis_keys.PAUSED]
             epoch = _next_epoch(engine, pid, int(books.get(redis_keys.EPOCH, 0)))
             return "stamped" if stamp(client, pid, server, generation, epoch) else "changed"
-        pause(client, pid, reason)
+        if not pause(client, pid, reason, judged=books):
+            return "changed"
     if auto_repair or reason is None:
         try:
             repair(engine, client, pid, idempotency_ttl_s=idempotency_ttl_s)

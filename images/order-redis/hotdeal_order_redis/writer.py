@@ -406,7 +406,7 @@ class OrderWriter:
                     f"{epoch}/{seq} was just persisted"
                 )
                 log.error("product %s: %s", _product(stream), reason)
-                fence.pause(self.client, _product(stream), reason)
+                fence.pause(self.client, _product(stream), reason, judged=current)
 
     def check_instance(self) -> None:
         """Every INSTANCE_CHECK_S: if the Redis server is not the one every product was

@@ -78,7 +78,8 @@ def test_each_service_publishes_what_it_serves(apps):
             for p in doc["paths"]["/v1/orders"]["post"].get("parameters", [])
             if p["in"] == "header"
         ]
-        assert keyed == (["Idempotency-Key"] if name == "order-redis" else [])
+        assert keyed == (["Idempotency-Key", "Hotdeal-Pass"] if name == "order-redis" else [])
+        assert ("/v1/queue" in paths) == (name == "order-redis")  # the room is Redis's
         assert doc["security"] == [{"bearer": []}]
         assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         request = doc["components"]["schemas"]["OrderRequest"]

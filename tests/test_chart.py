@@ -203,6 +203,7 @@ USES = {
     "ev-hotdeal-reset": {"database", "redis"},
     "ev-hotdeal-reconcile": {"database", "redis"},
     "ev-hotdeal-event": {"database", "redis"},
+    "ev-hotdeal-room": {"redis"},
 }
 SECRET = {"database": "ev-hotdeal-database", "redis": "ev-hotdeal-redis"}
 # The stores' own pods: the Secret with their password, nothing else.
@@ -309,7 +310,10 @@ def test_generated_secrets_and_urls():
 
 def test_existing_secrets_replace_the_stores():
     docs = objects("external")
-    assert not by_kind(docs, "Secret") and not by_kind(docs, "StatefulSet")
+    # The stores' Secrets are the operator's; the room's signing secret is the chart's
+    # own unless given too (test_existing_secrets_with_their_own_key_names).
+    assert set(by_kind(docs, "Secret")) == {"ev-hotdeal-room"}
+    assert not by_kind(docs, "StatefulSet")
     # No store of the chart's own to guard; the services' policies stay.
     assert set(by_kind(docs, "NetworkPolicy")) == {
         "ev-hotdeal-legacy",
@@ -320,7 +324,7 @@ def test_existing_secrets_replace_the_stores():
         secrets = {
             v["secret"]["secretName"] for v in tpl["spec"].get("volumes", []) if "secret" in v
         }
-        assert secrets <= {"rds-oracle", "elasticache", "idp-key"}, name
+        assert secrets <= {"rds-oracle", "elasticache", "idp-key", "ev-hotdeal-room"}, name
     urls = by_kind(objects("external-urls"), "Secret")
     assert urls["ev-hotdeal-redis"]["stringData"] == {
         "redis-url": "rediss://:t@cache.example:6379/0"
@@ -344,6 +348,9 @@ def test_existing_secrets_with_their_own_key_names(tmp_path):
                     "existingSecretKey": "jwt.pem",
                     "issuer": "https://id.corp",
                     "devKeys": {"enabled": False},
+                },
+                "orderRedis": {
+                    "waitingRoom": {"existingSecret": "corp-room", "existingSecretKey": "hs"}
                 },
             }
         )
@@ -369,6 +376,7 @@ def test_existing_secrets_with_their_own_key_names(tmp_path):
         ("corp-redis", "uri"),
         ("corp-redis", "pw"),
         ("corp-idp", "jwt.pem"),
+        ("corp-room", "hs"),
     }
 
 
@@ -491,6 +499,7 @@ def test_ops_and_load_jobs_are_suspended_cronjobs():
     assert set(cron) == {
         "ev-hotdeal-reset",
         "ev-hotdeal-reconcile",
+        "ev-hotdeal-room",
         "ev-hotdeal-event",
         "ev-hotdeal-load-k6",
         "ev-hotdeal-load-ab",
@@ -918,6 +927,7 @@ def test_scaling_rolls_no_pod_and_a_new_password_rolls_its_readers(tmp_path):
             args += ["--set", s]
         # A mounted IdP key: the dev key pair is generated anew by each `helm template`.
         args += ["--set", "auth.existingSecret=idp", "--set", "auth.issuer=https://id"]
+        args += ["--set", "orderRedis.waitingRoom.existingSecret=room"]  # likewise the room's
         docs = [d for d in yaml.safe_load_all(helm("helm4", *args, identity=False).stdout) if d]
         return {
             d["metadata"]["name"]: d["spec"]["template"]
@@ -1220,3 +1230,34 @@ def test_the_testrun_runners_mint_their_tokens_too():
         "restartPolicy", "volumeMounts", "workingDir",
     }  # fmt: skip
     assert {"name": "TOKENS_FILE", "value": "/tokens/tokens.txt"} in runner["env"]
+
+
+def test_every_order_redis_pod_signs_the_room_with_one_secret_kept_across_upgrades():
+    """Tickets from one pod are polled on another: one Secret, mounted by each pod, long
+    enough for HS256 (hotdeal.room), and made once (lookup keeps it on upgrade)."""
+    from hotdeal.room import Signer
+
+    docs = objects("default")
+    made = by_kind(docs, "Secret")["ev-hotdeal-room"]["stringData"]["room-secret"]
+    Signer(made)  # refuses fewer than 32 bytes
+    pod = pod_specs(docs)["ev-hotdeal-order-redis"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "order-redis"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["HOTDEAL_ROOM_SECRET_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "ev-hotdeal-room"
+    secrets_tpl = (CHART / "templates" / "secrets.yaml").read_text()
+    assert '"secret" $name "key" .Values.orderRedis.waitingRoom.existingSecretKey' in secrets_tpl
+    room_job = pod_specs(docs)["ev-hotdeal-room"]["spec"]["containers"][0]["args"]
+    assert room_job == [
+        "room",
+        "--product",
+        "1",
+        "--mode",
+        "fifo",
+        "--rate",
+        "200",
+        "--pass-ttl",
+        "120",
+    ]

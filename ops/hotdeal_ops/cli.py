@@ -1,4 +1,5 @@
-"""`hotdeal-ops`: init-db, reset, reconcile, repair, dead-letters, event, keygen, token.
+"""`hotdeal-ops`: init-db, reset, reconcile, repair, dead-letters, room, event, keygen,
+token.
 Connection settings come from the environment (HOTDEAL_DATABASE_URL, HOTDEAL_REDIS_URL,
 or their *_FILE variants).
 
@@ -21,7 +22,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine
 
-from hotdeal import fence
+from hotdeal import fence, room
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.errors import error_code, is_logon_refused, is_unavailable
@@ -52,6 +53,16 @@ def _positive(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _rate(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be 0 to 1000000 (0 admits nobody)")
     return value
 
 
@@ -218,6 +229,32 @@ def cmd_dead_letters(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_room(ctx: Context, args: argparse.Namespace) -> int:
+    """Switch a product's waiting room on (or change its rate, mode or pass lifetime
+    mid-event), off, or show it."""
+    if args.off:
+        _emit(room.close(ctx.redis, args.product))
+        return EXIT_OK
+    if args.mode is None and args.rate is None and args.pass_ttl is None:
+        _emit(room.status(ctx.redis, args.product))
+        return EXIT_OK
+    try:
+        _emit(
+            room.configure(
+                ctx.redis,
+                args.product,
+                mode=args.mode,
+                rate=args.rate,
+                pass_ttl_s=args.pass_ttl,
+            )
+        )
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    except redis.WatchError:
+        raise UsageError("the books changed meanwhile (a reset?): run it again") from None
+    return EXIT_OK
+
+
 def cmd_event(ctx: Context, args: argparse.Namespace) -> int:
     """In-cluster: reset, run the load Job, wait, summarize, reconcile."""
     args.namespace = args.namespace or ctx.settings.namespace
@@ -338,6 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="requeue only this dead-letter entry id (repeatable; default: all of them)",
     )
+
+    rm = command("room", cmd_room)
+    rm.add_argument("--product", type=_positive, default=1)
+    rm.add_argument(
+        "--mode",
+        choices=room.MODES,
+        default=None,
+        help="fifo: first come, first admitted; random: who joins before the opening is "
+        "placed at random (default fifo)",
+    )
+    rm.add_argument(
+        "--rate", type=_rate, default=None, help="places admitted per second (default 100)"
+    )
+    rm.add_argument(
+        "--pass-ttl", type=_positive, default=None, help="seconds a pass lives (default 120)"
+    )
+    rm.add_argument("--off", action="store_true", help="switch the room off")
 
     kg = command("keygen", cmd_keygen)
     kg.add_argument("--dir", type=Path, required=True, help="where to write the key files")

@@ -153,6 +153,9 @@ class Settings(_FromEnv):
     # hotdeal-ops token (load jobs, local runs): the PEM private key or HS256 secret.
     signing_key: str | None = setting("HOTDEAL_SIGNING_KEY")
     signing_key_id: str | None = setting("HOTDEAL_SIGNING_KEY_ID")
+    # order-redis: the waiting room's signing secret (32+ bytes, the same on every pod):
+    # tickets and passes are HS256 JWTs under it. Unset: no room can be joined.
+    room_secret: str | None = setting("HOTDEAL_ROOM_SECRET")
     # The workshop's GET /order and GET /order-redis (ab's routes): off in production.
     workshop_routes: bool = setting("HOTDEAL_WORKSHOP_ROUTES", False, kind=bool)
     log_level: str = setting("HOTDEAL_LOG_LEVEL", "info")

@@ -30,6 +30,9 @@ OUTCOMES: dict[str, Outcome] = {
     "unauthorized": Outcome(401),
     "invalid_token": Outcome(401),
     "insufficient_scope": Outcome(403),
+    "pass_required": Outcome(403, counted=True, names_product=True),
+    "invalid_pass": Outcome(403),
+    "invalid_ticket": Outcome(403),
     "unknown_product": Outcome(404),
     "unknown_order": Outcome(404),
     "not_found": Outcome(404),
@@ -95,6 +98,15 @@ def limit_exceeded(limit: int, orders: list[str]) -> ApiError:
 
 def not_open(opens_at: str) -> ApiError:
     return ApiError(409, "not_open", "the event has not opened yet", opens_at=opens_at)
+
+
+def pass_required(product_id: int) -> ApiError:
+    return ApiError(
+        403,
+        "pass_required",
+        f"product {product_id} sells through its waiting room: join it (POST /v1/queue) "
+        "and order with the pass it gives (Hotdeal-Pass)",
+    )
 
 
 def unknown_product(product_id: int) -> ApiError:

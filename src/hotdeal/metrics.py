@@ -53,6 +53,24 @@ JWKS_REFRESHES = Counter(
     "JWKS fetches, by result (ok, failed).",
     ["service", "result"],
 )
+ROOM_TICKETS = Counter(
+    "hotdeal_room_tickets_total",
+    "Waiting-room requests by result: joined, polled, refused (a ticket forged, expired, "
+    "another buyer's or of an earlier event).",
+    ["service", "result"],
+)
+ROOM_PASSES = Counter(
+    "hotdeal_room_passes_total",
+    "Waiting-room passes by result: issued (an admitted poll), used (an order got past the "
+    "room with one), expired, refused (forged, another buyer's, product or event).",
+    ["service", "result"],
+)
+ROOM_WAIT = Histogram(
+    "hotdeal_room_wait_seconds",
+    "Waiting-room time from a buyer's ticket to its first admitted poll.",
+    ["service"],
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+)
 ORDER_DURATION = Histogram(
     "hotdeal_order_duration_seconds",
     "Order request latency, as the service saw it.",

@@ -71,6 +71,22 @@ def dead_letter(product_id: int) -> str:
     return f"{prefix(product_id)}-dead-letter"
 
 
+def room(product_id: int) -> str:
+    """Hash of the product's waiting room (hotdeal.room): its event, mode, rate, pass
+    lifetime and admission frontier. Absent, or of another event: no room."""
+    return f"{prefix(product_id)}-room"
+
+
+def room_line(product_id: int) -> str:
+    """Sorted set buyer -> place in the waiting room's line."""
+    return f"{prefix(product_id)}-room-line"
+
+
+def room_admitted(product_id: int) -> str:
+    """Hash buyer -> when its place was first seen admitted (epoch ms): the wait metric."""
+    return f"{prefix(product_id)}-room-admitted"
+
+
 @cache
 def take_keys(product_id: int) -> tuple[str, str, str, str, str]:
     """The keys every take touches, in take_stock.lua's KEYS order (kept per product:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -81,6 +81,18 @@ class OrderBody(BaseModel):
         return value
 
 
+class QueueBody(BaseModel):
+    """POST /v1/queue: a place in the product's waiting room (for the token's buyer, or
+    the one named with the act-for scope)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    product_id: Count = Field(ge=1, le=2_000_000_000)
+    user_id: UserId | None = None
+
+    _not_null = field_validator("user_id", mode="before")(OrderBody._not_null.__func__)
+
+
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
     """An order as the stores take it: its buyer known."""
@@ -97,18 +109,31 @@ def _describe(err: ValidationError) -> str:
     )
 
 
-def parse_order(body: Any, max_per_order: int, caller: Caller) -> OrderRequest:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _validated(model: type[Body], body: Any) -> Body:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "body must be a JSON object")
     try:
-        order = OrderBody.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as err:
         raise ApiError(400, "invalid_request", _describe(err)) from None
+
+
+def parse_order(body: Any, max_per_order: int, caller: Caller) -> OrderRequest:
+    order = _validated(OrderBody, body)
     if order.quantity > max_per_order:
         raise ApiError(
             400, "invalid_request", f"quantity: must be at most {max_per_order} per order"
         )
     return OrderRequest(order.product_id, caller.buyer(order.user_id), order.quantity)
+
+
+def parse_queue(body: Any, caller: Caller) -> tuple[int, str]:
+    """(product, buyer) of a request for a place in a waiting room."""
+    place = _validated(QueueBody, body)
+    return place.product_id, caller.buyer(place.user_id)
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:

@@ -113,16 +113,20 @@ def caller_of_request(verifier: Verifier | Trusting) -> Caller:
     return verifier.caller(request.headers.get("Authorization"))
 
 
-def order_from_request(call: OrderCall, max_per_order: int, caller: Caller) -> OrderRequest:
+def json_body() -> Any:
+    """The request's JSON body (400 if it is not JSON)."""
     if not request.is_json:
         raise ApiError(400, "invalid_request", "body must be JSON (Content-Type: application/json)")
     try:
-        body = json.loads(request.get_data(cache=False))
+        return json.loads(request.get_data(cache=False))
     except RecursionError:
         raise ApiError(400, "invalid_request", "body is nested too deeply") from None
     except ValueError:
         raise ApiError(400, "invalid_request", "body is not valid JSON") from None
-    order = parse_order(body, max_per_order, caller)
+
+
+def order_from_request(call: OrderCall, max_per_order: int, caller: Caller) -> OrderRequest:
+    order = parse_order(json_body(), max_per_order, caller)
     call.candidate = order.product_id
     return order
 

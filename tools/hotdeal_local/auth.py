@@ -1,9 +1,10 @@
 """The local identity provider: one ES256 key made per run, whose public half every
 service started here verifies with, and whose tokens every local buyer (tests, chaos,
-demo, `make up`) sends."""
+demo, `make up`) sends. And the waiting room's secret the local pods share."""
 
 from __future__ import annotations
 
+import secrets
 from functools import cache
 
 from hotdeal.config import Settings
@@ -22,13 +23,19 @@ def signer() -> Signer:
     return Signer.generate(ISSUER, AUDIENCE)
 
 
+@cache
+def room_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
 def service_env() -> dict[str, str]:
-    """What a service needs to verify the local tokens."""
+    """What a service needs to verify the local tokens and to sign the room's."""
     return {
         "HOTDEAL_AUTH": "jwt",
         "HOTDEAL_AUTH_ISSUER": ISSUER,
         "HOTDEAL_AUTH_AUDIENCE": AUDIENCE,
         "HOTDEAL_AUTH_PUBLIC_KEY": public_pem(signer().key),
+        "HOTDEAL_ROOM_SECRET": room_secret(),
     }
 
 

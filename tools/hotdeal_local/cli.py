@@ -64,6 +64,13 @@ hotdeal is up (stock {args.stock} of product 1, hold {args.hold_ms} ms):
   ab -H "Authorization: Bearer $TOKEN" -c 150 -n 3000 {stack.legacy_url}/order
   .venv/bin/hotdeal-ops reset --stock 10000 ; .venv/bin/hotdeal-ops reconcile --wait
 
+  the waiting room: .venv/bin/hotdeal-ops room --rate 200   (--off; no flags: show it)
+  curl -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+       -d '{{"product_id": 1}}' {stack.order_redis_url}/v1/queue    # the ticket
+  curl -H "Authorization: Bearer $TOKEN" -H "Hotdeal-Ticket: $TICKET" \
+       {stack.order_redis_url}/v1/queue    # your place; once admitted, the pass
+  then POST /v1/orders as above with -H "Hotdeal-Pass: $PASS"
+
 Ctrl-C stops everything.""",
             flush=True,
         )

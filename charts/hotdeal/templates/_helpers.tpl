@@ -130,6 +130,10 @@ hotdeal.dev/database-client: "true"
 {{- .Values.redis.existingSecret | default (printf "%s-redis" (include "hotdeal.fullname" .)) -}}
 {{- end -}}
 
+{{- define "hotdeal.roomSecret" -}}
+{{- .Values.orderRedis.waitingRoom.existingSecret | default (printf "%s-room" (include "hotdeal.fullname" .)) -}}
+{{- end -}}
+
 {{- define "hotdeal.pullSecrets" -}}
 {{- with concat .Values.global.imagePullSecrets .Values.pullSecrets | uniq }}
 imagePullSecrets:
@@ -216,22 +220,25 @@ securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end -}}
 
-{{/* A random password that survives upgrades: reuse the key of the live Secret. */}}
+{{/* A random password that survives upgrades: reuse the key of the live Secret.
+     hotdeal.password (dict "root" $ "secret" NAME "key" KEY ["length" 48]) */}}
 {{- define "hotdeal.password" -}}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret -}}
 {{- if and $existing (hasKey $existing.data .key) -}}
 {{- index $existing.data .key | b64dec -}}
 {{- else -}}
-{{- randAlphaNum 24 -}}
+{{- randAlphaNum (.length | default 24) -}}
 {{- end -}}
 {{- end -}}
 
 {{/* The pod of an ops command: hotdeal.opsPodSpec (dict "root" $ "args" (list ...)
-     "apiAccess" true) - only the event runner gets a Kubernetes API token. */}}
+     "apiAccess" true "redisOnly" true) - only the event runner gets a Kubernetes API
+     token. */}}
 {{- define "hotdeal.opsPodSpec" -}}
 {{- $root := .root -}}
-{{- /* reset, reconcile and the event runner read and write both stores. */}}
-{{- $stores := dict "root" $root "database" true "redis" true -}}
+{{- /* reset, reconcile and the event runner read and write both stores; the room job
+     (redisOnly) only Redis. */}}
+{{- $stores := dict "root" $root "database" (not .redisOnly) "redis" true -}}
 serviceAccountName: {{ include "hotdeal.component" (dict "root" $root "component" "ops") }}
 automountServiceAccountToken: {{ .apiAccess | default false }}
 restartPolicy: Never

@@ -1,9 +1,9 @@
 {{/* One Deployment of a hotdeal process (legacy, order-redis, writer):
      hotdeal.deployment (dict "root" $ "component" "legacy" "values" .Values.legacy
        "image" .Values.legacy.image "env" (list ...) "command" (list ...) "port" 8080
-       "probe" "http" | "metrics" "database" true "redis" false): database and redis name
-     the stores the process uses; it gets the Secret, URL and NetworkPolicy label of
-     those only. */}}
+       "probe" "http" | "metrics" "database" true "redis" false ["volumes" (list ...)
+       "mounts" (list ...)]): database and redis name the stores the process uses; it
+     gets the Secret, URL and NetworkPolicy label of those only. */}}
 {{- define "hotdeal.deployment" -}}
 {{- $root := .root -}}
 {{- $v := .values -}}
@@ -134,6 +134,9 @@ spec:
             {{- if eq .probe "http" }}
             {{- include "hotdeal.authMount" $root | nindent 12 }}
             {{- end }}
+            {{- with .mounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
         {{- if $front }}
         # Buyers reach the front (nginx), which hands gunicorn only whole requests.
         - name: front
@@ -168,6 +171,9 @@ spec:
         {{- include "hotdeal.secretVolumes" $stores | nindent 8 }}
         {{- if eq .probe "http" }}
         {{- include "hotdeal.authVolume" $root | nindent 8 }}
+        {{- end }}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
         {{- if $front }}
         - name: front-conf

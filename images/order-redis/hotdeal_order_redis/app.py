@@ -30,6 +30,7 @@ from hotdeal.web import (
     workshop_answer,
     workshop_order_of,
 )
+from hotdeal_order_redis.queue import init_queue, passes_from_settings
 from hotdeal_order_redis.sold_out import SoldOutShortcut
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     init_public(app, SERVICE, settings)
 
     orders = OrderRoutes(SERVICE)
+    passes = passes_from_settings(settings, SERVICE)
+    init_queue(app, settings, verifier, client, SERVICE, passes)
 
     if settings.workshop_routes:
 
@@ -104,7 +107,15 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
         caller = caller_of_request(verifier)
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
         order = order_from_request(call, settings.max_per_order, caller)
-        taken = stock.take(order, limit=settings.per_user_limit, idempotency_key=key)
+        room_pass, refused = passes.check(order)
+        try:
+            taken = stock.take(
+                order, limit=settings.per_user_limit, idempotency_key=key, room_pass=room_pass
+            )
+        except Exception as exc:
+            passes.settle(room_pass, refused, exc)
+            raise
+        passes.settle(room_pass, refused, None)
         call.product_known()
         response = jsonify(
             order_id=taken.order_id,

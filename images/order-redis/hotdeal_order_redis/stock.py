@@ -227,14 +227,18 @@ class RedisStock:
             conn.disconnect()
             raise errors.outcome_unknown() from None
 
-    def _run_take(self, keys: list[str], args: list[Any], plan: durability.WaitPlan) -> list[Any]:
+    def _run_take(
+        self, keys: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
+    ) -> list[Any]:
         script: Script = self._take
         for attempt in (1, 2):
             # The product's node (the client itself on one Redis): a take and its
             # durability wait must share one connection there.
             node = node_client(self.client, keys[0])
             conn, run_id = self._ready(node)
-            take = ("EVALSHA", script.sha, len(keys), *keys, *args, run_id, self._marked)
+            take = (
+                "EVALSHA", script.sha, len(keys), *keys, *args, run_id, self._marked, room_pass
+            )  # fmt: skip
             replies = self._round_trip(conn, [take, *plan.commands])
             reply = replies[0]
             if isinstance(reply, Exception) and attempt == 1:
@@ -267,9 +271,11 @@ class RedisStock:
         limit: int,
         idempotency_key: str | None,
         list_under_buyer: bool = True,
+        room_pass: str = "",
         again: bool = True,
     ) -> Taken:
-        """`again`: whether a take that had to settle something first (validate the
+        """`room_pass`: the event of the order's verified waiting-room pass ("" without
+        one). `again`: whether a take that had to settle something first (validate the
         books, give back a take that never committed) may run once more."""
         pid, user = order.product_id, order.user_id
         idem_key = (
@@ -290,6 +296,7 @@ class RedisStock:
             idem_key,
             self._instance_key(pid),
             redis_keys.sync_mark(pid),
+            redis_keys.room(pid),
         ]
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
@@ -305,7 +312,15 @@ class RedisStock:
             seen_seq,
             "1" if list_under_buyer else "0",
         ]
-        status, *rest = self._run_take(keys, args, plan)
+        status, *rest = self._run_take(keys, args, plan, room_pass)
+        again_with: dict[str, Any] = {
+            "order": order,
+            "limit": limit,
+            "idempotency_key": idempotency_key,
+            "list_under_buyer": list_under_buyer,
+            "room_pass": room_pass,
+            "again": False,
+        }
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
@@ -321,10 +336,10 @@ class RedisStock:
             if state == "pending" and not self._pending(*pending):
                 if not again:
                     raise errors.unavailable()
-                return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
+                return self.take(**again_with)
             return taken
         if status == "unvalidated" and again and self._validate_here():
-            return self.take(order, limit=limit, idempotency_key=idempotency_key, again=False)
+            return self.take(**again_with)
         if status == "sold_out":
             self._sold_out.learn(pid, int(rest[0]))
         raise _refusal(status, rest, order, limit)
@@ -559,6 +574,8 @@ def _refusal(status: str, rest: list[Any], order: OrderRequest, limit: int) -> A
         return errors.paused(rest[0])
     if status == "unvalidated":
         return errors.validating()
+    if status == "pass_required":
+        return errors.pass_required(order.product_id)
     if status == "key_reused":
         return ApiError(
             422,

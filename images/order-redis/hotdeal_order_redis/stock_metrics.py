@@ -1,13 +1,13 @@
 """Gauges order-redis reads from Redis at scrape time: the stock of every product
-`reset` set up, and whether selling it is paused."""
+`reset` set up, whether selling it is paused, and its waiting room."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from hotdeal import redis_keys
+from hotdeal import redis_keys, room
 from hotdeal.metrics import stock_families
 from hotdeal.redis_client import Client, memory
 
@@ -50,3 +50,31 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
         used.add_metric([service, str(n)], float(in_use))
         limit.add_metric([service, str(n)], float(most))
     yield from (remaining, initial, paused, used, limit)
+    yield from _rooms(client, service, products)
+
+
+def _rooms(client: Client, service: str, products: list[int]) -> Iterable[Metric]:
+    labels = ["service", "product"]
+    on = GaugeMetricFamily(
+        "hotdeal_room_open", "1 while the product sells through its waiting room.", labels=labels
+    )
+    waiting = GaugeMetricFamily(
+        "hotdeal_room_waiting", "Places in the waiting room's line not admitted yet.", labels=labels
+    )
+    admitted = CounterMetricFamily(
+        "hotdeal_room_admitted",
+        "Places admitted in this event's room (rate(): admitted per second).",
+        labels=labels,
+    )
+    rate = GaugeMetricFamily(
+        "hotdeal_room_admit_rate",
+        "The room's admission rate, places per second (hotdeal-ops room --rate).",
+        labels=labels,
+    )
+    for state in room.read_states(client, products):
+        at = [service, str(state.product)]
+        on.add_metric(at, 1.0 if state.on else 0.0)  # (off: the rest reads 0)
+        waiting.add_metric(at, float(state.waiting))
+        admitted.add_metric(at, float(state.admitted))
+        rate.add_metric(at, state.rate)
+    yield from (on, waiting, admitted, rate)

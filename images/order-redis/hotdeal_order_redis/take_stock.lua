@@ -6,18 +6,20 @@
 -- KEYS: 1 books (hash), 2 buyers, 3 buyer-orders, 4 orders, 5 stream, 6 idempotency key
 --       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is ""), 7 the
 --       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0"), 8 the
---       product's sync mark (written before an answer that names an earlier take)
+--       product's sync mark (written before an answer that names an earlier take),
+--       9 the product's waiting room (hotdeal.room)
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
 --       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
 --       11 "1" to list the order under the buyer (not for the workshop's shared buyer),
---       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real
+--       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real,
+--       14 the event of the order's verified room pass ("" without one)
 -- Returns {status, ...}:
 --   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
 --   {"replay", remaining, order_id, ordered_at_ms, state, epoch}   state: "done" | "pending"
 --   {"key_reused", first_quantity}  {"unknown"}  {"not_open", opens_at_ms}
 --   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining}  {"paused", reason}
---   {"unvalidated"}
+--   {"unvalidated"}  {"pass_required"}
 local b = redis.call("HMGET", KEYS[1],
   "quantity", "seq", "epoch", "generation", "opens_at", "paused", "sold", "validated")
 if not b[1] then
@@ -64,6 +66,13 @@ if idem ~= "" then
     end
     return {"replay", first[2], first[3], first[4], first[5] or "done", first[6] or "0"}
   end
+end
+
+-- The waiting room: while it is on for this event, only an order with a pass of this
+-- event is sold (a replay, above, sells nothing and needs none).
+local room = redis.call("HGET", KEYS[9], "generation")
+if room and room == b[4] and ARGV[14] ~= room then
+  return {"pass_required"}
 end
 
 local t = redis.call("TIME")

@@ -1,0 +1,339 @@
+"""The waiting room: per product, switched on by the operator (`hotdeal-ops room`).
+
+A buyer joins (`POST /v1/queue`) and gets a signed ticket for its place; polling the
+ticket (`GET /v1/queue`) says its position, an estimated wait and when to ask again, in
+one Redis round trip (room.lua) and no database. Places are admitted in line order at
+the room's rate; an admitted ticket's poll carries a pass, a short-lived signed token
+bound to the buyer, the product and the event, and while the room is on the take
+script sells that product only to an order carrying one (`Hotdeal-Pass`). One place per
+buyer (the token's subject) per product; joining again gives the same place.
+
+Tickets and passes are JWTs signed with HS256 (PyJWT) under the room's secret
+(HOTDEAL_ROOM_SECRET), shared by every pod; each carries the event (the books'
+generation), so a reset makes the last event's worthless. The room's state lives in
+Redis beside the books (hotdeal.redis_keys): a reset, or a Redis that came back empty,
+ends it (the product then sells without a room until the operator switches it on
+again: never more than the stock, but without the line).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import jwt
+
+from hotdeal import redis_keys
+from hotdeal.errors import ApiError
+from hotdeal.redis_client import Client
+
+MODES = ("fifo", "random")
+FIRST_COME = 1 << 40  # room.lua: places drawn at random score below, arrivals above
+ISSUER = "hotdeal-room"
+TICKET = "hotdeal:room-ticket"  # audiences: a ticket is never a pass, nor the reverse
+PASS = "hotdeal:room-pass"
+TICKET_TTL_S = 12 * 3600
+MIN_SECRET_BYTES = 32
+DEFAULT_PASS_TTL_S = 120
+MAX_CACHED = 100_000
+_SCRIPT = files(__package__).joinpath("room.lua").read_text()
+
+
+class RoomRefused(ApiError):
+    """403 for a ticket or a pass that is not good for this buyer, product and event;
+    `reason` labels the metric."""
+
+    def __init__(self, code: str, reason: str, message: str) -> None:
+        super().__init__(403, code, message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    buyer: str
+    product: int
+    generation: str
+    issued_ms: int
+    expires: float
+
+
+class Signer:
+    """Signs and reads tickets and passes (HS256 under the room's secret). Verified
+    passes are kept until they expire: a buyer's retries cost a dict lookup."""
+
+    def __init__(self, secret: str) -> None:
+        key = secret.encode()
+        if len(key) < MIN_SECRET_BYTES:
+            raise ValueError(f"the room's secret must be at least {MIN_SECRET_BYTES} bytes")
+        self._key = key
+        self._passes: dict[str, Claims] = {}
+
+    def _sign(self, audience: str, buyer: str, product: int, generation: str, ttl_s: int) -> str:
+        now_ms = int(time.time() * 1000)
+        claims = {
+            "iss": ISSUER,
+            "aud": audience,
+            "sub": buyer,
+            "pid": product,
+            "gen": generation,
+            "ms": now_ms,
+            "exp": now_ms // 1000 + ttl_s,
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def ticket(self, buyer: str, product: int, generation: str) -> str:
+        return self._sign(TICKET, buyer, product, generation, TICKET_TTL_S)
+
+    def pass_for(self, buyer: str, product: int, generation: str, ttl_s: int) -> str:
+        return self._sign(PASS, buyer, product, generation, ttl_s)
+
+    def read(self, token: str | None, audience: str, buyer: str | None) -> Claims:
+        """The claims of a ticket or pass of `buyer` (None: of whoever holds it, with
+        HOTDEAL_AUTH=off), or RoomRefused."""
+        code, what = (
+            ("invalid_ticket", "ticket") if audience == TICKET else ("invalid_pass", "pass")
+        )
+        if not token:
+            raise RoomRefused(code, "missing", f"the {what} is missing")
+        if audience == PASS:
+            cached = self._passes.get(token)
+            if cached is not None and time.time() < cached.expires:
+                return self._owned(cached, buyer, code, what)
+        if len(token) > 2048:
+            raise RoomRefused(code, "malformed", f"the {what} is not one of ours")
+        try:
+            raw = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=audience,
+                issuer=ISSUER,
+                options={"require": ["exp", "iss", "aud", "sub", "pid", "gen", "ms"]},
+            )
+            claims = Claims(
+                str(raw["sub"]),
+                int(raw["pid"]),
+                str(raw["gen"]),
+                int(raw["ms"]),
+                float(raw["exp"]),
+            )
+        except jwt.ExpiredSignatureError:
+            raise RoomRefused(code, "expired", f"the {what} has expired") from None
+        except (jwt.PyJWTError, TypeError, ValueError, OverflowError):
+            raise RoomRefused(code, "forged", f"the {what} is not one of ours") from None
+        if audience == PASS:
+            if len(self._passes) >= MAX_CACHED:
+                self._passes.clear()
+            self._passes[token] = claims
+        return self._owned(claims, buyer, code, what)
+
+    @staticmethod
+    def _owned(claims: Claims, buyer: str | None, code: str, what: str) -> Claims:
+        if buyer is not None and claims.buyer != buyer:
+            raise RoomRefused(code, "other_buyer", f"the {what} is another buyer's")
+        return claims
+
+
+def signer_from_secret(secret: str | None) -> Signer | None:
+    return Signer(secret) if secret else None
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """What a join or a poll found. `state`: "waiting", "admitted", "sold_out",
+    "closed" (no room: order directly) or "unknown" (no books)."""
+
+    state: str
+    product: int
+    generation: str = ""
+    position: int = 0  # 1 = next in line (waiting only)
+    estimated_wait_s: int = 0
+    retry_after_s: int = 0
+    opens_at_ms: int = 0
+    first_admission: bool = False
+    now_ms: int = 0
+    pass_ttl_s: int = DEFAULT_PASS_TTL_S
+
+
+def _retry_after(wait_s: float) -> int:
+    """Ask again at a third of the expected wait: 1 s near the front, 30 s at most."""
+    return max(1, min(30, math.ceil(wait_s / 3)))
+
+
+class Line:
+    """The service's side of room.lua."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._script = client.register_script(_SCRIPT)
+
+    def _run(self, what: str, product: int, buyer: str) -> list[Any]:
+        keys = [
+            redis_keys.room(product),
+            redis_keys.room_line(product),
+            redis_keys.books(product),
+            redis_keys.room_admitted(product),
+        ]
+        draw = secrets.randbelow(FIRST_COME)  # used only for a place drawn at random
+        return self._script(keys=keys, args=[what, buyer, draw])
+
+    def join(self, product: int, buyer: str) -> Place:
+        return self._place(product, self._run("join", product, buyer))
+
+    def poll(self, product: int, buyer: str) -> Place:
+        return self._place(product, self._run("poll", product, buyer))
+
+    def _place(self, product: int, reply: list[Any]) -> Place:
+        status = reply[0]
+        if status == "closed":
+            return Place("closed", product)
+        if status == "sold_out":
+            # Units may come back (a give-back, a repair): the place is kept.
+            return Place("sold_out", product, retry_after_s=30)
+        if status == "unknown":
+            return Place("unknown", product)
+        if status == "no_place":
+            raise RoomRefused(
+                "invalid_ticket", "no_place", "the ticket has no place in this product's line"
+            )
+        rank, frontier, rate, opens_ms, now_ms, generation, first, ttl = reply[1:]
+        admitted = math.floor(float(frontier))
+        if int(rank) < admitted:
+            return Place(
+                "admitted",
+                product,
+                generation,
+                first_admission=first == 1,
+                now_ms=int(now_ms),
+                pass_ttl_s=int(ttl),
+            )
+        position = int(rank) - admitted + 1
+        until_open_s = max(0, int(opens_ms) - int(now_ms)) / 1000
+        wait_s = until_open_s + (position / float(rate) if float(rate) > 0 else 3600)
+        return Place(
+            "waiting",
+            product,
+            generation,
+            position=position,
+            estimated_wait_s=math.ceil(wait_s),
+            retry_after_s=_retry_after(wait_s),
+            opens_at_ms=int(opens_ms),
+            now_ms=int(now_ms),
+        )
+
+
+# -- the operator's side (hotdeal-ops room) -------------------------------------------
+
+
+def configure(
+    client: Client,
+    product: int,
+    *,
+    mode: str | None = None,
+    rate: float | None = None,
+    pass_ttl_s: int | None = None,
+) -> dict[str, Any]:
+    """Switch the room on for the product's current event, or change its rate, mode or
+    pass lifetime mid-event (the line and who was admitted stay). A room of an earlier
+    event is replaced by an empty one."""
+    books, room = redis_keys.books(product), redis_keys.room(product)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.watch(books, room)
+        generation = pipe.hget(books, redis_keys.GENERATION)
+        if generation is None:
+            raise LookupError(f"product {product} has no books in Redis (run reset)")
+        current = pipe.hgetall(room)
+        pipe.multi()
+        fields: dict[str, Any] = {}
+        if current.get("generation") != generation:
+            pipe.delete(room, redis_keys.room_line(product), redis_keys.room_admitted(product))
+            fields = {
+                "generation": generation,
+                "mode": "fifo",
+                "rate": 100,
+                "pass_ttl": DEFAULT_PASS_TTL_S,
+                "frontier": 0,
+                "at": 0,
+            }
+        if mode is not None:
+            fields["mode"] = mode
+        if rate is not None:
+            fields["rate"] = rate
+        if pass_ttl_s is not None:
+            fields["pass_ttl"] = pass_ttl_s
+        if fields:
+            pipe.hset(room, mapping=fields)
+        pipe.execute()
+    return status(client, product)
+
+
+def close(client: Client, product: int) -> dict[str, Any]:
+    """Switch the room off: the product sells to every order again."""
+    client.delete(
+        redis_keys.room(product), redis_keys.room_line(product), redis_keys.room_admitted(product)
+    )
+    return status(client, product)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    product: int
+    on: bool
+    mode: str = ""
+    rate: float = 0.0
+    pass_ttl_s: int = DEFAULT_PASS_TTL_S
+    places: int = 0
+    admitted: int = 0
+
+    @property
+    def waiting(self) -> int:
+        return max(self.places - self.admitted, 0)
+
+
+def read_states(client: Client, products: list[int]) -> list[RoomState]:
+    """Each product's room as it stands (for the metrics and the operator)."""
+    pipe = client.pipeline(transaction=False)
+    for pid in products:
+        pipe.hmget(redis_keys.room(pid), "generation", "mode", "rate", "pass_ttl", "frontier")
+        pipe.hget(redis_keys.books(pid), redis_keys.GENERATION)
+        pipe.zcard(redis_keys.room_line(pid))
+    replies = pipe.execute()
+    states = []
+    for n, pid in enumerate(products):
+        (generation, mode, rate, pass_ttl, frontier), books_generation, places = replies[
+            3 * n : 3 * n + 3
+        ]
+        if generation is None or generation != books_generation:
+            states.append(RoomState(pid, on=False))
+            continue
+        states.append(
+            RoomState(
+                pid,
+                on=True,
+                mode=mode,
+                rate=float(rate),
+                pass_ttl_s=int(pass_ttl),
+                places=int(places),
+                admitted=min(math.floor(float(frontier or 0)), int(places)),
+            )
+        )
+    return states
+
+
+def status(client: Client, product: int) -> dict[str, Any]:
+    (state,) = read_states(client, [product])
+    answer: dict[str, Any] = {"product_id": product, "room": "on" if state.on else "off"}
+    if state.on:
+        answer.update(
+            mode=state.mode,
+            admit_per_s=state.rate,
+            pass_ttl_s=state.pass_ttl_s,
+            places=state.places,
+            admitted=state.admitted,
+            waiting=state.waiting,
+        )
+    return answer

@@ -1,0 +1,283 @@
+"""The waiting room (issue 21): places, tickets, admission, passes, and sold out told to
+everyone waiting. Real order-redis processes (two pods sharing one secret), a real
+Redis and PostgreSQL; `hotdeal-ops room` switches the room as an operator does."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+import requests
+
+from hotdeal import redis_keys, room
+from hotdeal_local import auth
+from hotdeal_local.servers import ops
+
+from .events import Event, order, wait_until
+from .helpers import Service, as_buyer, reconcile, statuses
+
+
+def join(svc: Service, buyer: str, product: int = 1) -> requests.Response:
+    return requests.post(
+        f"{svc.url}/v1/queue",
+        json={"product_id": product},
+        headers=as_buyer(buyer),
+        timeout=10,
+    )
+
+
+def poll(svc: Service, buyer: str, ticket: str) -> requests.Response:
+    return requests.get(
+        f"{svc.url}/v1/queue",
+        headers={**as_buyer(buyer), "Hotdeal-Ticket": ticket},
+        timeout=10,
+    )
+
+
+def buy(svc: Service, buyer: str, room_pass: str | None, key: str | None = None):
+    headers = {"Hotdeal-Pass": room_pass} if room_pass is not None else {}
+    if key:
+        headers["Idempotency-Key"] = key
+    return svc.order({"product_id": 1, "user_id": buyer, "quantity": 1}, headers=headers)
+
+
+def room_on(ev: Event, *args: str) -> dict:
+    return json.loads(ops(ev.env, "room", "--product", "1", *args).stdout)
+
+
+def admitted(svc: Service, buyer: str, ticket: str) -> str:
+    """Poll as a game client does until admitted; the pass."""
+
+    def answer() -> dict | None:
+        body = poll(svc, buyer, ticket).json()
+        return body if body["state"] == "admitted" else None
+
+    return wait_until(answer, f"{buyer} admitted", timeout=60, every=0.1)["pass"]
+
+
+def sold(ev: Event) -> int:
+    return int(ev.books()["sold"])
+
+
+def forged(claims: dict) -> str:
+    return jwt.encode(claims, "another secret, 32 bytes or more!!", algorithm="HS256")
+
+
+def signed(claims: dict) -> str:
+    return jwt.encode(claims, auth.room_secret(), algorithm="HS256")
+
+
+def claims_of(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+@pytest.fixture
+def sale(event):
+    ev = event(stock=5)
+    ev.writer()
+    return ev, ev.service(), ev.service()
+
+
+def test_without_a_room_the_queue_says_order_directly(sale):
+    _, pod_a, _ = sale
+    answer = join(pod_a, "p1")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"product_id": 1, "state": "closed"}
+    assert buy(pod_a, "p1", None).status_code == 201
+    assert join(pod_a, "p1", product=9).status_code == 404  # no such product
+
+
+def test_a_room_sells_only_to_admitted_buyers_in_line_order(sale):
+    ev, pod_a, pod_b = sale
+    state = room_on(ev, "--rate", "0")  # nobody admitted yet
+    assert state["room"] == "on" and state["mode"] == "fifo"
+    tickets = {}
+    for n in range(8):
+        answer = join(pod_a if n % 2 else pod_b, f"p{n}")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["state"], body["position"]) == ("waiting", n + 1), body
+        assert int(answer.headers["Retry-After"]) >= 1
+        tickets[f"p{n}"] = body["ticket"]
+    # One place per buyer: asking again, on either pod, is the same place.
+    assert join(pod_b, "p3").json()["position"] == 4
+    assert poll(pod_b, "p3", tickets["p3"]).json()["position"] == 4
+    # No pass, no sale: a forged or missing one sells nothing, on either pod.
+    refused = [buy(pod_a, "p0", None), buy(pod_b, "p0", None), buy(pod_a, "late", None)]
+    assert {r.json()["error"] for r in refused} == {"pass_required"}
+    assert statuses(refused) == {403: 3}
+    assert sold(ev) == 0
+    room_on(ev, "--rate", "50")  # the operator opens the doors mid-event
+    passes = {}
+    for n in range(5):
+        passes[f"p{n}"] = admitted(pod_a if n % 2 else pod_b, f"p{n}", tickets[f"p{n}"])
+    assert statuses([buy(pod_b, b, p) for b, p in passes.items()]) == {201: 5}
+    # Sold out: everyone still waiting learns it on the next poll.
+    for n in range(5, 8):
+        body = poll(pod_a, f"p{n}", tickets[f"p{n}"]).json()
+        assert body["state"] == "sold_out", body
+    # The limit of one per buyer holds with a pass too.
+    again = buy(pod_a, "p0", passes["p0"])
+    assert again.status_code == 409, again.text
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 5
+
+
+def test_admission_never_outruns_the_rate_and_follows_the_line(sale):
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "0")
+    tickets = [join(pod_a, f"q{n}").json()["ticket"] for n in range(30)]
+    room_on(ev, "--rate", "4")
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # the last in line polls: admission moves
+        assert poll(pod_a, "q29", tickets[29]).json()["state"] == "waiting"
+        time.sleep(0.05)
+    room_on(ev, "--rate", "0")  # held where it is, so one pass over the line is a snapshot
+    elapsed = time.monotonic() - started
+    states = [poll(pod_a, f"q{n}", t).json()["state"] for n, t in enumerate(tickets)]
+    count = states.count("admitted")
+    # Never faster than the rate (a slow machine admits fewer, never more), and always
+    # the head of the line.
+    assert 1 <= count <= 4 * (elapsed + 0.2), (count, elapsed)
+    assert states == ["admitted"] * count + ["waiting"] * (30 - count)
+    status = room_on(ev)  # no flags: show it
+    assert status["places"] == 30 and status["admitted"] == count
+
+
+def test_places_drawn_at_random_before_the_opening_then_first_come(sale):
+    ev, pod_a, _ = sale
+    opens = datetime.now(UTC) + timedelta(seconds=4)
+    ops(ev.env, "reset", "--discard-orders", "--stock", "5", "--opens-at", opens.isoformat())
+    room_on(ev, "--mode", "random", "--rate", "1000")
+    early = [f"e{n}" for n in range(40)]
+    tickets = {b: join(pod_a, b).json()["ticket"] for b in early}
+    body = poll(pod_a, "e0", tickets["e0"]).json()
+    assert body["state"] == "waiting" and "opens_at" in body
+    assert buy(pod_a, "e0", None).json()["error"] == "pass_required"
+    wait_until(lambda: datetime.now(UTC) >= opens + timedelta(seconds=0.2), "the opening")
+    late = join(pod_a, "late").json()
+    line = ev.client().zrange(redis_keys.room_line(1), 0, -1)
+    assert set(line[:40]) == set(early) and line[40] == "late"
+    assert line[:40] != early  # drawn, not in the order they came (1 in 40! by chance)
+    assert late["state"] in ("waiting", "admitted")
+
+
+def test_tickets_that_are_not_this_buyers_for_this_event_are_refused(sale):
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "0")
+    ticket = join(pod_a, "t1").json()["ticket"]
+    mine = claims_of(ticket)
+    cases = {
+        "forged": forged(mine),
+        "expired": signed({**mine, "exp": int(time.time()) - 120}),
+        "a pass as a ticket": signed({**mine, "aud": room.PASS}),
+        "garbage": "not.a.ticket",
+        "empty": "",
+    }
+    for what, bad in cases.items():
+        answer = poll(pod_a, "t1", bad)
+        assert answer.status_code == 403, (what, answer.text)
+        assert answer.json()["error"] == "invalid_ticket", what
+    other = poll(pod_a, "t2", ticket)  # another buyer's ticket
+    assert (other.status_code, other.json()["error"]) == (403, "invalid_ticket")
+    # A new event: the last one's ticket has no place, then is of an earlier event.
+    ops(ev.env, "reset", "--discard-orders", "--stock", "5")
+    room_on(ev, "--rate", "0")
+    assert poll(pod_a, "t1", ticket).json()["error"] == "invalid_ticket"
+    assert join(pod_a, "t1").json()["state"] == "waiting"
+    stale = poll(pod_a, "t1", ticket)
+    assert (stale.status_code, stale.json()["error"]) == (403, "invalid_ticket")
+    assert "earlier event" in stale.json()["message"]
+    metrics = pod_a.admin("/metrics").text
+    assert 'hotdeal_room_tickets_total{result="refused",service="order-redis"}' in metrics
+
+
+def test_passes_that_are_not_this_buyers_for_this_product_and_event_sell_nothing(sale):
+    ev, pod_a, pod_b = sale
+    room_on(ev, "--rate", "1000")
+    good = admitted(pod_a, "v1", join(pod_a, "v1").json()["ticket"])
+    mine = claims_of(good)
+    cases = {
+        "forged": forged(mine),
+        "expired": signed({**mine, "exp": int(time.time()) - 120}),
+        "a ticket as a pass": join(pod_a, "v1").json()["ticket"],
+        "another product's": signed({**mine, "pid": 2}),
+        "an earlier event's": signed({**mine, "gen": str(int(mine["gen"]) - 1)}),
+        "garbage": "x" * 40,
+    }
+    for what, bad in cases.items():
+        answer = buy(pod_b, "v1", bad)
+        assert answer.status_code == 403, (what, answer.text)
+        assert answer.json()["error"] == "invalid_pass", (what, answer.json())
+    stolen = buy(pod_b, "v2", good)  # another buyer's pass
+    assert (stolen.status_code, stolen.json()["error"]) == (403, "invalid_pass")
+    assert sold(ev) == 0
+    # The good one, on the other pod, sells once; a retry with its key replays.
+    first = buy(pod_b, "v1", good, key="k1")
+    assert first.status_code == 201, first.text
+    assert buy(pod_a, "v1", good, key="k1").json()["order_id"] == first.json()["order_id"]
+    assert sold(ev) == 1
+    metrics = pod_b.admin("/metrics").text
+    for result in ("used", "expired", "refused"):
+        assert f'hotdeal_room_passes_total{{result="{result}",service="order-redis"}}' in metrics
+
+
+def test_units_that_come_back_admit_the_next_in_line(sale):
+    ev, pod_a, _ = sale
+    ops(ev.env, "reset", "--discard-orders", "--stock", "1")
+    room_on(ev, "--rate", "0")
+    first, second = (join(pod_a, b).json()["ticket"] for b in ("w1", "w2"))
+    room_on(ev, "--rate", "1")
+    pass_1 = admitted(pod_a, "w1", first)
+    assert buy(pod_a, "w1", pass_1).status_code == 201
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # sold out: admission stands still
+        assert poll(pod_a, "w2", second).json()["state"] == "sold_out"
+        time.sleep(0.1)
+    assert room_on(ev)["admitted"] == 1
+    ev.client().hincrby(redis_keys.books(1), "quantity", 1)  # a unit given back
+    pass_2 = admitted(pod_a, "w2", second)
+    assert buy(pod_a, "w2", pass_2).status_code == 201
+
+
+def test_the_room_is_on_the_metrics_and_off_again(sale):
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "1000")
+    ticket = join(pod_a, "m1").json()["ticket"]
+    admitted(pod_a, "m1", ticket)
+    join(pod_a, "m2")
+    metrics = pod_a.admin("/metrics").text
+    assert 'hotdeal_room_open{product="1",service="order-redis"} 1.0' in metrics
+    assert 'hotdeal_room_admit_rate{product="1",service="order-redis"} 1000.0' in metrics
+    assert "hotdeal_room_admitted_total" in metrics
+    assert 'hotdeal_room_wait_seconds_count{service="order-redis"} 1.0' in metrics
+    off = room_on(ev, "--off")
+    assert off == {"product_id": 1, "room": "off"}
+    assert order(pod_a, "m3").status_code == 201  # no pass needed any more
+    assert join(pod_a, "m4").json()["state"] == "closed"
+
+
+def test_bad_room_requests_get_a_clear_4xx(sale):
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "1")
+    for body in ({}, {"product_id": "1"}, {"product_id": 0}, {"product_id": 1, "x": 1}, []):
+        answer = requests.post(
+            f"{pod_a.url}/v1/queue", json=body, headers=as_buyer("b1"), timeout=10
+        )
+        assert answer.status_code == 400, (body, answer.text)
+    anonymous = requests.post(f"{pod_a.url}/v1/queue", json={"product_id": 1}, timeout=10)
+    assert anonymous.status_code == 401
+    for_another = requests.post(
+        f"{pod_a.url}/v1/queue",
+        json={"product_id": 1, "user_id": "someone"},
+        headers=as_buyer("b1"),
+        timeout=10,
+    )
+    assert for_another.status_code == 403
+    assert ev.client().zcard(redis_keys.room_line(1)) == 0
+    usage = ops(ev.env, "room", "--rate", "-1", check=False)
+    assert usage.returncode == 2

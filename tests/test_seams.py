@@ -18,8 +18,12 @@ from sqlalchemy import text
 from hotdeal import fence, redis_keys
 from hotdeal.db import make_engine
 from hotdeal.durability import online_replicas
+from hotdeal.errors import ApiError
+from hotdeal.inline import InlineTake, InlineTakes
+from hotdeal.validation import OrderRequest
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import PostgresServer, RedisServer, ops
+from hotdeal_order_redis.stock import RedisStock
 
 from .events import SERVERS, Event, answer_of, order, restart_from, snapshot, wait_until
 from .helpers import reconcile, start_service, statuses, workdir
@@ -417,6 +421,80 @@ def test_inline_mode_never_gives_back_a_take_whose_commit_may_have_landed(event,
     code, report = reconcile(ev.env)
     assert code == 0, report["violations"]
     assert report["redis"]["persisted_total"] == 3
+
+
+def _inline_stock(ev: Event):
+    engine = make_engine(ev.env["HOTDEAL_DATABASE_URL"], pool_size=2)
+    stock = RedisStock(ev.client(), write="inline", engine=engine, durability_mode="fsync")
+    return stock, engine
+
+
+@pytest.mark.parametrize("lost", ["settle", "commit reply"])
+def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeypatch, lost):
+    """A helper's find: a take whose settle never reached Redis (Redis restarted or
+    failed over in between; a COMMIT reply lost while the database could not be asked)
+    kept its units in inline_pending for good: reconcile counted the stored row twice
+    ("sold 3 != persisted 3 + inline in progress 2") and repair waited forever."""
+    ev = event(stock=10, HOTDEAL_ORDER_WRITE="inline")
+    stock, engine = _inline_stock(ev)
+    if lost == "settle":
+        refused = redis.ConnectionError("Redis went away after the commit")
+        monkeypatch.setattr(stock._inline, "done", lambda take: (_ for _ in ()).throw(refused))
+        taken = stock.take(OrderRequest(1, "u1", 2), limit=0, idempotency_key="k1")
+        assert taken.remaining == 8  # sold: the row is committed
+    else:
+        monkeypatch.setattr(stock, "_committed", lambda order_id: 1 / 0)  # can't ask
+        real = stock.engine
+        cut = Proxy(int(real.url.port))
+        stock.engine = make_engine(
+            real.url.set(port=cut.port).render_as_string(hide_password=False), pool_size=1
+        )
+        cut.cut_after = b"COMMIT"
+        with pytest.raises(ApiError) as unknown:
+            stock.take(OrderRequest(1, "u1", 2), limit=0, idempotency_key="k1")
+        assert unknown.value.code == "outcome_unknown"
+        stock.engine.dispose()
+        cut.stop()
+    monkeypatch.undo()
+    assert ev.books()[redis_keys.INLINE_PENDING] == "2"  # the seam: stored, not settled
+    code, report = reconcile(ev.env)  # reconcile --wait settles it from the database first
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 2
+    assert ev.books()[redis_keys.INLINE_PENDING] == "0"
+    again = stock.take(OrderRequest(1, "u1", 2), limit=0, idempotency_key="k1")
+    assert again.replayed and again.order_id  # the key replays, now it is settled
+    # Settled once, however often it is settled again (a retry, a replay, the sweep).
+    takes = InlineTakes(ev.client())
+    assert takes.open_takes(1) == []
+    takes.done(InlineTake(1, again.order_id, 2, "u1", "k1"))
+    assert ev.books()[redis_keys.INLINE_PENDING] == "0"
+    report = fence.repair(engine, ev.client(), 1, drain_timeout_s=1)  # no longer blocked
+    assert (report["sold"], report["remaining"]) == (2, 8)
+    engine.dispose()
+
+
+def test_an_inline_take_whose_row_never_came_goes_back_once(event, monkeypatch):
+    """The transaction rolled back and the give-back was lost: the sweep gives the units
+    back once the row's absence is final, and a second settle changes nothing."""
+    ev = event(stock=10, HOTDEAL_ORDER_WRITE="inline")
+    stock, engine = _inline_stock(ev)
+    monkeypatch.setattr(stock._inline, "give_back", lambda take: None)  # lost
+    monkeypatch.setattr("hotdeal_order_redis.stock.insert_new", lambda conn, rows: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        stock.take(OrderRequest(1, "u2", 3), limit=0, idempotency_key=None)
+    monkeypatch.undo()
+    assert ev.books()["quantity"] == "7"
+    takes = InlineTakes(ev.client())
+    assert takes.sweep(engine, 1) == {"done": 0, "given_back": 0, "open": 1}  # may commit
+    assert takes.sweep(engine, 1, final_s=0) == {"done": 0, "given_back": 1, "open": 0}
+    (order_id,) = ev.client().hkeys(redis_keys.orders(1)) or ["gone"]
+    takes.give_back(InlineTake(1, order_id, 3, "u2", None))  # twice: no effect
+    books = ev.books()
+    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("10", "0", "0")
+    assert ev.client().hget(redis_keys.buyers(1), "u2") == "0"
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    engine.dispose()
 
 
 def test_legacy_answers_outcome_unknown_when_the_commit_reply_is_lost(

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from hotdeal import redis_keys
 from hotdeal.designs import Design
+from hotdeal.inline import InlineTakes
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
@@ -98,11 +99,15 @@ def reconcile(
     engine: Engine, client: Client | None, product_id: int, *, wait_s: float = 0
 ) -> dict[str, Any]:
     """The report; `client=None` checks the database's books only. With `wait_s`, waits
-    up to that long for the writer to persist the orders of the Redis picture."""
+    up to that long for the writer to persist the orders of the Redis picture, and
+    first settles the inline takes the database can tell about (hotdeal.inline: a
+    settle lost to Redis would otherwise count a stored row twice)."""
     violations: list[str] = []
     report: dict[str, Any] = {"product_id": product_id}
     picture = None
     if client is not None:
+        if wait_s:
+            InlineTakes(client).sweep(engine, product_id)
         picture = _redis_picture(client, product_id)
         _wait_for_writer(client, product_id, picture["last_id"], wait_s)
         picture["in_flight"] = _in_flight(client, product_id, picture["last_id"])

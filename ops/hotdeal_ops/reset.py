@@ -143,7 +143,6 @@ def reset_redis(
         redis_keys.EPOCH: fresh.epoch,
         redis_keys.GENERATION: fresh.generation,
         redis_keys.INLINE_PENDING: 0,
-        redis_keys.REBUILT: fresh.epoch,
         # Made from the database just now: checked on this server.
         redis_keys.VALIDATED: server,
     }
@@ -181,6 +180,7 @@ def _replace_books(client: Client, product_id: int, fresh: Fresh, books: dict) -
         redis_keys.buyers(product_id),
         redis_keys.buyer_orders(product_id),
         redis_keys.orders(product_id),
+        redis_keys.inline_takes(product_id),
     )
     pipe.hset(redis_keys.books(product_id), mapping=books)
     # The group starts at id 0 so writers read every order, even ones enqueued

@@ -43,6 +43,7 @@ from sqlalchemy import Engine, func, select, update
 
 from hotdeal import redis_keys
 from hotdeal.designs import Design
+from hotdeal.inline import INLINE_FINAL_S, InlineTakes
 from hotdeal.redis_client import Client, is_cluster, node_client, primaries
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -280,7 +281,7 @@ def _rebuild_books(
     server = run_id(client, pid)
     pause(client, pid, f"{ROLLBACK}repair requested")
     deadline = time.monotonic() + drain_timeout_s
-    while waiting := _unsettled(client, pid, server):
+    while waiting := _unsettled(engine, client, pid, server):
         if time.monotonic() >= deadline:
             raise RepairError(f"product {pid}: {waiting}; the books can't be rebuilt yet")
         time.sleep(0.2)
@@ -315,7 +316,12 @@ def _rebuild_books(
         if pipe.xlen(stream) or pipe.hget(books_key, redis_keys.SEQ) != books.get(redis_keys.SEQ):
             raise RepairError("the books changed while repairing: run repair again")
         pipe.multi()
-        pipe.delete(redis_keys.buyers(pid), redis_keys.buyer_orders(pid), redis_keys.orders(pid))
+        pipe.delete(
+            redis_keys.buyers(pid),
+            redis_keys.buyer_orders(pid),
+            redis_keys.orders(pid),
+            redis_keys.inline_takes(pid),  # the database holds what they settle into
+        )
         for start in range(0, len(stale_keys), 500):
             pipe.delete(*stale_keys[start : start + 500])
         _rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
@@ -327,7 +333,6 @@ def _rebuild_books(
             redis_keys.EPOCH: epoch,
             redis_keys.GENERATION: head["generation"],
             redis_keys.INLINE_PENDING: 0,
-            redis_keys.REBUILT: epoch,
             redis_keys.VALIDATED: server,
         }
         if head["opens_at"] is not None:
@@ -349,19 +354,20 @@ def _rebuild_books(
     }
 
 
-def _unsettled(client: Client, pid: int, server: str) -> str | None:
+def _unsettled(engine: Engine, client: Client, pid: int, server: str) -> str | None:
     """What must settle before the books can be rebuilt from the database: orders still
-    in the stream, and inline takes made on these books whose rows may still commit.
-    (Books of another server count takes whose settling went elsewhere; a take settled
-    here after the rebuild finds a new epoch and leaves the stock alone, give_back.lua.)"""
+    in the stream, and inline takes made on these books whose rows may still commit
+    (those the database can tell are settled first: hotdeal.inline). Books of another
+    server count takes whose settling went elsewhere; the rebuild deletes their records,
+    so a take settled after it leaves the stock alone."""
     backlog = client.xlen(redis_keys.orders_stream(pid))
     if backlog:
         return f"{backlog} orders are not persisted yet (a writer must drain the stream)"
-    inline, checked_on = client.hmget(
-        redis_keys.books(pid), redis_keys.INLINE_PENDING, redis_keys.VALIDATED
-    )
-    if int(inline or 0) > 0 and checked_on == server:
-        return f"{inline} units of inline takes may still commit"
+    if client.hget(redis_keys.books(pid), redis_keys.VALIDATED) != server:
+        return None
+    still = InlineTakes(client).sweep(engine, pid)["open"]
+    if still:
+        return f"{still} inline takes may still commit (at most {INLINE_FINAL_S:g} s)"
     return None
 
 

@@ -28,13 +28,10 @@ EPOCH = "epoch"  # bumped by reset and repair: (epoch, seq) orders every take ev
 GENERATION = "generation"  # the event (hotdeal_list.generation)
 OPENS_AT = "opens_at"  # epoch milliseconds; absent = open
 PAUSED = "paused"  # why selling stopped (absent = selling)
-INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not committed yet
+INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not settled yet
 # run_id of the Redis server on which the books were last checked against the database
 # (reset, repair, hotdeal.fence.validate): on any other server nothing is sold.
 VALIDATED = "validated"
-# Epoch of the last rebuild from the database (reset, repair): an inline take of an
-# earlier epoch settled later must leave the stock alone (the rebuild counted its row).
-REBUILT = "rebuilt"
 
 
 def prefix(product_id: int) -> str:
@@ -69,6 +66,12 @@ def dead_letter(product_id: int) -> str:
     """Stream of the product's orders no writer could store, each with the reason, for a
     human to look at (in the product's slot: moved there in one transaction)."""
     return f"{prefix(product_id)}-dead-letter"
+
+
+def inline_takes(product_id: int) -> str:
+    """Hash order_id -> "quantity at_ms user_id idempotency_key" of the product's inline
+    takes not settled yet (hotdeal.inline); a rebuild deletes it with the books."""
+    return f"{prefix(product_id)}-inline"
 
 
 def room(product_id: int) -> str:

@@ -14,7 +14,8 @@ drains, a poisoned order, Redis restored from an older AOF copy (after the write
 drained: what the database holds must never sell again, whichever pod takes the next
 order), Redis restarted empty, Redis full (maxmemory), the database refusing every
 write for seconds (read-only), a lost COMMIT reply in inline mode, slow clients on one
-pod's front (its workers must go on answering). At the end (and
+pod's front (its workers must go on answering), a small event sold out under keyed
+retries, then units back in the next (they must sell). At the end (and
 before each reset) it checks:
 - units persisted <= stock;
 - every 201 persisted, once, with the order id it answered (a dead-lettered order is
@@ -80,7 +81,10 @@ FAULTS = (
     "lost_commit",
     "replica_lag",
     "slow_clients",
+    "sold_out_and_back",
 )
+# The event of `sold_out_and_back`: gone within its round, under the buyers' load.
+SMALL_STOCK = 40
 # The poisoned order's take: its unit sold, its entry queued, as a buggy producer would.
 POISON = """
 local seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
@@ -517,6 +521,36 @@ class Chaos:
         with self.lock:
             self.event += 1
         ops(self.env, "reset", "--discard-orders", "--stock", str(self.stock))
+        self.load_on.set()
+
+    def fault_sold_out_and_back(self) -> None:
+        """A small event sells out under keyed retries: every pod's workers then answer
+        sold out from memory (hotdeal_order_redis.sold_out) and must still replay a key
+        that sold. Then the next event brings units back: the marks lapse and it sells."""
+        stock = self.stock
+        self._next_event(SMALL_STOCK)
+        time.sleep(max(self.round_s, 2.0))
+        with self.lock:
+            small = self.event
+            refused = sum(1 for a in self.answers if a.event == small and a.error == "sold_out")
+        if refused == 0:  # then this round tested nothing it names
+            self._violation(f"the event of {SMALL_STOCK} units did not sell out")
+        self._next_event(stock)
+        time.sleep(max(self.round_s / 2, 1.5))
+        with self.lock:
+            sold = sum(1 for a in self.answers if a.event == self.event and a.status == 201)
+        if sold == 0:
+            self._violation("units came back but nothing was sold")
+
+    def _next_event(self, stock: int) -> None:
+        """Check the event as it stands, then reset to a new one of `stock` units."""
+        self.load_on.clear()
+        time.sleep(0.5)
+        self.check()
+        with self.lock:
+            self.event += 1
+        self.stock = stock
+        ops(self.env, "reset", "--discard-orders", "--stock", str(stock))
         self.load_on.set()
 
     # -- the check ------------------------------------------------------------------

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, request
+import logging
+import threading
+import time
 
-from hotdeal import durability
+from flask import Flask, Response, jsonify, request
+from sqlalchemy import Engine
+
+from hotdeal import durability, redis_keys
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.errors import NotReady, unknown_order
 from hotdeal.identity import verifier_from_settings
-from hotdeal.redis_client import memory_full, redis_from_settings
+from hotdeal.inline import InlineTakes
+from hotdeal.redis_client import Client, memory_full, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal.validation import (
     parse_idempotency_key,
@@ -36,6 +42,7 @@ from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
 
 SERVICE = "order-redis"
+log = logging.getLogger(__name__)
 
 
 def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Reader]]:
@@ -54,7 +61,27 @@ def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Re
     if settings.order_write == "inline":
         engine = engine_from_settings(settings, pool_size=2)
         checks["database"] = lambda: table_reachable(engine, order_history)
+        start_inline_sweeper(engine, client)
     return checks, [lambda: read_stock(client, SERVICE)]
+
+
+def start_inline_sweeper(engine: Engine, client: Client, every_s: float = 5.0) -> None:
+    """Inline mode: settle the takes whose settle was lost (hotdeal.inline), in every
+    pod's admin listener (any of them may die; a take settles once whoever does it)."""
+    takes = InlineTakes(client)
+
+    def sweep() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                for pid in sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS)):
+                    settled = takes.sweep(engine, pid)
+                    if settled["done"] or settled["given_back"]:
+                        log.warning("product %s: inline takes settled late: %s", pid, settled)
+            except Exception as exc:  # a store away: the next round tries again
+                log.warning("inline sweep failed: %s", exc.__class__.__name__)
+
+    threading.Thread(target=sweep, name="inline-sweeper", daemon=True).start()
 
 
 def create_app(settings: Settings | None = None, *, pool_size: int | None = None) -> Flask:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any
 
 import hiredis
 import redis
@@ -30,6 +30,7 @@ from hotdeal.db import transaction
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
+from hotdeal.inline import INLINE_FINAL_S, InlineTake, InlineTakes
 from hotdeal.process import forks
 from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topology
 from hotdeal.schema import order_history
@@ -38,11 +39,6 @@ from hotdeal_order_redis.seen import SeenMarks
 from hotdeal_order_redis.sold_out import SoldOutMarks
 
 log = logging.getLogger(__name__)
-
-
-# An inline take whose row is still not in the database this long after the take never
-# committed: no transaction of ours stays open that long (hold + statement time).
-INLINE_FINAL_S = 60.0
 
 
 def _script(name: str) -> str:
@@ -59,16 +55,6 @@ class Taken:
     @property
     def ordered_at(self) -> datetime:
         return _at(self.ordered_at_ms)
-
-
-class InlineTake(NamedTuple):
-    """An inline-mode take to settle once its row's fate is known."""
-
-    order: OrderRequest
-    order_id: str
-    epoch: int
-    keys: list[str]
-    idempotency_key: str | None
 
 
 def _run_id(info: Any) -> str:
@@ -111,8 +97,7 @@ class RedisStock:
         self.durability_mode = durability_mode
         self.durability_timeout_ms = durability_timeout_ms
         self._take = client.register_script(_script("take_stock.lua"))
-        self._give_back = client.register_script(_script("give_back.lua"))
-        self._inline_done = client.register_script(_script("inline_done.lua"))
+        self._inline = InlineTakes(client)
         self._lookup = client.register_script(_script("lookup.lua"))
         self._plan: durability.WaitPlan | None = None
         self._plan_checked = 0.0
@@ -131,7 +116,12 @@ class RedisStock:
         buyer's request. Best effort: a Redis that is down at start-up is /readyz's
         business."""
         try:
-            for script in (self._take, self._give_back, self._inline_done, self._lookup):
+            for script in (
+                self._take,
+                self._inline.done_script,
+                self._inline.give_back_script,
+                self._lookup,
+            ):
                 script.sha = self.client.script_load(script.script)
             self.durability_plan(force=True)
         except (redis.RedisError, durability.DurabilityError) as exc:
@@ -297,6 +287,7 @@ class RedisStock:
             self._instance_key(pid),
             redis_keys.sync_mark(pid),
             redis_keys.room(pid),
+            redis_keys.inline_takes(pid),
         ]
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
@@ -327,13 +318,12 @@ class RedisStock:
             taken = Taken(order_id, int(remaining), at_ms, replayed=False)
             if self.write == "inline":
                 marks = (int(generation), int(epoch), int(seq))
-                self._insert_inline(order, taken, marks, keys, idempotency_key)
+                self._insert_inline(order, taken, marks, idempotency_key)
             return taken
         if status == "replay":
-            remaining, order_id, at_ms, state, epoch = rest
+            remaining, order_id, at_ms, state, _ = rest
             taken = Taken(order_id, int(remaining), at_ms, replayed=True)
-            pending = (order, taken, int(epoch), keys, idempotency_key)
-            if state == "pending" and not self._pending(*pending):
+            if state == "pending" and not self._pending(order, taken, idempotency_key):
                 if not again:
                     raise errors.unavailable()
                 return self.take(**again_with)
@@ -402,7 +392,6 @@ class RedisStock:
         order: OrderRequest,
         taken: Taken,
         marks: tuple[int, int, int],
-        keys: list[str],
         idempotency_key: str | None,
     ) -> None:
         assert self.engine is not None
@@ -419,6 +408,9 @@ class RedisStock:
             take_seq=seq,
             idempotency_key=idempotency_key,
         )
+        take = InlineTake(
+            order.product_id, taken.order_id, order.quantity, order.user_id, idempotency_key
+        )
         try:
             with transaction(self.engine) as conn:
                 insert_new(conn, [row])
@@ -426,58 +418,43 @@ class RedisStock:
         except errors.CommitUnknown:
             # The COMMIT's answer was lost: the row may be stored. Stored -> sold; not
             # found (or can't look) -> still unknown, and the stock stays taken: a
-            # give-back now could sell a unit the database holds (the key stays
-            # "pending" until a retry finds the row, or its absence is final).
+            # give-back now could sell a unit the database holds (the take stays open
+            # until a retry or the sweep finds the row, or its absence is final).
             with contextlib.suppress(Exception):
                 if self._committed(taken.order_id):
-                    self._settle(
-                        "done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key)
-                    )
+                    self._inline.done(take)
                     return
             raise
         except Exception:
             # COMMIT never went out: the transaction rolled back, so nothing was sold.
-            self._settle("undo", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
+            # (A give-back lost to Redis is the sweep's, once the row's absence is final.)
+            self._inline.give_back(take)
             raise
-        try:
-            self._settle("done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
-        except redis.RedisError as exc:
-            # Sold: the row is committed. Its key stays "pending" until a replay finds
-            # the row (and says 201 then).
-            log.warning("order committed, key not marked done: %s", exc.__class__.__name__)
+        for attempt in (1, 2):
+            try:
+                self._inline.done(take)
+                return
+            except redis.RedisError as exc:
+                # Sold: the row is committed. Settling may be tried again (it counts
+                # once); if Redis stays away, a replay or the sweep settles it.
+                if attempt == 2:
+                    log.warning("order committed, not settled yet: %s", exc.__class__.__name__)
 
-    def _settle(self, how: str, take: InlineTake) -> None:
-        """ "done": the row is committed, only now may its key replay ("pending");
-        "undo": the row is known not to be stored, so the stock goes back (unless the
-        books were rebuilt since the take, and so never counted it)."""
-        order, keys = take.order, take.keys
-        has_key = "1" if take.idempotency_key else "0"
-        if how == "done":
-            args = [order.quantity, has_key, take.order_id, take.epoch]
-            self._inline_done(keys=[keys[0], keys[5]], args=args)
-        else:
-            args = [order.quantity, order.user_id, take.order_id, has_key, take.epoch]
-            self._give_back(keys=[keys[0], keys[1], keys[2], keys[3], keys[5]], args=args)
-
-    def _pending(
-        self,
-        order: OrderRequest,
-        taken: Taken,
-        epoch: int,
-        keys: list[str],
-        idempotency_key: str | None,
-    ) -> bool:
+    def _pending(self, order: OrderRequest, taken: Taken, idempotency_key: str | None) -> bool:
         """A replay of an inline take whose row was not known committed: True once the
         row is found (the order is done). Absent for longer than any transaction can
         stay open (INLINE_FINAL_S), it never committed: the stock goes back and False
         tells the caller to take anew."""
+        take = InlineTake(
+            order.product_id, taken.order_id, order.quantity, order.user_id, idempotency_key
+        )
         if self._committed(taken.order_id):
-            self._settle("done", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
+            self._inline.done(take)
             return True
         age_s = time.time() - int(taken.ordered_at_ms) / 1000
         if age_s < INLINE_FINAL_S:
             raise errors.in_progress()
-        self._settle("undo", InlineTake(order, taken.order_id, epoch, keys, idempotency_key))
+        self._inline.give_back(take)
         return False
 
     def _committed(self, order_id: str) -> bool:

@@ -7,7 +7,8 @@
 --       (KEYS[6] is a placeholder of the product's slot when ARGV[8] is ""), 7 the
 --       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0"), 8 the
 --       product's sync mark (written before an answer that names an earlier take),
---       9 the product's waiting room (hotdeal.room)
+--       9 the product's waiting room (hotdeal.room), 10 its inline takes (hash: inline
+--       mode records each take until it is settled, hotdeal.inline)
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
 --       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
@@ -102,6 +103,7 @@ local order_id = ARGV[4]
 redis.call("HSET", KEYS[1], "quantity", remaining, "sold", tonumber(b[7]) + qty, "seq", seq)
 if ARGV[6] == "inline" then
   redis.call("HINCRBY", KEYS[1], "inline_pending", qty)
+  redis.call("HSET", KEYS[10], order_id, qty .. " " .. now_ms .. " " .. user .. " " .. idem)
 else
   redis.call("XADD", KEYS[5], "*",
     "order_id", order_id, "product_id", ARGV[5], "generation", b[4], "user_id", user,

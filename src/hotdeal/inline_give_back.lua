@@ -1,14 +1,15 @@
 #!lua flags=allow-oom
--- Inline mode: undo a take whose RDBMS insert failed, so a failed request sells nothing.
--- The sequence number stays used (the fence only ever moves forward).
+-- Inline mode: undo a take whose RDBMS insert is known not to have committed, so a
+-- failed request sells nothing. The sequence number stays used (the fence only ever
+-- moves forward). At most once per take (hotdeal.inline): only a take whose record is
+-- still in the inline hash puts its units back; books rebuilt since (a reset or repair
+-- deleted every record) never counted it, and only its traces go.
 -- allow-oom: it settles a take already made (a full Redis must not strand it).
--- Books rebuilt since the take (a reset or repair, at a later epoch) never counted it:
--- the stock is not put back twice, only the take's traces go.
--- KEYS: 1 books, 2 buyers, 3 buyer-orders, 4 orders, 5 idempotency key (or placeholder)
--- ARGV: 1 quantity, 2 user id, 3 order id, 4 "1" if KEYS[5] is a real key, 5 the take's
---       epoch
+-- KEYS: 1 books, 2 buyers, 3 buyer-orders, 4 orders, 5 idempotency key (or placeholder),
+--       6 the inline takes (hash)
+-- ARGV: 1 quantity, 2 user id, 3 order id, 4 "1" if KEYS[5] is a real key
 local qty = tonumber(ARGV[1])
-if tonumber(ARGV[5]) >= tonumber(redis.call("HGET", KEYS[1], "rebuilt") or "0") then
+if redis.call("HDEL", KEYS[6], ARGV[3]) == 1 then
   redis.call("HINCRBY", KEYS[1], "quantity", qty)
   redis.call("HINCRBY", KEYS[1], "sold", -qty)
   redis.call("HINCRBY", KEYS[1], "inline_pending", -qty)

@@ -5,6 +5,7 @@ Redis and PostgreSQL; `hotdeal-ops room` switches the room as an operator does."
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -128,9 +129,12 @@ def test_a_room_sells_only_to_admitted_buyers_in_line_order(sale):
 
 
 def test_admission_never_outruns_the_rate_and_follows_the_line(sale):
+    """A helper's find: after a quiet spell (nobody polling) or a change of rate, the
+    new rate was applied to time before the change: 50 admitted at once at --rate 50."""
     ev, pod_a, _ = sale
     room_on(ev, "--rate", "0")
     tickets = [join(pod_a, f"q{n}").json()["ticket"] for n in range(30)]
+    time.sleep(1.5)  # the fault: a quiet spell before the change of rate
     room_on(ev, "--rate", "4")
     started = time.monotonic()
     while time.monotonic() - started < 1.5:  # the last in line polls: admission moves
@@ -142,7 +146,7 @@ def test_admission_never_outruns_the_rate_and_follows_the_line(sale):
     count = states.count("admitted")
     # Never faster than the rate (a slow machine admits fewer, never more), and always
     # the head of the line.
-    assert 1 <= count <= 4 * (elapsed + 0.2), (count, elapsed)
+    assert 1 <= count <= 4 * elapsed + 1, (count, elapsed)
     assert states == ["admitted"] * count + ["waiting"] * (30 - count)
     status = room_on(ev)  # no flags: show it
     assert status["places"] == 30 and status["admitted"] == count
@@ -191,7 +195,7 @@ def test_tickets_that_are_not_this_buyers_for_this_event_are_refused(sale):
     assert join(pod_a, "t1").json()["state"] == "waiting"
     stale = poll(pod_a, "t1", ticket)
     assert (stale.status_code, stale.json()["error"]) == (403, "invalid_ticket")
-    assert "earlier event" in stale.json()["message"]
+    assert "earlier room or event" in stale.json()["message"]
     metrics = pod_a.admin("/metrics").text
     assert 'hotdeal_room_tickets_total{result="refused",service="order-redis"}' in metrics
 
@@ -206,7 +210,7 @@ def test_passes_that_are_not_this_buyers_for_this_product_and_event_sell_nothing
         "expired": signed({**mine, "exp": int(time.time()) - 120}),
         "a ticket as a pass": join(pod_a, "v1").json()["ticket"],
         "another product's": signed({**mine, "pid": 2}),
-        "an earlier event's": signed({**mine, "gen": str(int(mine["gen"]) - 1)}),
+        "an earlier room's": signed({**mine, "room": "0123456789abcdef"}),
         "garbage": "x" * 40,
     }
     for what, bad in cases.items():
@@ -281,3 +285,103 @@ def test_bad_room_requests_get_a_clear_4xx(sale):
     assert ev.client().zcard(redis_keys.room_line(1)) == 0
     usage = ops(ev.env, "room", "--rate", "-1", check=False)
     assert usage.returncode == 2
+
+
+def test_a_pass_of_a_room_switched_off_opens_nothing_in_the_next(sale):
+    """A helper's find: a pass from a room switched off and on again in the same event
+    (or before a Redis that came back empty) still bought, ahead of the new line."""
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "1000")
+    old = admitted(pod_a, "f1", join(pod_a, "f1").json()["ticket"])
+    room_on(ev, "--off")
+    room_on(ev, "--rate", "0")
+    answer = buy(pod_a, "f1", old)
+    assert (answer.status_code, answer.json()["error"]) == (403, "invalid_pass"), answer.text
+    assert "earlier room" in answer.json()["message"]
+    assert sold(ev) == 0
+
+
+def test_a_game_server_may_poll_the_place_it_took_for_a_buyer(sale):
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "1000")
+    server = auth.bearer("game-server", scope=auth.ACT_FOR)
+    taken = requests.post(
+        f"{pod_a.url}/v1/queue",
+        json={"product_id": 1, "user_id": "g1"},
+        headers=server,
+        timeout=10,
+    ).json()
+
+    def polled() -> dict | None:
+        answer = requests.get(
+            f"{pod_a.url}/v1/queue",
+            headers={**server, "Hotdeal-Ticket": taken["ticket"]},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json() if answer.json()["state"] == "admitted" else None
+
+    body = wait_until(polled, "g1 admitted, polled by the game server")
+    assert claims_of(body["pass"])["sub"] == "g1"  # the buyer's, not the server's
+    other = poll(pod_a, "g2", taken["ticket"])  # another buyer still can't
+    assert other.status_code == 403
+
+
+def test_a_full_redis_or_a_hand_edited_room_answers_503_never_500(sale):
+    """A helper's find: Redis at maxmemory turned every join and poll into a 500."""
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "1000")
+    ticket = join(pod_a, "r1").json()["ticket"]
+    client = ev.client()
+    client.config_set("maxmemory", max(int(client.info("memory")["used_memory"]) - 100_000, 1))
+    try:
+        joined = join(pod_a, "r2")  # a new place: a write Redis refuses
+        assert (joined.status_code, joined.json()["error"]) == (503, "unavailable")
+        for _ in range(3):  # a poll answers, or is refused when it moves the frontier
+            time.sleep(0.11)
+            polled = poll(pod_a, "r1", ticket)
+            assert polled.status_code in (200, 503), polled.text
+    finally:
+        client.config_set("maxmemory", 0)
+    for bad in ("nan", "abc", "-5", "inf"):  # written by hand, past the CLI's checks
+        client.hset(redis_keys.room(1), "rate", bad)
+        time.sleep(0.11)  # the frontier moves at most every 100 ms: let it try
+        answer = poll(pod_a, "r1", ticket)
+        assert answer.status_code == 200, (bad, answer.text)
+        assert room_on(ev)["admit_per_s"] == 0.0
+    for args in (("--rate", "1e-310"), ("--rate", "nan"), ("--pass-ttl", "1000000000000")):
+        assert ops(ev.env, "room", *args, check=False).returncode == 2, args
+
+
+def test_the_rate_changes_mid_event_while_buyers_join(sale):
+    """A helper's find: the operator's change (a WATCH on the room and the books) lost to
+    every join and sale, and said "a reset?"."""
+    ev, pod_a, pod_b = sale
+    room_on(ev, "--rate", "0")
+    stop = threading.Event()
+
+    def crowd() -> None:
+        n = 0
+        while not stop.is_set():
+            join(pod_a if n % 2 else pod_b, f"c{n}")
+            n += 1
+
+    joiners = [threading.Thread(target=crowd) for _ in range(4)]
+    for t in joiners:
+        t.start()
+    try:
+        for rate in range(10, 20):
+            assert room_on(ev, "--rate", str(rate))["admit_per_s"] == rate
+    finally:
+        stop.set()
+        for t in joiners:
+            t.join()
+
+
+def test_a_pod_without_the_rooms_secret_takes_no_place(event):
+    ev = event(stock=5)
+    pod = ev.service(HOTDEAL_ROOM_SECRET="")
+    room_on(ev, "--rate", "1")
+    answer = join(pod, "n1")
+    assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
+    assert ev.client().zcard(redis_keys.room_line(1)) == 0

@@ -61,8 +61,17 @@ def _rate(raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
-    if not 0 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError("must be 0 to 1000000 (0 admits nobody)")
+    if not (value == 0 or room.MIN_RATE <= value <= room.MAX_RATE):
+        raise argparse.ArgumentTypeError(
+            f"0 (admit nobody) or {room.MIN_RATE:g} to {room.MAX_RATE:g} places a second"
+        )
+    return value
+
+
+def _pass_ttl(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= room.MAX_PASS_TTL_S:
+        raise argparse.ArgumentTypeError(f"1 to {room.MAX_PASS_TTL_S} seconds")
     return value
 
 
@@ -248,10 +257,8 @@ def cmd_room(ctx: Context, args: argparse.Namespace) -> int:
                 pass_ttl_s=args.pass_ttl,
             )
         )
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    except redis.WatchError:
-        raise UsageError("the books changed meanwhile (a reset?): run it again") from None
     return EXIT_OK
 
 
@@ -389,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=_rate, default=None, help="places admitted per second (default 100)"
     )
     rm.add_argument(
-        "--pass-ttl", type=_positive, default=None, help="seconds a pass lives (default 120)"
+        "--pass-ttl", type=_pass_ttl, default=None, help="seconds a pass lives (default 120)"
     )
     rm.add_argument("--off", action="store_true", help="switch the room off")
 

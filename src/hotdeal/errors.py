@@ -185,6 +185,9 @@ UNAVAILABLE = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    # A full Redis (maxmemory, noeviction) refuses the write before it runs: nothing was
+    # done (the take says so itself; the waiting room's join and poll fell through to 500).
+    redis.exceptions.OutOfMemoryError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,

@@ -1,5 +1,5 @@
--- The waiting room of one product (hotdeal.room): a place in line per buyer, and the
--- admission frontier, in one round trip per join or poll.
+-- The waiting room of one product (hotdeal.room): a place in line per buyer, the
+-- admission frontier, and the operator's settings, each request in one atomic step.
 --
 -- A place's score orders the line: a random one below FIRST_COME for who joins before
 -- the opening in "random" mode (the line is drawn at random, as Cloudflare and Queue-it
@@ -7,53 +7,95 @@
 -- so the drawn part of the line is complete when admission starts.
 --
 -- The frontier counts places admitted (the first `frontier` of the line). It grows at
--- the room's rate while there is stock to sell and the sale is open, by whichever join
--- or poll comes first after 100 ms (a write at most ten times a second per product,
--- whatever the load), by at most one second's worth at a time (nobody polling means
--- nobody is waiting: no burst afterwards), and never past the line's end (a burst of
--- newcomers is not let in at once). While sold out it stands still: units that come
--- back admit the next in line at the rate.
+-- the room's rate for the time the sale was open with stock, brought up to date by
+-- whichever request comes first 100 ms or more after the last (a write at most ten times
+-- a second per product, whatever the load), and never past the line's end (a crowd that
+-- joins later is not let in at once). While sold out it stands still: units that come
+-- back admit the next in line at the rate. A change of rate applies from that moment.
+--
+-- Each room has an id, new whenever the room is switched on: tickets and passes carry
+-- it, so those of a room switched off (or of an earlier event) open nothing.
 --
 -- KEYS: 1 room (hash), 2 line (sorted set), 3 books, 4 admitted (hash buyer -> ms)
--- ARGV: 1 "join" | "poll", 2 buyer, 3 a random score below FIRST_COME (join)
+-- ARGV: 1 "join" | "poll" | "configure"
+--   join, poll: 2 buyer, 3 a random score below FIRST_COME (join), 4 the ticket's room
+--               id (poll)
+--   configure:  2 mode, 3 rate, 4 pass ttl s ("" each: unchanged), 5 a new room id
 -- Returns:
+--   {"unknown"}                            no books: not a product (or Redis came back empty)
 --   {"closed"}                             no room for this event (order directly)
 --   {"sold_out"}                           nothing left to sell
---   {"no_place"}                           poll: this buyer has no place in this line
---   {"unknown"}                            no books: not a product (or Redis came back empty)
---   {"place", rank, frontier, rate, opens_at_ms, now_ms, generation, first_admission,
+--   {"no_place"}                           poll: no place in this room (another room's ticket)
+--   {"place", rank, frontier, rate, opens_at_ms, now_ms, room id, first_admission,
 --    pass_ttl_s}
+--   configure: {"configured", room id}
 local FIRST_COME = 1099511627776 -- 2^40
+local function number(raw, default)
+  local n = tonumber(raw or "")
+  if n == nil or n ~= n or n < 0 or n == math.huge then -- absent, nan, negative, inf
+    return default
+  end
+  return n
+end
+
 local room = redis.call("HMGET", KEYS[1], "generation", "mode", "rate", "frontier", "at",
-  "pass_ttl")
+  "pass_ttl", "id")
 local b = redis.call("HMGET", KEYS[3], "generation", "quantity", "opens_at", "paused")
 if not b[1] then
   return {"unknown"}
 end
-if not room[1] or room[1] ~= b[1] then
-  return {"closed"}
-end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stock = tonumber(b[2] or "0")
-local opens = tonumber(b[3] or "0")
-local rate = tonumber(room[3] or "0")
-local frontier = tonumber(room[4] or "0")
-local at = tonumber(room[5] or "0")
+local on = room[1] and room[1] == b[1]
+local stock = number(b[2], 0)
+local opens = number(b[3], 0)
+local rate = number(room[3], 0)
+local frontier = number(room[4], 0)
+local at = number(room[5], now)
 
-if now - at >= 100 then
+-- Bring the frontier up to date (`force`: now, whatever the last update).
+local function advance(force)
+  if not force and now - at < 100 then
+    return
+  end
   if stock > 0 and not b[4] and now >= opens then
     local from = math.max(at, opens)
-    local grown = frontier + rate * math.min(now - from, 1000) / 1000
-    frontier = math.min(grown, redis.call("ZCARD", KEYS[2]))
+    if now > from then
+      frontier = math.min(frontier + rate * (now - from) / 1000, redis.call("ZCARD", KEYS[2]))
+    end
   end
   redis.call("HSET", KEYS[1], "frontier", tostring(frontier), "at", now)
 end
+
+if ARGV[1] == "configure" then
+  if not on then
+    redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
+    redis.call("HSET", KEYS[1], "generation", b[1], "mode", "fifo", "rate", 100,
+      "pass_ttl", 120, "frontier", 0, "at", now, "arrivals", 0, "id", ARGV[5])
+    room[7] = ARGV[5]
+  else
+    advance(true) -- what the old rate admitted until now stays admitted
+  end
+  for i, field in ipairs({"mode", "rate", "pass_ttl"}) do
+    if ARGV[i + 1] ~= "" then
+      redis.call("HSET", KEYS[1], field, ARGV[i + 1])
+    end
+  end
+  return {"configured", room[7]}
+end
+
+if not on then
+  return {"closed"}
+end
+advance(false)
 if stock <= 0 then
   return {"sold_out"}
 end
 
 local buyer = ARGV[2]
+if ARGV[1] == "poll" and ARGV[4] ~= room[7] then
+  return {"no_place"}
+end
 local rank = redis.call("ZRANK", KEYS[2], buyer)
 if not rank then
   if ARGV[1] ~= "join" then
@@ -72,5 +114,5 @@ local first = 0
 if rank < math.floor(frontier) then
   first = redis.call("HSETNX", KEYS[4], buyer, now)
 end
-return {"place", rank, tostring(frontier), tostring(rate), opens, now, room[1], first,
-  room[6] or "120"}
+return {"place", rank, tostring(frontier), tostring(rate), opens, now, room[7], first,
+  number(room[6], 120)}

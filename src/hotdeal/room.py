@@ -4,16 +4,17 @@ A buyer joins (`POST /v1/queue`) and gets a signed ticket for its place; polling
 ticket (`GET /v1/queue`) says its position, an estimated wait and when to ask again, in
 one Redis round trip (room.lua) and no database. Places are admitted in line order at
 the room's rate; an admitted ticket's poll carries a pass, a short-lived signed token
-bound to the buyer, the product and the event, and while the room is on the take
-script sells that product only to an order carrying one (`Hotdeal-Pass`). One place per
-buyer (the token's subject) per product; joining again gives the same place.
+bound to the buyer, the product and the room, and while the room is on the take script
+sells that product only to an order carrying one (`Hotdeal-Pass`). One place per buyer
+(the token's subject) per product; joining again gives the same place.
 
 Tickets and passes are JWTs signed with HS256 (PyJWT) under the room's secret
-(HOTDEAL_ROOM_SECRET), shared by every pod; each carries the event (the books'
-generation), so a reset makes the last event's worthless. The room's state lives in
-Redis beside the books (hotdeal.redis_keys): a reset, or a Redis that came back empty,
-ends it (the product then sells without a room until the operator switches it on
-again: never more than the stock, but without the line).
+(HOTDEAL_ROOM_SECRET), shared by every pod; each carries the room's id, new whenever
+the room is switched on (so with every event too): those of an earlier room open
+nothing. The room's state lives in Redis beside the books (hotdeal.redis_keys): a
+reset, or a Redis that came back empty, ends it (the product then sells without a room
+until the operator switches it on again: never more than the stock, but without the
+line).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ PASS = "hotdeal:room-pass"
 TICKET_TTL_S = 12 * 3600
 MIN_SECRET_BYTES = 32
 DEFAULT_PASS_TTL_S = 120
+MAX_PASS_TTL_S = 86_400
+MAX_RATE = 1_000_000.0
+MIN_RATE = 0.01  # below (but 0): a wait of years
+MAX_WAIT_S = 86_400  # an estimate beyond a day says "not today", not a number
 MAX_CACHED = 100_000
 _SCRIPT = files(__package__).joinpath("room.lua").read_text()
 
@@ -56,7 +61,7 @@ class RoomRefused(ApiError):
 class Claims:
     buyer: str
     product: int
-    generation: str
+    room: str
     issued_ms: int
     expires: float
 
@@ -72,24 +77,28 @@ class Signer:
         self._key = key
         self._passes: dict[str, Claims] = {}
 
-    def _sign(self, audience: str, buyer: str, product: int, generation: str, ttl_s: int) -> str:
+    def _sign(
+        self, audience: str, buyer: str, product: int, room: str, ttl_s: int
+    ) -> tuple[str, int]:
+        """The token, and when it expires (epoch seconds)."""
         now_ms = int(time.time() * 1000)
+        expires = now_ms // 1000 + ttl_s
         claims = {
             "iss": ISSUER,
             "aud": audience,
             "sub": buyer,
             "pid": product,
-            "gen": generation,
+            "room": room,
             "ms": now_ms,
-            "exp": now_ms // 1000 + ttl_s,
+            "exp": expires,
         }
-        return jwt.encode(claims, self._key, algorithm="HS256")
+        return jwt.encode(claims, self._key, algorithm="HS256"), expires
 
-    def ticket(self, buyer: str, product: int, generation: str) -> str:
-        return self._sign(TICKET, buyer, product, generation, TICKET_TTL_S)
+    def ticket(self, buyer: str, product: int, room: str) -> str:
+        return self._sign(TICKET, buyer, product, room, TICKET_TTL_S)[0]
 
-    def pass_for(self, buyer: str, product: int, generation: str, ttl_s: int) -> str:
-        return self._sign(PASS, buyer, product, generation, ttl_s)
+    def pass_for(self, buyer: str, product: int, room: str, ttl_s: int) -> tuple[str, int]:
+        return self._sign(PASS, buyer, product, room, ttl_s)
 
     def read(self, token: str | None, audience: str, buyer: str | None) -> Claims:
         """The claims of a ticket or pass of `buyer` (None: of whoever holds it, with
@@ -112,12 +121,12 @@ class Signer:
                 algorithms=["HS256"],
                 audience=audience,
                 issuer=ISSUER,
-                options={"require": ["exp", "iss", "aud", "sub", "pid", "gen", "ms"]},
+                options={"require": ["exp", "iss", "aud", "sub", "pid", "room", "ms"]},
             )
             claims = Claims(
                 str(raw["sub"]),
                 int(raw["pid"]),
-                str(raw["gen"]),
+                str(raw["room"]),
                 int(raw["ms"]),
                 float(raw["exp"]),
             )
@@ -149,7 +158,7 @@ class Place:
 
     state: str
     product: int
-    generation: str = ""
+    room: str = ""
     position: int = 0  # 1 = next in line (waiting only)
     estimated_wait_s: int = 0
     retry_after_s: int = 0
@@ -157,6 +166,16 @@ class Place:
     first_admission: bool = False
     now_ms: int = 0
     pass_ttl_s: int = DEFAULT_PASS_TTL_S
+
+
+def _keys(product: int) -> list[str]:
+    """room.lua's KEYS."""
+    return [
+        redis_keys.room(product),
+        redis_keys.room_line(product),
+        redis_keys.books(product),
+        redis_keys.room_admitted(product),
+    ]
 
 
 def _retry_after(wait_s: float) -> int:
@@ -171,21 +190,14 @@ class Line:
         self.client = client
         self._script = client.register_script(_SCRIPT)
 
-    def _run(self, what: str, product: int, buyer: str) -> list[Any]:
-        keys = [
-            redis_keys.room(product),
-            redis_keys.room_line(product),
-            redis_keys.books(product),
-            redis_keys.room_admitted(product),
-        ]
-        draw = secrets.randbelow(FIRST_COME)  # used only for a place drawn at random
-        return self._script(keys=keys, args=[what, buyer, draw])
-
     def join(self, product: int, buyer: str) -> Place:
-        return self._place(product, self._run("join", product, buyer))
+        draw = secrets.randbelow(FIRST_COME)  # used only for a place drawn at random
+        return self._place(product, self._script(keys=_keys(product), args=["join", buyer, draw]))
 
-    def poll(self, product: int, buyer: str) -> Place:
-        return self._place(product, self._run("poll", product, buyer))
+    def poll(self, product: int, buyer: str, room: str) -> Place:
+        """`room`: the ticket's room id (another room's ticket has no place here)."""
+        reply = self._script(keys=_keys(product), args=["poll", buyer, 0, room])
+        return self._place(product, reply)
 
     def _place(self, product: int, reply: list[Any]) -> Place:
         status = reply[0]
@@ -198,26 +210,30 @@ class Line:
             return Place("unknown", product)
         if status == "no_place":
             raise RoomRefused(
-                "invalid_ticket", "no_place", "the ticket has no place in this product's line"
+                "invalid_ticket",
+                "no_place",
+                "the ticket has no place in this product's room (of an earlier room or event?)",
             )
-        rank, frontier, rate, opens_ms, now_ms, generation, first, ttl = reply[1:]
+        rank, frontier, rate, opens_ms, now_ms, room, first, ttl = reply[1:]
         admitted = math.floor(float(frontier))
         if int(rank) < admitted:
             return Place(
                 "admitted",
                 product,
-                generation,
+                room,
                 first_admission=first == 1,
                 now_ms=int(now_ms),
-                pass_ttl_s=int(ttl),
+                pass_ttl_s=min(max(int(ttl), 1), MAX_PASS_TTL_S),
             )
         position = int(rank) - admitted + 1
         until_open_s = max(0, int(opens_ms) - int(now_ms)) / 1000
-        wait_s = until_open_s + (position / float(rate) if float(rate) > 0 else 3600)
+        per_s = float(rate)
+        wait_s = until_open_s + (position / per_s if per_s >= MIN_RATE else MAX_WAIT_S)
+        wait_s = min(wait_s, MAX_WAIT_S)
         return Place(
             "waiting",
             product,
-            generation,
+            room,
             position=position,
             estimated_wait_s=math.ceil(wait_s),
             retry_after_s=_retry_after(wait_s),
@@ -237,37 +253,26 @@ def configure(
     rate: float | None = None,
     pass_ttl_s: int | None = None,
 ) -> dict[str, Any]:
-    """Switch the room on for the product's current event, or change its rate, mode or
-    pass lifetime mid-event (the line and who was admitted stay). A room of an earlier
-    event is replaced by an empty one."""
-    books, room = redis_keys.books(product), redis_keys.room(product)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.watch(books, room)
-        generation = pipe.hget(books, redis_keys.GENERATION)
-        if generation is None:
-            raise LookupError(f"product {product} has no books in Redis (run reset)")
-        current = pipe.hgetall(room)
-        pipe.multi()
-        fields: dict[str, Any] = {}
-        if current.get("generation") != generation:
-            pipe.delete(room, redis_keys.room_line(product), redis_keys.room_admitted(product))
-            fields = {
-                "generation": generation,
-                "mode": "fifo",
-                "rate": 100,
-                "pass_ttl": DEFAULT_PASS_TTL_S,
-                "frontier": 0,
-                "at": 0,
-            }
-        if mode is not None:
-            fields["mode"] = mode
-        if rate is not None:
-            fields["rate"] = rate
-        if pass_ttl_s is not None:
-            fields["pass_ttl"] = pass_ttl_s
-        if fields:
-            pipe.hset(room, mapping=fields)
-        pipe.execute()
+    """Switch the room on for the product's current event (a new room: an empty line,
+    a new id), or change its rate, mode or pass lifetime mid-event (the line and who was
+    admitted stay; a new rate applies from now). One script: no transaction for the
+    buyers' joins to break."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode: one of {', '.join(MODES)}")
+    if rate is not None and not (rate == 0 or MIN_RATE <= rate <= MAX_RATE):
+        raise ValueError(f"rate: 0, or {MIN_RATE:g} to {MAX_RATE:g} places a second")
+    if pass_ttl_s is not None and not 1 <= pass_ttl_s <= MAX_PASS_TTL_S:
+        raise ValueError(f"pass lifetime: 1 to {MAX_PASS_TTL_S} seconds")
+    args = [
+        "configure",
+        mode or "",
+        "" if rate is None else repr(float(rate)),
+        "" if pass_ttl_s is None else str(pass_ttl_s),
+        secrets.token_hex(8),
+    ]
+    reply = client.register_script(_SCRIPT)(keys=_keys(product), args=args)
+    if reply[0] == "unknown":
+        raise LookupError(f"product {product} has no books in Redis (run reset)")
     return status(client, product)
 
 
@@ -314,14 +319,24 @@ def read_states(client: Client, products: list[int]) -> list[RoomState]:
             RoomState(
                 pid,
                 on=True,
-                mode=mode,
-                rate=float(rate),
-                pass_ttl_s=int(pass_ttl),
+                mode=mode or "fifo",
+                rate=_number(rate),
+                pass_ttl_s=int(_number(pass_ttl, DEFAULT_PASS_TTL_S)),
                 places=int(places),
-                admitted=min(math.floor(float(frontier or 0)), int(places)),
+                admitted=min(math.floor(_number(frontier)), int(places)),
             )
         )
     return states
+
+
+def _number(raw: str | None, default: float = 0.0) -> float:
+    """A room field as room.lua reads it: absent, not a number, negative or infinite is
+    the default (a hand edit must not break the metrics)."""
+    try:
+        value = float(raw) if raw is not None else default
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
 
 
 def status(client: Client, product: int) -> dict[str, Any]:

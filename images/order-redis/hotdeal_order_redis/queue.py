@@ -45,7 +45,7 @@ class Passes:
         self._results["issued"].inc()
 
     def check(self, order: OrderRequest) -> tuple[str, RoomRefused | None]:
-        """(the event of a good pass or "", why a pass that was sent is not good)."""
+        """(the room id of a good pass or "", why a pass that was sent is not good)."""
         token = request.headers.get(PASS_HEADER)
         if token is None or self.signer is None:
             return "", None
@@ -57,14 +57,16 @@ class Passes:
             return "", RoomRefused(
                 "invalid_pass", "other_product", "the pass is for another product"
             )
-        return claims.generation, None
+        return claims.room, None
 
     def settle(self, room_pass: str, refused: RoomRefused | None, exc: Exception | None) -> None:
         """Count the pass by what the take made of it; a take that wanted a pass and got
-        a bad one answers why the pass is not good (or, of an earlier event, that)."""
+        a bad one answers why the pass is not good (or, of an earlier room, that)."""
         wanted = isinstance(exc, ApiError) and exc.code == "pass_required"
         if wanted and refused is None and room_pass:
-            refused = RoomRefused("invalid_pass", "other_event", "the pass is of an earlier event")
+            refused = RoomRefused(
+                "invalid_pass", "other_room", "the pass is of an earlier room or event"
+            )
         if wanted and refused is not None:
             self._results["expired" if refused.reason == "expired" else "refused"].inc()
             raise refused from None
@@ -110,10 +112,10 @@ def init_queue(
             if place.opens_at_ms > place.now_ms:
                 body["opens_at"] = _iso(place.opens_at_ms)
         if place.state == "admitted":
-            body["pass"] = need_signer().pass_for(
-                buyer, place.product, place.generation, place.pass_ttl_s
+            token, expires = need_signer().pass_for(
+                buyer, place.product, place.room, place.pass_ttl_s
             )
-            body["pass_expires_at"] = _iso(place.now_ms + place.pass_ttl_s * 1000)
+            body.update({"pass": token, "pass_expires_at": _iso(expires * 1000)})
             passes.issued()
         response = jsonify(body)
         if place.retry_after_s:
@@ -124,24 +126,25 @@ def init_queue(
     def join_queue() -> Response:
         caller = caller_of_request(verifier)
         product, buyer = parse_queue(json_body(), caller)
+        room_signer = need_signer()  # before a place is taken that no ticket could name
         place = line.join(product, buyer)
         ticket = None
         if place.state in ("waiting", "admitted"):  # sold out: no place was taken
-            ticket = need_signer().ticket(buyer, product, place.generation)
+            ticket = room_signer.ticket(buyer, product, place.room)
         tickets["joined"].inc()
+        if place.first_admission:
+            wait.observe(0)  # admitted on arrival
         return answer(place, buyer, ticket)
 
     @app.get("/v1/queue")
     def poll_queue() -> Response:
         caller = caller_of_request(verifier)
+        # Whoever holds the ticket when the caller may act for any buyer (a game server)
+        # or there is no caller (HOTDEAL_AUTH=off); else only the ticket's own buyer.
+        holder = None if caller.acts_for_buyers else caller.subject
         try:
-            # (HOTDEAL_AUTH=off: no caller to hold the ticket to; whoever holds it.)
-            claims = need_signer().read(request.headers.get(TICKET_HEADER), TICKET, caller.subject)
-            place = line.poll(claims.product, claims.buyer)
-            if place.generation and place.generation != claims.generation:
-                raise RoomRefused(
-                    "invalid_ticket", "other_event", "the ticket is of an earlier event"
-                )
+            claims = need_signer().read(request.headers.get(TICKET_HEADER), TICKET, holder)
+            place = line.poll(claims.product, claims.buyer, claims.room)
         except RoomRefused:
             tickets["refused"].inc()
             raise

@@ -264,7 +264,7 @@ class RedisStock:
         room_pass: str = "",
         again: bool = True,
     ) -> Taken:
-        """`room_pass`: the event of the order's verified waiting-room pass ("" without
+        """`room_pass`: the room id of the order's verified waiting-room pass ("" without
         one). `again`: whether a take that had to settle something first (validate the
         books, give back a take that never committed) may run once more."""
         pid, user = order.product_id, order.user_id

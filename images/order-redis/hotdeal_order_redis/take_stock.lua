@@ -14,7 +14,7 @@
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
 --       11 "1" to list the order under the buyer (not for the workshop's shared buyer),
 --       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real,
---       14 the event of the order's verified room pass ("" without one)
+--       14 the room id of the order's verified pass ("" without one)
 -- Returns {status, ...}:
 --   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
 --   {"replay", remaining, order_id, ordered_at_ms, state, epoch}   state: "done" | "pending"
@@ -70,9 +70,9 @@ if idem ~= "" then
 end
 
 -- The waiting room: while it is on for this event, only an order with a pass of this
--- event is sold (a replay, above, sells nothing and needs none).
-local room = redis.call("HGET", KEYS[9], "generation")
-if room and room == b[4] and ARGV[14] ~= room then
+-- room is sold (a replay, above, sells nothing and needs none).
+local room = redis.call("HMGET", KEYS[9], "generation", "id")
+if room[1] and room[1] == b[4] and ARGV[14] ~= room[2] then
   return {"pass_required"}
 end
 

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth bench-sold-out chaos test-shuffled test-explore clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth bench-sold-out bench-workers bench-spike chaos test-shuffled test-explore clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench-slow-clients  a sale under 40 slow clients, with and without the front (nginx)"
 	@echo "make bench-auth   order-redis with and without token checks (HS256, ES256, RS256)"
 	@echo "make bench-sold-out  sold-out answers vs a bare Flask route; how long a returned unit waits"
+	@echo "make bench-workers   order-redis with 2 or 4 sync workers per core (takes, sold out, slow clients)"
+	@echo "make bench-spike     20,000 buyers over 10 s around the opening, waiting room on and off"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -105,6 +107,16 @@ bench-auth: deps venv
 # unit that comes back stays refused (results/sold-out.json).
 bench-sold-out: deps venv
 	$(BIN)/hotdeal-local bench-sold-out $(SOLD_OUT_ARGS)
+
+# order-redis with 2 or 4 sync workers per core, in alternating rounds: durable takes,
+# sold-out answers and a sale under slow clients (results/workers.json).
+bench-workers: deps venv
+	$(BIN)/hotdeal-local bench-workers $(WORKERS_ARGS)
+
+# The opening second: 20,000 buyers (a token each) over 10 s around the opening of 2,000
+# units, with the waiting room on and off (results/spike.json).
+bench-spike: deps venv
+	$(BIN)/hotdeal-local bench-spike $(SPIKE_ARGS)
 
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).

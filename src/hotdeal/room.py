@@ -67,15 +67,16 @@ class Claims:
 
 
 class Signer:
-    """Signs and reads tickets and passes (HS256 under the room's secret). Verified
-    passes are kept until they expire: a buyer's retries cost a dict lookup."""
+    """Signs and reads tickets and passes (HS256 under the room's secret). Verified ones
+    are kept until they expire: a buyer's polls and retries cost a dict lookup, not a
+    JWT read (~100 us each)."""
 
     def __init__(self, secret: str) -> None:
         key = secret.encode()
         if len(key) < MIN_SECRET_BYTES:
             raise ValueError(f"the room's secret must be at least {MIN_SECRET_BYTES} bytes")
         self._key = key
-        self._passes: dict[str, Claims] = {}
+        self._verified: dict[tuple[str, str], Claims] = {}
 
     def _sign(
         self, audience: str, buyer: str, product: int, room: str, ttl_s: int
@@ -108,10 +109,9 @@ class Signer:
         )
         if not token:
             raise RoomRefused(code, "missing", f"the {what} is missing")
-        if audience == PASS:
-            cached = self._passes.get(token)
-            if cached is not None and time.time() < cached.expires:
-                return self._owned(cached, buyer, code, what)
+        cached = self._verified.get((audience, token))
+        if cached is not None and time.time() < cached.expires:
+            return self._owned(cached, buyer, code, what)
         if len(token) > 2048:
             raise RoomRefused(code, "malformed", f"the {what} is not one of ours")
         try:
@@ -134,10 +134,9 @@ class Signer:
             raise RoomRefused(code, "expired", f"the {what} has expired") from None
         except (jwt.PyJWTError, TypeError, ValueError, OverflowError):
             raise RoomRefused(code, "forged", f"the {what} is not one of ours") from None
-        if audience == PASS:
-            if len(self._passes) >= MAX_CACHED:
-                self._passes.clear()
-            self._passes[token] = claims
+        if len(self._verified) >= MAX_CACHED:
+            self._verified.clear()
+        self._verified[(audience, token)] = claims
         return self._owned(claims, buyer, code, what)
 
     @staticmethod

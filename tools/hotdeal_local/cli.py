@@ -232,6 +232,45 @@ def bench_sold_out(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_workers(args: argparse.Namespace) -> int:
+    from hotdeal_local.workersbench import run_workers_bench
+
+    result = run_workers_bench(
+        **_rounds(args), slow=args.slow, workdir=args.workdir / "bench-workers"
+    )
+    print(f"\norder-redis (fsync durability, behind its front), {_load(args)}:")
+    for name, row in result["columns"].items():
+        print(
+            f"  {name:<26} {row['requests_per_second']:>8.1f} req/s "
+            f"{row['cpu_us_per_request']:>7.1f} us CPU per request  failed {row['failed']}"
+        )
+    for kind, gain in result["gain_of_4_per_core"].items():
+        print(f"  {kind}: 4 per core gives {gain:.3f} of 2 per core's throughput")
+    write_json(args.out, result)
+    return 0
+
+
+def bench_spike(args: argparse.Namespace) -> int:
+    from hotdeal_local.spike import run_spike
+
+    result = run_spike(
+        rounds=args.rounds,
+        buyers=args.buyers,
+        seconds=args.seconds,
+        stock=args.stock,
+        rate=args.rate,
+        workdir=args.workdir / "bench-spike",
+    )
+    print(
+        f"\n{args.buyers} buyers over {args.seconds:g} s around the opening, stock "
+        f"{args.stock}, room at {args.rate:g}/s, medians of {args.rounds}:"
+    )
+    for name, row in result["summary"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    write_json(args.out, result)
+    return 0
+
+
 def bench_auth(args: argparse.Namespace) -> int:
     from hotdeal_local.authbench import run_auth_bench
 
@@ -325,6 +364,21 @@ def main(argv: list[str] | None = None) -> None:
     p_sold.add_argument("--samples", type=int, default=20)
     p_sold.add_argument("--out", default="results/sold-out.json")
     p_sold.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_workers = sub.add_parser("bench-workers", help="order-redis with 2 or 4 workers per core")
+    p_workers.add_argument("--rounds", type=int, default=3)
+    p_workers.add_argument("--requests", "-n", type=int, default=20_000)
+    p_workers.add_argument("--concurrency", "-c", type=int, default=150)
+    p_workers.add_argument("--slow", type=int, default=40)
+    p_workers.add_argument("--out", default="results/workers.json")
+    p_workers.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_spike = sub.add_parser("bench-spike", help="the opening second, waiting room on and off")
+    p_spike.add_argument("--rounds", type=int, default=1)
+    p_spike.add_argument("--buyers", type=int, default=20_000)
+    p_spike.add_argument("--seconds", type=float, default=10.0)
+    p_spike.add_argument("--stock", type=int, default=2_000)
+    p_spike.add_argument("--rate", type=float, default=400.0)
+    p_spike.add_argument("--out", default="results/spike.json")
+    p_spike.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_slow = sub.add_parser(
         "slow-clients", help="a sale under slow clients, with and without the front"
     )
@@ -344,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         "slow-clients": slow,
         "bench-auth": bench_auth,
         "bench-sold-out": bench_sold_out,
+        "bench-workers": bench_workers,
+        "bench-spike": bench_spike,
     }
     try:
         code = commands[args.command](args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -471,6 +472,27 @@ def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeyp
     report = fence.repair(engine, ev.client(), 1, drain_timeout_s=1)  # no longer blocked
     assert (report["sold"], report["remaining"]) == (2, 8)
     engine.dispose()
+
+
+def test_each_pods_admin_listener_settles_a_lost_inline_settle(event):
+    """The sweep runs by itself in inline mode (every pod's admin listener, every 5 s):
+    a take whose row is stored but whose settle never reached Redis is settled."""
+    ev = event(stock=10, HOTDEAL_ORDER_WRITE="inline")
+    svc = ev.service()
+    assert order(svc, "s1").status_code == 201
+    client = ev.client()
+    (order_id,) = client.hkeys(redis_keys.orders(1))
+    # The take as it stood before its settle: recorded, its unit pending.
+    client.hset(redis_keys.inline_takes(1), order_id, f"1 {int(time.time() * 1000)} s1 ")
+    client.hincrby(redis_keys.books(1), redis_keys.INLINE_PENDING, 1)
+    wait_until(
+        lambda: (
+            ev.books()[redis_keys.INLINE_PENDING] == "0"
+            and not client.hlen(redis_keys.inline_takes(1))
+        ),
+        "the admin listener's sweep",
+    )
+    assert ev.books()["sold"] == "1"  # settled as sold: the row is there
 
 
 def test_an_inline_take_whose_row_never_came_goes_back_once(event, monkeypatch):

@@ -81,3 +81,14 @@ def run_ab(
     if done.returncode != 0:
         raise RuntimeError(f"ab failed (exit {done.returncode}):\n{done.stdout}")
     return parse(done.stdout, gnuplot)
+
+
+def sample_of(run: AbRun, cpu_s: float) -> dict[str, float]:
+    """One run as the benchmarks in rounds report it: throughput, the service's CPU per
+    request (`cpu_s` spent during the run), refusals and failures."""
+    return {
+        "requests_per_second": round(run.complete / run.seconds, 1),
+        "cpu_us_per_request": round(cpu_s / max(run.complete, 1) * 1e6, 1),
+        "non_2xx": run.non_2xx,
+        "failed": run.failed,
+    }

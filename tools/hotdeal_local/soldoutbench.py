@@ -28,7 +28,7 @@ import redis
 from hotdeal import redis_keys
 from hotdeal.config import Settings
 from hotdeal_local import auth
-from hotdeal_local.ab import run_ab
+from hotdeal_local.ab import run_ab, sample_of
 from hotdeal_local.servers import Process, cpu_seconds, free_port, gunicorn, need_program
 from hotdeal_local.stack import LocalStack, running
 
@@ -95,13 +95,7 @@ def throughput(stack: LocalStack, *, rounds: int, requests: int, concurrency: in
                 cpu = cpu_seconds(proc.proc.pid) - before
             finally:
                 stack.stop_process(proc)
-            sample = {
-                "requests_per_second": round(run.complete / run.seconds, 1),
-                "cpu_us_per_request": round(cpu / max(run.complete, 1) * 1e6, 1),
-                "p99_ms": _p99(run.samples),
-                "non_2xx": run.non_2xx,
-                "failed": run.failed,
-            }
+            sample = {**sample_of(run, cpu), "p99_ms": _p99(run.samples)}
             runs[name].append(sample)
             print(f"  round {round_no} {name}: {sample}", flush=True)
 

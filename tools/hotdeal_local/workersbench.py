@@ -24,7 +24,7 @@ from typing import Any
 import requests as http
 
 from hotdeal_local import auth
-from hotdeal_local.ab import run_ab
+from hotdeal_local.ab import run_ab, sample_of
 from hotdeal_local.servers import cpu_seconds, free_port
 from hotdeal_local.slowclients import slow_clients
 from hotdeal_local.stack import LocalStack, running
@@ -83,12 +83,7 @@ def run_workers_bench(
                     cpu = cpu_seconds(proc.proc.pid) - before
                 finally:
                     stack.stop_process(proc)
-                sample = {
-                    "requests_per_second": round(run.complete / run.seconds, 1),
-                    "cpu_us_per_request": round(cpu / max(run.complete, 1) * 1e6, 1),
-                    "non_2xx": run.non_2xx,
-                    "failed": run.failed,
-                }
+                sample = sample_of(run, cpu)
                 runs[name].append(sample)
                 print(f"  round {round_no} {name}: {sample}", flush=True)
         stack.stop_process(writer)

@@ -156,6 +156,10 @@ class Settings(_FromEnv):
     # order-redis: the waiting room's signing secret (32+ bytes, the same on every pod):
     # tickets and passes are HS256 JWTs under it. Unset: no room can be joined.
     room_secret: str | None = setting("HOTDEAL_ROOM_SECRET")
+    # order-redis behind the front (nginx): the line follows when the front read each
+    # join (its X-Hotdeal-Arrived header). Only where the front is the only way in: a
+    # client reaching gunicorn directly could send an early time.
+    room_front_arrival: bool = setting("HOTDEAL_ROOM_FRONT_ARRIVAL", False, kind=bool)
     # The workshop's GET /order and GET /order-redis (ab's routes): off in production.
     workshop_routes: bool = setting("HOTDEAL_WORKSHOP_ROUTES", False, kind=bool)
     log_level: str = setting("HOTDEAL_LOG_LEVEL", "info")

@@ -33,7 +33,7 @@ from hotdeal.errors import ApiError
 from hotdeal.redis_client import Client
 
 MODES = ("fifo", "random")
-FIRST_COME = 1 << 40  # room.lua: places drawn at random score below, arrivals above
+FIRST_COME = 1 << 40  # room.lua: places drawn at random score below, arrival times above
 ISSUER = "hotdeal-room"
 TICKET = "hotdeal:room-ticket"  # audiences: a ticket is never a pass, nor the reverse
 PASS = "hotdeal:room-pass"
@@ -189,9 +189,11 @@ class Line:
         self.client = client
         self._script = client.register_script(_SCRIPT)
 
-    def join(self, product: int, buyer: str) -> Place:
+    def join(self, product: int, buyer: str, arrived_us: int | None = None) -> Place:
+        """`arrived_us`: when the front read the join (epoch microseconds), if known."""
         draw = secrets.randbelow(FIRST_COME)  # used only for a place drawn at random
-        return self._place(product, self._script(keys=_keys(product), args=["join", buyer, draw]))
+        args = ["join", buyer, draw, "" if arrived_us is None else arrived_us]
+        return self._place(product, self._script(keys=_keys(product), args=args))
 
     def poll(self, product: int, buyer: str, room: str) -> Place:
         """`room`: the ticket's room id (another room's ticket has no place here)."""

@@ -106,7 +106,9 @@ class LocalStack:
         behind it on a free one: where buyers arrive in the cluster."""
         behind = free_port() if front else port
         log = self.workdir / f"{name}-{behind}.log"
-        proc = gunicorn(name, behind, {**self.env, **extra}, log=log).start()
+        # Behind the front, the waiting room's line follows when the front read a join.
+        trust = {"HOTDEAL_ROOM_FRONT_ARRIVAL": "true"} if front else {}
+        proc = gunicorn(name, behind, {**self.env, **trust, **extra}, log=log).start()
         self.processes.append(proc)
         if front:
             nginx = nginx_front(port, behind, self.workdir, service=name).start()

@@ -74,6 +74,8 @@ spec:
             {{- if $front }}
             # Only the front reaches the workers; the admin port stays on the pod's IP.
             - {name: HOTDEAL_BIND, value: "127.0.0.1:{{ include "hotdeal.behindFrontPort" . }}"}
+            # The front is the only way in: its X-Hotdeal-Arrived can be trusted.
+            - {name: HOTDEAL_ROOM_FRONT_ARRIVAL, value: "true"}
             {{- end }}
             {{- if eq .probe "http" }}
             {{- include "hotdeal.authEnv" $root | nindent 12 }}

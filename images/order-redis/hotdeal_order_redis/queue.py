@@ -8,6 +8,7 @@ POST /v1/orders  Hotdeal-Pass: <pass>     required while the product's room is o
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from hotdeal.web import caller_of_request, json_body
 
 TICKET_HEADER = "Hotdeal-Ticket"
 PASS_HEADER = "Hotdeal-Pass"
+ARRIVED_HEADER = "X-Hotdeal-Arrived"  # set by the front (charts/hotdeal/files/front.conf)
 
 
 def _iso(ms: int) -> str:
@@ -97,6 +99,17 @@ def init_queue(
             )
         return signer
 
+    def front_arrival() -> int | None:
+        """When the front read this join, in epoch microseconds (None: not trusted, or
+        not a time)."""
+        if not settings.room_front_arrival:
+            return None
+        try:
+            arrived = float(request.headers.get(ARRIVED_HEADER, ""))
+        except ValueError:
+            return None
+        return int(arrived * 1_000_000) if math.isfinite(arrived) else None
+
     def answer(place: Place, buyer: str, ticket: str | None = None) -> Response:
         if place.state == "unknown":
             # No books: not a product, unless this Redis came back empty and the
@@ -127,7 +140,7 @@ def init_queue(
         caller = caller_of_request(verifier)
         product, buyer = parse_queue(json_body(), caller)
         room_signer = need_signer()  # before a place is taken that no ticket could name
-        place = line.join(product, buyer)
+        place = line.join(product, buyer, front_arrival())
         ticket = None
         if place.state in ("waiting", "admitted"):  # sold out: no place was taken
             ticket = room_signer.ticket(buyer, product, place.room)

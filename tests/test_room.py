@@ -196,6 +196,8 @@ def test_tickets_that_are_not_this_buyers_for_this_event_are_refused(sale):
     stale = poll(pod_a, "t1", ticket)
     assert (stale.status_code, stale.json()["error"]) == (403, "invalid_ticket")
     assert "earlier room or event" in stale.json()["message"]
+    ev.client().hset(redis_keys.books(1), "quantity", 0)  # sold out: still not its room's
+    assert poll(pod_a, "t1", ticket).json()["error"] == "invalid_ticket"
     metrics = pod_a.admin("/metrics").text
     assert 'hotdeal_room_tickets_total{result="refused",service="order-redis"}' in metrics
 
@@ -285,6 +287,11 @@ def test_bad_room_requests_get_a_clear_4xx(sale):
     assert ev.client().zcard(redis_keys.room_line(1)) == 0
     usage = ops(ev.env, "room", "--rate", "-1", check=False)
     assert usage.returncode == 2
+    # A helper's find: switching to random after places were given put them at the back.
+    join(pod_a, "b1")
+    switched = ops(ev.env, "room", "--mode", "random", check=False)
+    assert switched.returncode == 2 and "mode can't change" in switched.stderr
+    assert room_on(ev)["mode"] == "fifo"
 
 
 def test_a_pass_of_a_room_switched_off_opens_nothing_in_the_next(sale):

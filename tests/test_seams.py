@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ from hotdeal.inline import InlineTake, InlineTakes
 from hotdeal.validation import OrderRequest
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import PostgresServer, RedisServer, ops
+from hotdeal_order_redis import stock as stock_module
 from hotdeal_order_redis.stock import RedisStock
 
 from .events import SERVERS, Event, answer_of, order, restart_from, snapshot, wait_until
@@ -444,7 +446,9 @@ def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeyp
         taken = stock.take(OrderRequest(1, "u1", 2), limit=0, idempotency_key="k1")
         assert taken.remaining == 8  # sold: the row is committed
     else:
-        monkeypatch.setattr(stock, "_committed", lambda order_id: 1 / 0)  # can't ask
+        monkeypatch.setattr(  # the database can't be asked
+            "hotdeal_order_redis.stock.committed", lambda engine, order_id: 1 / 0
+        )
         real = stock.engine
         cut = Proxy(int(real.url.port))
         stock.engine = make_engine(
@@ -472,6 +476,74 @@ def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeyp
     report = fence.repair(engine, ev.client(), 1, drain_timeout_s=1)  # no longer blocked
     assert (report["sold"], report["remaining"]) == (2, 8)
     engine.dispose()
+
+
+def test_a_take_that_outlives_the_sweep_is_voided_not_sold_twice(event, monkeypatch):
+    """A helper's find: a take whose transaction stalled before its INSERT (a table
+    lock) past INLINE_FINAL_S was given back on its row's absence, the unit sold again,
+    and then the stalled row committed too: 2 sold of 1. Now the sweep stores a void row
+    under the take's id first; the stalled take finds the id taken and sells nothing."""
+    ev = event(stock=1, HOTDEAL_ORDER_WRITE="inline")
+    stock, engine = _inline_stock(ev)
+    stalled, released = threading.Event(), threading.Event()
+    real_insert = stock_module.insert_new
+
+    def stall_then_insert(conn, rows):
+        if rows[0].user_id == "slow":
+            stalled.set()
+            released.wait(30)
+        return real_insert(conn, rows)
+
+    monkeypatch.setattr(stock_module, "insert_new", stall_then_insert)
+    answers: dict[str, object] = {}
+
+    def slow_buyer() -> None:
+        try:
+            answers["slow"] = stock.take(OrderRequest(1, "slow", 1), limit=0, idempotency_key=None)
+        except ApiError as exc:
+            answers["slow"] = exc.code
+
+    buyer = threading.Thread(target=slow_buyer)
+    buyer.start()
+    assert stalled.wait(10)
+    swept = InlineTakes(ev.client()).sweep(engine, 1, final_s=0)  # "older than the limit"
+    assert swept == {"done": 0, "given_back": 1, "open": 0}
+    fast = stock.take(OrderRequest(1, "fast", 1), limit=0, idempotency_key=None)
+    assert fast.remaining == 0  # the unit went back, and sold once more
+    released.set()
+    buyer.join(30)
+    assert answers["slow"] == "unavailable"  # its id was taken: nothing sold, and said so
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 1
+    engine.dispose()
+
+
+def test_a_repair_after_a_restart_waits_for_an_open_inline_take(event):
+    """A helper's find: Redis restarted (same AOF) while an inline take's transaction was
+    open; repair skipped the take (books of another server) and rebuilt 1 left; the take
+    then committed and another buyer got the same unit. Now repair decides every
+    recorded take first (voided, or done once its row commits)."""
+    ev = event(stock=1, HOTDEAL_ORDER_WRITE="inline", HOTDEAL_HOLD_MS="3000")
+    svc = ev.service()
+    first: dict[str, requests.Response] = {}
+    buyer = threading.Thread(target=lambda: first.update(r=order(svc, "slow", timeout=30)))
+    buyer.start()
+    wait_until(lambda: ev.client().hlen(redis_keys.inline_takes(1)), "the take, recorded")
+    ev.redis.stop(signal.SIGKILL)
+    ev.redis.start()  # the same AOF: the take and its record are there
+    done = ops(ev.env, "repair", "--product", "1", "--timeout", "30", check=False)
+    assert done.returncode == 0, done.stderr
+    buyer.join(30)
+    repaired = json.loads(done.stdout)
+    # Either the take's row won (sold, and the books say so) or its id was voided (503).
+    sold_by_first = first["r"].status_code == 201
+    assert (repaired["sold"], repaired["remaining"]) == ((1, 0) if sold_by_first else (0, 1))
+    second = answer_of(svc, "second", key="k2")
+    assert second.status_code == (409 if sold_by_first else 201), second.text
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    assert report["redis"]["persisted_total"] == 1
 
 
 def test_each_pods_admin_listener_settles_a_lost_inline_settle(event):

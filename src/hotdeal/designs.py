@@ -10,6 +10,9 @@ class Design(StrEnum):
     LEGACY = "legacy"  # the workshop's hot row
     LEGACY_SLOTS = "legacy-slots"  # the DBA's remedy: the stock over N rows
     REDIS = "redis"  # order-redis: the stock in Redis (stream or inline writes)
+    # Not an order: the id of an inline take whose row never came, stored so that the
+    # row never can (hotdeal.inline); quantity 0, counted by no design.
+    VOID = "void"
 
     @classmethod
     def of_legacy(cls, slots: int) -> Design:

@@ -15,24 +15,38 @@ Before, a settle lost to a Redis restart, a failover or a lost COMMIT reply left
 units in `inline_pending` for good: reconcile counted them twice and repair waited for
 them forever. `sweep` settles such takes from the database: the admin listener runs it
 every few seconds, and repair and `reconcile --wait` before they read the books.
+
+Absence is never taken on trust (a transaction can stay open past any timeout: a lock,
+a stalled disk; a helper's attack sold a unit twice that way). To give a take back for
+want of its row, `void` first stores a row of its own under the take's order id
+(source "void", quantity 0): the primary key then decides. Either the void row is
+stored, and the take's own INSERT can never be (the request finds the id taken, stores
+nothing and answers 503: nothing sold), or the take's row committed first, and the take
+is done.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hotdeal import redis_keys
-from hotdeal.redis_client import Client
+from hotdeal.designs import Design
+from hotdeal.history import OrderRow, insert_new
+from hotdeal.redis_client import Client, node_client
 from hotdeal.schema import order_history
 
-# An inline take whose row is still not in the database this long after the take never
-# committed: no transaction of ours stays open that long (hold + statement time).
+# An inline take whose row is still not in the database this long after the take is
+# voided (its id fenced, its units given back): a request that slow fails (503).
 INLINE_FINAL_S = 60.0
 SWEEP_BATCH = 500
+# How long a void waits for a take's own transaction that holds the id (PostgreSQL's
+# lock_timeout); past it the take stays open, for the next sweep.
+VOID_LOCK_TIMEOUT_MS = 2000
 
 
 def _script(name: str) -> str:
@@ -88,6 +102,29 @@ class InlineTakes:
             args=[take.quantity, take.user_id, take.order_id, real],
         )
 
+    def void(self, engine: Engine, take: InlineTake) -> bool | None:
+        """Fence the take's order id in the database: True if the void row is stored
+        (the take's row never will be: give it back), False if the take's row is there
+        (it sold), None if its transaction still holds the id (decide later). The void
+        row belongs to no event (generation 0): no books count it."""
+        row = OrderRow(
+            take.order_id, take.product_id, 0, take.user_id, 0, Design.VOID, datetime.now(UTC)
+        )
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text(f"SET LOCAL lock_timeout = {VOID_LOCK_TIMEOUT_MS}"))
+                stored = insert_new(conn, [row])
+        except IntegrityError:
+            return False  # the take's own row committed while we looked
+        except OperationalError as exc:
+            if "lock" in str(exc.orig).lower():
+                return None
+            raise
+        if stored:
+            return True
+        return committed(engine, take.order_id) is True
+
     def open_takes(self, pid: int) -> list[InlineTake]:
         found = []
         for order_id, record in self.client.hgetall(redis_keys.inline_takes(pid)).items():
@@ -97,28 +134,50 @@ class InlineTakes:
 
     def sweep(self, engine: Engine, pid: int, *, final_s: float = INLINE_FINAL_S) -> dict[str, int]:
         """Settle the product's inline takes whose fate the database tells: committed
-        rows are done, rows absent for longer than `final_s` go back. What it settled,
-        and how many stay open (they may still commit)."""
+        rows are done; takes older than `final_s` (Redis's clock) are voided and given
+        back, unless their row wins the race. What it settled, and how many stay open."""
         takes = self.open_takes(pid)
         counts = {"done": 0, "given_back": 0, "open": 0}
-        now_ms = time.time() * 1000
+        if not takes:
+            return counts
+        now_ms = redis_now_ms(self.client, pid)
         for start in range(0, len(takes), SWEEP_BATCH):
             batch = takes[start : start + SWEEP_BATCH]
-            with engine.connect() as conn:
-                stored = set(
-                    conn.execute(
-                        select(order_history.c.order_id).where(
-                            order_history.c.order_id.in_([t.order_id for t in batch])
-                        )
-                    ).scalars()
-                )
+            rows = fates(engine, [t.order_id for t in batch])
             for take in batch:
-                if take.order_id in stored:
+                fate = rows.get(take.order_id)
+                if fate is None and now_ms - take.at_ms > final_s * 1000:
+                    voided = self.void(engine, take)
+                    fate = None if voided is None else not voided
+                if fate is True:
                     self.done(take)
                     counts["done"] += 1
-                elif now_ms - take.at_ms > final_s * 1000:
+                elif fate is False:
                     self.give_back(take)
                     counts["given_back"] += 1
                 else:
                     counts["open"] += 1
         return counts
+
+
+def fates(engine: Engine, order_ids: list[str]) -> dict[str, bool]:
+    """Per order id the database knows: True if its row is an order, False if voided."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(order_history.c.order_id, order_history.c.source).where(
+                order_history.c.order_id.in_(order_ids)
+            )
+        ).all()
+    return {r.order_id: r.source != Design.VOID for r in found}
+
+
+def committed(engine: Engine, order_id: str) -> bool | None:
+    """True: the take's row is stored; False: it was voided; None: neither (yet)."""
+    return fates(engine, [order_id]).get(order_id)
+
+
+def redis_now_ms(client: Client, pid: int) -> int:
+    """Redis's clock (the takes' times are its own): a pod's clock ahead of it would
+    void takes early."""
+    seconds, micros = node_client(client, redis_keys.books(pid)).time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -32,7 +32,7 @@
 --   {"no_place"}                           poll: no place in this room (another room's ticket)
 --   {"place", rank, frontier, rate, opens_at_ms, now_ms, room id, first_admission,
 --    pass_ttl_s}
---   configure: {"configured", room id}
+--   configure: {"configured", room id} or {"refused", why}
 local FIRST_COME = 1099511627776 -- 2^40
 local function number(raw, default)
   local n = tonumber(raw or "")
@@ -79,6 +79,11 @@ if ARGV[1] == "configure" then
       "pass_ttl", 120, "frontier", 0, "at", now, "id", ARGV[5])
     room[7] = ARGV[5]
   else
+    -- Places already given were scored for the mode they were given in: a line drawn
+    -- at random after some came first would put those behind every draw.
+    if ARGV[2] ~= "" and ARGV[2] ~= room[2] and redis.call("ZCARD", KEYS[2]) > 0 then
+      return {"refused", "the mode can't change once the line has places"}
+    end
     advance(true) -- what the old rate admitted until now stays admitted
   end
   for i, field in ipairs({"mode", "rate", "pass_ttl"}) do
@@ -92,15 +97,15 @@ end
 if not on then
   return {"closed"}
 end
+if ARGV[1] == "poll" and ARGV[4] ~= room[7] then
+  return {"no_place"} -- another room's ticket, sold out or not
+end
 advance(false)
 if stock <= 0 then
   return {"sold_out"}
 end
 
 local buyer = ARGV[2]
-if ARGV[1] == "poll" and ARGV[4] ~= room[7] then
-  return {"no_place"}
-end
 local rank = redis.call("ZRANK", KEYS[2], buyer)
 if not rank then
   if ARGV[1] ~= "join" then

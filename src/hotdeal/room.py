@@ -274,6 +274,8 @@ def configure(
     reply = client.register_script(_SCRIPT)(keys=_keys(product), args=args)
     if reply[0] == "unknown":
         raise LookupError(f"product {product} has no books in Redis (run reset)")
+    if reply[0] == "refused":
+        raise ValueError(f"{reply[1]} (switch the room off and on for a new line)")
     return status(client, product)
 
 

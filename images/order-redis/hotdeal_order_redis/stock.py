@@ -23,17 +23,17 @@ from typing import Any
 import hiredis
 import redis
 from redis.commands.core import Script
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from hotdeal import durability, errors, fence, redis_keys
 from hotdeal.db import transaction
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
-from hotdeal.inline import INLINE_FINAL_S, InlineTake, InlineTakes
+from hotdeal.inline import INLINE_FINAL_S, InlineTake, InlineTakes, committed, redis_now_ms
 from hotdeal.process import forks
 from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topology
-from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.seen import SeenMarks
 from hotdeal_order_redis.sold_out import SoldOutMarks
@@ -55,6 +55,10 @@ class Taken:
     @property
     def ordered_at(self) -> datetime:
         return _at(self.ordered_at_ms)
+
+
+class Voided(Exception):
+    """The take's order id is already in order_history: the sweep voided it."""
 
 
 def _run_id(info: Any) -> str:
@@ -413,21 +417,32 @@ class RedisStock:
         )
         try:
             with transaction(self.engine) as conn:
-                insert_new(conn, [row])
+                if not insert_new(conn, [row]):
+                    raise Voided()
                 time.sleep(self.hold_s)  # the workshop's work, inside the transaction
         except errors.CommitUnknown:
-            # The COMMIT's answer was lost: the row may be stored. Stored -> sold; not
-            # found (or can't look) -> still unknown, and the stock stays taken: a
-            # give-back now could sell a unit the database holds (the take stays open
-            # until a retry or the sweep finds the row, or its absence is final).
+            # The COMMIT's answer was lost: the row may be stored. Stored -> sold; voided
+            # -> nothing sold; neither (or can't look) -> still unknown, and the stock
+            # stays taken: a give-back now could sell a unit the database holds (the
+            # take stays open until a retry or the sweep decides it, hotdeal.inline).
+            fate = None
             with contextlib.suppress(Exception):
-                if self._committed(taken.order_id):
-                    self._inline.done(take)
-                    return
+                fate = committed(self.engine, taken.order_id)
+            if fate is True:
+                self._inline.done(take)
+                return
+            if fate is False:
+                self._inline.give_back(take)
+                raise errors.unavailable() from None
             raise
+        except (Voided, IntegrityError):
+            # The sweep fenced this order id first (the take had outlived
+            # INLINE_FINAL_S): the row can't be stored, the units went back.
+            self._inline.give_back(take)  # (a no-op if the sweep's got there)
+            raise errors.unavailable() from None
         except Exception:
             # COMMIT never went out: the transaction rolled back, so nothing was sold.
-            # (A give-back lost to Redis is the sweep's, once the row's absence is final.)
+            # (A give-back lost to Redis is the sweep's, which voids the id first.)
             self._inline.give_back(take)
             raise
         for attempt in (1, 2):
@@ -442,29 +457,27 @@ class RedisStock:
 
     def _pending(self, order: OrderRequest, taken: Taken, idempotency_key: str | None) -> bool:
         """A replay of an inline take whose row was not known committed: True once the
-        row is found (the order is done). Absent for longer than any transaction can
-        stay open (INLINE_FINAL_S), it never committed: the stock goes back and False
-        tells the caller to take anew."""
+        row is found (the order is done). Older than INLINE_FINAL_S (Redis's clock), its
+        id is voided first (hotdeal.inline): then the stock goes back and False tells
+        the caller to take anew, unless the row won the race (done)."""
+        assert self.engine is not None
         take = InlineTake(
             order.product_id, taken.order_id, order.quantity, order.user_id, idempotency_key
         )
-        if self._committed(taken.order_id):
+        fate = committed(self.engine, taken.order_id)
+        if fate is None:
+            age_ms = redis_now_ms(self.client, order.product_id) - int(taken.ordered_at_ms)
+            if age_ms < INLINE_FINAL_S * 1000:
+                raise errors.in_progress()
+            voided = self._inline.void(self.engine, take)
+            if voided is None:
+                raise errors.in_progress()  # its transaction still holds the id
+            fate = not voided
+        if fate:
             self._inline.done(take)
             return True
-        age_s = time.time() - int(taken.ordered_at_ms) / 1000
-        if age_s < INLINE_FINAL_S:
-            raise errors.in_progress()
         self._inline.give_back(take)
         return False
-
-    def _committed(self, order_id: str) -> bool:
-        if self.engine is None:
-            return False
-        with self.engine.connect() as conn:
-            found = conn.execute(
-                select(order_history.c.order_id).where(order_history.c.order_id == order_id)
-            ).first()
-        return found is not None
 
     # -- lookups -----------------------------------------------------------------------
     def _look(self, pid: int, mode: str, what: str) -> list[Any]:

@@ -519,6 +519,42 @@ def test_a_take_that_outlives_the_sweep_is_voided_not_sold_twice(event, monkeypa
     engine.dispose()
 
 
+def test_a_void_reads_whose_row_holds_the_id(event, monkeypatch):
+    """A helper's find: a void that found the id taken took it for its own success, so
+    a take whose row committed between the sweep's look and its void was given back (2
+    sold of 1); and the slower of two sweepers took the other's void for the take's row
+    and marked the take done (sold 1, stored 0; its key replayed an order never stored)."""
+    ev = event(stock=1, HOTDEAL_ORDER_WRITE="inline")
+    stock, engine = _inline_stock(ev)
+    takes = InlineTakes(ev.client())
+    lost = redis.ConnectionError("the settle never reached Redis")
+    monkeypatch.setattr(stock._inline, "done", lambda take: (_ for _ in ()).throw(lost))
+    stock.take(OrderRequest(1, "stored", 1), limit=0, idempotency_key="k1")
+    monkeypatch.undo()
+    (take,) = takes.open_takes(1)
+    assert takes.void(engine, take) is False  # its own row holds the id: it sold
+    assert takes.sweep(engine, 1, final_s=0) == {"done": 1, "given_back": 0, "open": 0}
+    # A take whose transaction rolled back and whose give-back was lost, two sweepers.
+    ops(ev.env, "reset", "--discard-orders", "--stock", "1")
+    stock, engine = _inline_stock(ev)
+    monkeypatch.setattr(stock._inline, "give_back", lambda take: None)
+    monkeypatch.setattr(stock_module, "insert_new", lambda conn, rows: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        stock.take(OrderRequest(1, "gone", 1), limit=0, idempotency_key="k2")
+    monkeypatch.undo()
+    (take,) = takes.open_takes(1)
+    assert takes.void(engine, take) is True  # the first sweeper's void
+    assert takes.void(engine, take) is True  # the second finds a void, not an order
+    assert takes.sweep(engine, 1, final_s=0) == {"done": 0, "given_back": 1, "open": 0}
+    books = ev.books()
+    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("1", "0", "0")
+    again = stock.take(OrderRequest(1, "gone", 1), limit=0, idempotency_key="k2")
+    assert not again.replayed  # the voided take's key is gone: a new order
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    engine.dispose()
+
+
 def test_a_repair_after_a_restart_waits_for_an_open_inline_take(event):
     """A helper's find: Redis restarted (same AOF) while an inline take's transaction was
     open; repair skipped the take (books of another server) and rebuilt 1 left; the take

@@ -116,14 +116,18 @@ class InlineTakes:
                     conn.execute(text(f"SET LOCAL lock_timeout = {VOID_LOCK_TIMEOUT_MS}"))
                 stored = insert_new(conn, [row])
         except IntegrityError:
-            return False  # the take's own row committed while we looked
+            stored = 0  # another transaction stored the id first: read whose row it is
         except OperationalError as exc:
             if "lock" in str(exc.orig).lower():
                 return None
             raise
         if stored:
             return True
-        return committed(engine, take.order_id) is True
+        # The id was taken: by the take's own row (sold), or by another sweeper's or
+        # replay's void (given back). A helper's attack: reading it as "ours" or as
+        # "sold" blindly gave back a stored order, or marked a voided one done.
+        holder = committed(engine, take.order_id)
+        return None if holder is None else not holder
 
     def open_takes(self, pid: int) -> list[InlineTake]:
         found = []

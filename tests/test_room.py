@@ -17,7 +17,7 @@ from hotdeal import redis_keys, room
 from hotdeal_local import auth
 from hotdeal_local.servers import free_port, ops
 
-from .events import Event, order, wait_until
+from .events import SERVERS, Event, order, wait_until
 from .helpers import Service, as_buyer, reconcile, statuses
 
 
@@ -76,8 +76,9 @@ def claims_of(token: str) -> dict:
 
 
 @pytest.fixture
-def sale(event):
-    ev = event(stock=5)
+def sale(event, request):
+    """Stock 5, a writer and two pods; on Redis 7.0 unless the test names a server."""
+    ev = event(stock=5, binary=getattr(request, "param", None))
     ev.writer()
     return ev, ev.service(), ev.service()
 
@@ -91,6 +92,7 @@ def test_without_a_room_the_queue_says_order_directly(sale):
     assert join(pod_a, "p1", product=9).status_code == 404  # no such product
 
 
+@pytest.mark.parametrize("sale", list(SERVERS.values()), ids=list(SERVERS), indirect=True)
 def test_a_room_sells_only_to_admitted_buyers_in_line_order(sale):
     ev, pod_a, pod_b = sale
     state = room_on(ev, "--rate", "0")  # nobody admitted yet

@@ -432,6 +432,25 @@ def _inline_stock(ev: Event):
     return stock, engine
 
 
+@pytest.mark.parametrize("binary", list(SERVERS.values()), ids=list(SERVERS))
+def test_a_void_and_a_sweep_on_every_server_line(event, binary):
+    """The sweep's scripts and clock on each Redis the chart and managed services run."""
+    ev = event(stock=2, binary=binary, HOTDEAL_ORDER_WRITE="inline")
+    stock, engine = _inline_stock(ev)
+    stock.take(OrderRequest(1, "u1", 1), limit=0, idempotency_key=None)
+    client = ev.client()  # a take whose row never came (its request died), as it stands
+    client.hset(redis_keys.inline_takes(1), "1-lost", "1 0 u2 ")
+    for field, by in (("quantity", -1), ("sold", 1), (redis_keys.INLINE_PENDING, 1)):
+        client.hincrby(redis_keys.books(1), field, by)
+    client.hincrby(redis_keys.buyers(1), "u2", 1)
+    assert InlineTakes(client).sweep(engine, 1) == {"done": 0, "given_back": 1, "open": 0}
+    books = ev.books()
+    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("1", "1", "0")
+    code, report = reconcile(ev.env)
+    assert code == 0, report["violations"]
+    engine.dispose()
+
+
 @pytest.mark.parametrize("lost", ["settle", "commit reply"])
 def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeypatch, lost):
     """A helper's find: a take whose settle never reached Redis (Redis restarted or

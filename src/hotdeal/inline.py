@@ -39,6 +39,7 @@ from hotdeal.designs import Design
 from hotdeal.history import OrderRow, insert_new
 from hotdeal.redis_client import Client, node_client
 from hotdeal.schema import order_history
+from hotdeal.validation import OrderRequest
 
 # An inline take whose row is still not in the database this long after the take is
 # voided (its id fenced, its units given back): a request that slow fails (503).
@@ -63,6 +64,10 @@ class InlineTake:
     user_id: str
     idempotency_key: str | None
     at_ms: int = 0
+
+    @classmethod
+    def of(cls, order: OrderRequest, order_id: str, idempotency_key: str | None) -> InlineTake:
+        return cls(order.product_id, order_id, order.quantity, order.user_id, idempotency_key)
 
 
 class InlineTakes:

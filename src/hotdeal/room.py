@@ -146,10 +146,6 @@ class Signer:
         return claims
 
 
-def signer_from_secret(secret: str | None) -> Signer | None:
-    return Signer(secret) if secret else None
-
-
 @dataclass(frozen=True, slots=True)
 class Place:
     """What a join or a poll found. `state`: "waiting", "admitted", "sold_out",

@@ -308,14 +308,6 @@ class RedisStock:
             "1" if list_under_buyer else "0",
         ]
         status, *rest = self._run_take(keys, args, plan, room_pass)
-        again_with: dict[str, Any] = {
-            "order": order,
-            "limit": limit,
-            "idempotency_key": idempotency_key,
-            "list_under_buyer": list_under_buyer,
-            "room_pass": room_pass,
-            "again": False,
-        }
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
@@ -327,16 +319,19 @@ class RedisStock:
         if status == "replay":
             remaining, order_id, at_ms, state, _ = rest
             taken = Taken(order_id, int(remaining), at_ms, replayed=True)
-            if state == "pending" and not self._pending(order, taken, idempotency_key):
-                if not again:
-                    raise errors.unavailable()
-                return self.take(**again_with)
-            return taken
-        if status == "unvalidated" and again and self._validate_here():
-            return self.take(**again_with)
-        if status == "sold_out":
-            self._sold_out.learn(pid, int(rest[0]))
-        raise _refusal(status, rest, order, limit)
+            if state != "pending" or self._pending(order, taken, idempotency_key):
+                return taken
+            if not again:
+                raise errors.unavailable()
+        elif not (status == "unvalidated" and again and self._validate_here()):
+            if status == "sold_out":
+                self._sold_out.learn(pid, int(rest[0]))
+            raise _refusal(status, rest, order, limit)
+        # Settled first (a pending take given back, the books validated): once more.
+        return self.take(
+            order, limit=limit, idempotency_key=idempotency_key,
+            list_under_buyer=list_under_buyer, room_pass=room_pass, again=False,
+        )  # fmt: skip
 
     def known_sold_out(self, order: OrderRequest, idempotency_key: str | None) -> bool:
         """This worker knows the product is sold out (hotdeal_order_redis.sold_out) and
@@ -412,9 +407,7 @@ class RedisStock:
             take_seq=seq,
             idempotency_key=idempotency_key,
         )
-        take = InlineTake(
-            order.product_id, taken.order_id, order.quantity, order.user_id, idempotency_key
-        )
+        take = InlineTake.of(order, taken.order_id, idempotency_key)
         try:
             with transaction(self.engine) as conn:
                 if not insert_new(conn, [row]):
@@ -461,9 +454,7 @@ class RedisStock:
         id is voided first (hotdeal.inline): then the stock goes back and False tells
         the caller to take anew, unless the row won the race (done)."""
         assert self.engine is not None
-        take = InlineTake(
-            order.product_id, taken.order_id, order.quantity, order.user_id, idempotency_key
-        )
+        take = InlineTake.of(order, taken.order_id, idempotency_key)
         fate = committed(self.engine, taken.order_id)
         if fate is None:
             age_ms = redis_now_ms(self.client, order.product_id) - int(taken.ordered_at_ms)

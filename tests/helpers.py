@@ -23,7 +23,7 @@ import requests
 
 from hotdeal.validation import UserIdError, check_user_id
 from hotdeal_local import auth
-from hotdeal_local.servers import Process, free_port, gunicorn, ops
+from hotdeal_local.servers import BIN, Process, free_port, gunicorn, ops
 from hotdeal_ops.tokens import jwks_of
 
 
@@ -210,3 +210,15 @@ class JwksServer:
         self.stop_event.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def init_db_at_once(env: dict[str, str], pods: int) -> list[tuple[int, str]]:
+    """`hotdeal-ops init-db` from `pods` processes at once, as the initContainers of a
+    rollout run it: each one's exit code and stderr."""
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "hotdeal-ops"), "init-db"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(pods)
+    ]
+    return [(p.wait(60), p.stderr.read()) for p in procs]

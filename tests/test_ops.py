@@ -15,7 +15,7 @@ from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local.servers import ops
 from hotdeal_ops.reset import split
 
-from .helpers import reconcile, stampede
+from .helpers import init_db_at_once, reconcile, stampede
 
 
 def test_split_spreads_the_stock():
@@ -159,34 +159,8 @@ def test_reconcile_is_consistent_during_live_traffic(order_redis, writer_proc, s
 def test_init_db_from_several_pods_at_once(pg_server):
     """Every database client runs init-db as an initContainer: four at once on an empty
     database must all succeed."""
-    import subprocess
-
-    from hotdeal_local.servers import BIN
-
-    database = f"initdb_{int(time.time() * 1000)}"
-    subprocess.run(
-        [
-            *pg_server.as_user,
-            str(pg_server.bindir / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg_server.port),
-            "-U",
-            "postgres",
-            database,
-        ],
-        check=True,
-        cwd="/",
-    )
-    env = {**os.environ, "HOTDEAL_DATABASE_URL": pg_server.url.rsplit("/", 1)[0] + f"/{database}"}
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "hotdeal-ops"), "init-db"], env=env, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(4)
-    ]
-    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    url = pg_server.new_database(f"initdb_{int(time.time() * 1000)}")
+    results = init_db_at_once({**os.environ, "HOTDEAL_DATABASE_URL": url}, 4)
     assert all(code == 0 for code, _ in results), results
 
 

@@ -294,6 +294,12 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hotdeal"
 
+    def new_database(self, name: str) -> str:
+        """An empty database beside `hotdeal` (a fresh install's); its URL."""
+        createdb = [str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        self._run(*createdb, "-U", "postgres", name)
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def _run(self, *args: str) -> None:
         subprocess.run(
             [*self.as_user, *args],
@@ -331,8 +337,7 @@ class PostgresServer:
         initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres"]
         self._run(*initdb, "--auth=trust", "-E", "UTF8", "--no-instructions")
         self._postmaster()
-        createdb = [str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
-        self._run(*createdb, "-U", "postgres", "hotdeal")
+        self.new_database("hotdeal")
 
     def _postmaster(self) -> None:
         options = [

@@ -1,0 +1,18 @@
+"""Alembic's environment: hotdeal_ops.migrate hands over a connection (init-db), or
+asks for SQL text only (`init-db --sql`, for a DBA who runs DDL by hand)."""
+
+from alembic import context
+
+from hotdeal.schema import metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    context.configure(
+        url=context.config.get_main_option("sqlalchemy.url"),
+        target_metadata=metadata,
+        literal_binds=True,
+    )
+else:
+    context.configure(connection=connection, target_metadata=metadata)
+with context.begin_transaction():
+    context.run_migrations()

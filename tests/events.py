@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local.servers import PostgresServer, Process, RedisServer, ops, writer
 
 from .helpers import Service, start_service, workdir
@@ -58,7 +58,7 @@ class Event:
         return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def books(self) -> dict[str, str]:
-        return self.client().hgetall(redis_keys.books(1))
+        return self.client().hgetall(keys.books(1))
 
 
 @pytest.fixture

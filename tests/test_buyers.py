@@ -11,7 +11,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local import auth
 from hotdeal_ops.tokens import Signer
 
@@ -36,7 +36,7 @@ def stock(service, engine, rclient) -> int:
         with engine.connect() as conn:
             one = hotdeal_list.c.prod_id == 1
             return conn.execute(select(hotdeal_list.c.quantity).where(one)).scalar_one()
-    return int(rclient.hget(redis_keys.books(1), "quantity"))
+    return int(rclient.hget(keys.books(1), "quantity"))
 
 
 BAD_TOKENS = {

@@ -66,8 +66,8 @@ def test_each_checker_rule_fires():
     import requests
     from sqlalchemy import insert, select
 
-    from hotdeal import redis_keys
     from hotdeal.db import make_engine
+    from hotdeal.model import keys
     from hotdeal.schema import order_history
     from hotdeal_local.chaos import Answer, Chaos
 
@@ -105,14 +105,14 @@ def test_each_checker_rule_fires():
         chaos.poison = None
 
         def dead_letter() -> None:
-            books = chaos.redis().hgetall(redis_keys.books(1))
+            books = chaos.redis().hgetall(keys.books(1))
             chaos.redis().xadd(
-                redis_keys.dead_letter(1),
+                keys.dead_letter(1),
                 {"order_id": "1-good", "generation": books["generation"]},
             )
 
         fires("was dead-lettered", dead_letter)
-        chaos.redis().delete(redis_keys.dead_letter(1))
+        chaos.redis().delete(keys.dead_letter(1))
 
         def sold_twice() -> None:
             engine = make_engine(chaos.env["HOTDEAL_DATABASE_URL"], pool_size=1)

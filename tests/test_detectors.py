@@ -11,9 +11,10 @@ import pytest
 import redis
 from sqlalchemy import delete, insert, update
 
-from hotdeal import fence, redis_keys
+from hotdeal import fence
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal_local.servers import RedisServer, ops
 from hotdeal_ops.reconcile import reconcile
@@ -53,22 +54,22 @@ def clean(engine, rclient, reset):
     with engine.begin() as conn:
         for table in (order_history, hotdeal_slot, hotdeal_list):
             conn.execute(delete(table).where(table.c.prod_id == PID))
-    for key in rclient.scan_iter(match=redis_keys.all_of(PID)):
+    for key in rclient.scan_iter(match=keys.all_of(PID)):
         rclient.delete(key)
-    rclient.srem(redis_keys.PRODUCTS, PID)
-    rclient.srem(redis_keys.STREAMS, redis_keys.orders_stream(PID))
+    rclient.srem(keys.PRODUCTS, PID)
+    rclient.srem(keys.STREAMS, keys.orders_stream(PID))
 
 
 def _books(rclient, **fields):
-    rclient.hset(redis_keys.books(PID), mapping=fields)
+    rclient.hset(keys.books(PID), mapping=fields)
 
 
 def _generation(rclient) -> int:
-    return int(rclient.hget(redis_keys.books(PID), redis_keys.GENERATION))
+    return int(rclient.hget(keys.books(PID), keys.GENERATION))
 
 
 def _row(rclient, order_id: str, user: str, quantity: int, seq: int) -> OrderRow:
-    epoch = int(rclient.hget(redis_keys.books(PID), redis_keys.EPOCH))
+    epoch = int(rclient.hget(keys.books(PID), keys.EPOCH))
     return OrderRow(
         order_id,
         PID,
@@ -92,7 +93,7 @@ def _violations(engine, rclient) -> list[str]:
 
 
 def test_per_user_counts_that_disagree(engine, rclient, clean):
-    rclient.hincrby(redis_keys.buyers(PID), "ghost", 1)
+    rclient.hincrby(keys.buyers(PID), "ghost", 1)
     assert _violations(engine, rclient) == [
         "redis: per-user counts disagree with orders for 1 users"
     ]
@@ -101,7 +102,7 @@ def test_per_user_counts_that_disagree(engine, rclient, clean):
 def test_units_above_the_initial_stock(engine, rclient, clean):
     _books(rclient, quantity=0, sold=11, seq=1)
     _store(engine, _row(rclient, f"{PID}-over", "big", 11, 1))
-    rclient.hset(redis_keys.buyers(PID), "big", 11)
+    rclient.hset(keys.buyers(PID), "big", 11)
     found = _violations(engine, rclient)
     assert "redis: 11 units persisted, above the initial 10" in found
     assert "redis: initial 10 != remaining 0 + sold 11" in found
@@ -130,16 +131,16 @@ def test_an_order_queued_twice(engine, rclient, clean):
         "idem": "",
     }
     for _ in range(2):
-        rclient.xadd(redis_keys.orders_stream(PID), entry)
+        rclient.xadd(keys.orders_stream(PID), entry)
     _books(rclient, quantity=8, sold=2)
-    rclient.hset(redis_keys.buyers(PID), "two", 2)
+    rclient.hset(keys.buyers(PID), "two", 2)
     assert "redis: the same order id is queued twice" in _violations(engine, rclient)
 
 
 def test_a_lost_order(engine, rclient, clean):
     """Redis sold a unit that is neither persisted, in flight nor dead-lettered."""
     _books(rclient, quantity=9, sold=1, seq=1)
-    rclient.hset(redis_keys.buyers(PID), "lost", 1)
+    rclient.hset(keys.buyers(PID), "lost", 1)
     assert _violations(engine, rclient) == [
         "redis: sold 1 != persisted 0 + in flight 0 (an order was lost or duplicated)",
         "redis: per-user counts disagree with orders for 1 users",
@@ -150,7 +151,7 @@ def test_a_take_sold_twice(engine, rclient, clean):
     """Two stored orders with one take number: the books went backwards and sold again."""
     _books(rclient, quantity=8, sold=2, seq=1)
     _store(engine, _row(rclient, f"{PID}-a", "a", 1, 1), _row(rclient, f"{PID}-b", "b", 1, 1))
-    rclient.hset(redis_keys.buyers(PID), mapping={"a": 1, "b": 1})
+    rclient.hset(keys.buyers(PID), mapping={"a": 1, "b": 1})
     assert _violations(engine, rclient) == [
         "redis: 1 takes were sold twice (the books went backwards)"
     ]
@@ -180,14 +181,14 @@ def test_an_internal_error_exits_4(own_env, rclient, clean):
 def test_the_writer_pauses_books_behind_a_batch_it_just_stored(engine, rclient, clean):
     writer = OrderWriter(rclient, engine, consumer="detector")
     row = _row(rclient, f"{PID}-ahead", "a", 1, 5)  # take 5, books at seq 0
-    stream = redis_keys.orders_stream(PID)
-    books = {stream: rclient.hgetall(redis_keys.books(PID))}
+    stream = keys.orders_stream(PID)
+    books = {stream: rclient.hgetall(keys.books(PID))}
     writer.check_fence([Entry(stream, "0-1", row, {})], books)
-    assert "but take" in rclient.hget(redis_keys.books(PID), redis_keys.PAUSED)
+    assert "but take" in rclient.hget(keys.books(PID), keys.PAUSED)
 
 
 def test_the_writer_pauses_books_behind_the_database(engine, rclient, clean):
     _store(engine, _row(rclient, f"{PID}-stored", "s", 1, 3))  # books say nothing sold
     reason = fence.check(engine, rclient, PID)
     assert reason and "order_history holds take" in reason
-    assert rclient.hget(redis_keys.books(PID), redis_keys.PAUSED) == reason
+    assert rclient.hget(keys.books(PID), keys.PAUSED) == reason

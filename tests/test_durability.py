@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 
-from hotdeal import redis_keys
 from hotdeal.durability import online_replicas
+from hotdeal.model import keys
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import RedisServer, ops
 
@@ -70,10 +70,10 @@ def test_none_is_the_workshops_unsafe_replay(event):
     ev.redis.stop(signal.SIGKILL)  # the primary dies; its replica takes over
     promoted = redis.Redis.from_url(replica.url, decode_responses=True)
     promoted.execute_command("REPLICAOF", "NO", "ONE")
-    books = promoted.hgetall(redis_keys.books(1))
+    books = promoted.hgetall(keys.books(1))
     assert books["quantity"] == "100"  # the replica has the event, and not the sale:
     assert books.get("sold", "0") == "0"  # the failover forgot the 201
-    assert promoted.xlen(redis_keys.orders_stream(1)) == 0
+    assert promoted.xlen(keys.orders_stream(1)) == 0
 
 
 @pytest.mark.parametrize("server", sorted(SERVERS))

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, order_history
 
 from .events import wait_until
@@ -36,7 +36,7 @@ def test_idempotency_key_replays_the_first_answer(order_redis, reset, rclient, w
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
     assert second.headers["Idempotent-Replayed"] == "true"
-    assert rclient.hget(redis_keys.books(1), "quantity") == "9"
+    assert rclient.hget(keys.books(1), "quantity") == "9"
     # The same key for a different order is a client bug: refuse it, sell nothing.
     other = order_redis.order(_body("carol", 2), headers=headers)
     assert (other.status_code, other.json()["error"]) == (422, "idempotency_key_reused")
@@ -58,7 +58,7 @@ def test_idempotency_keys_expire(stack_env, logs, reset, rclient, writer_proc, l
         key = {"Idempotency-Key": "k"}
         first = service.order(_body("erin"), headers=key)
         assert first.status_code == 201
-        record = redis_keys.idempotency(1, "erin", "k")
+        record = keys.idempotency(1, "erin", "k")
         assert 0 < rclient.pttl(record) <= 1000
         assert service.order(_body("erin"), headers=key).headers["Idempotent-Replayed"] == "true"
         wait_until(lambda: not rclient.exists(record), "the key to expire", timeout=10)

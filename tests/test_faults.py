@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local.servers import (
     PostgresServer,
     Process,
@@ -47,7 +47,7 @@ class Stack:
         return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def redis_units(self) -> int:
-        return int(self.redis_client().hget(redis_keys.books(1), "quantity"))
+        return int(self.redis_client().hget(keys.books(1), "quantity"))
 
 
 def _service(name: str, env: dict[str, str]) -> Service:
@@ -126,7 +126,7 @@ def test_postgres_down_is_a_fast_503_for_legacy_and_recovers(stack):
 
 def _sold_soon(stack, more: int):
     """A wait for `more` units sold after now (the load is under way)."""
-    books = redis_keys.books(1)
+    books = keys.books(1)
     start = int(stack.redis_client().hget(books, "sold") or 0)
 
     def wait() -> None:
@@ -150,7 +150,7 @@ def test_postgres_down_during_load_loses_nothing(stack):
     runner.join()
     assert statuses(results) == {201: 400}  # accepted on the Redis path throughout
     # The database is down: the backlog waits in the Redis stream.
-    assert stack.redis_client().xlen(redis_keys.orders_stream(1)) > 0
+    assert stack.redis_client().xlen(keys.orders_stream(1)) > 0
     stack.pg.start()
     code, report = reconcile(stack.env)
     assert code == 0, report["violations"]
@@ -217,7 +217,7 @@ def test_inline_mode_gives_the_stock_back_when_the_insert_fails(stack):
         r = _order(inline, "unlucky", timeout=FAST + 4)
         assert (r.status_code, r.json()["error"]) == (503, "unavailable")
         assert stack.redis_units() == 500  # nothing sold without its order row
-        assert stack.redis_client().hget(redis_keys.buyers(1), "unlucky") in (None, "0")
+        assert stack.redis_client().hget(keys.buyers(1), "unlucky") in (None, "0")
         stack.pg.start()
         _eventually(lambda: _order(inline, "unlucky").status_code == 201)
         code, report = reconcile(stack.env)
@@ -233,7 +233,7 @@ def test_reset_while_the_writer_drains_never_mixes_events(stack, run):
     ops(stack.env, "reset", "--discard-orders", "--stock", "3000")
     assert statuses(stampede(stack.order_redis, buyers(1500))) == {201: 1500}
     client = stack.redis_client()
-    stream = redis_keys.orders_stream(1)
+    stream = keys.orders_stream(1)
     stack.new_writer("drainer")
     _eventually(lambda: client.xlen(stream) < 1500, timeout=30)  # draining has begun
     ops(stack.env, "reset", "--discard-orders", "--stock", "100")

@@ -12,8 +12,8 @@ import requests
 import sqlalchemy.exc
 from sqlalchemy import delete, func, select
 
-from hotdeal import redis_keys
 from hotdeal.errors import is_retryable_transaction, is_unavailable
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal_ops.reset import reset as reset_both
 from hotdeal_order_redis import writer_metrics
@@ -118,7 +118,7 @@ def test_inline_mode_replays_only_committed_orders(stack_env, logs, reset):
         first: list[requests.Response] = []
         runner = threading.Thread(target=lambda: first.append(inline.order(body, headers=headers)))
         runner.start()
-        record = redis_keys.idempotency(1, "slow", "k-1")
+        record = keys.idempotency(1, "slow", "k-1")
         client = redis.Redis.from_url(stack_env["HOTDEAL_REDIS_URL"])
         wait_until(lambda: client.exists(record), "the first request to hold its key")
         early = inline.order(body, headers=headers)
@@ -181,13 +181,13 @@ def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(
     Redis database of its own (the session's writer process drains database 0)."""
     rclient = private_redis(7)
     reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None, discard_orders=True)
-    generation = int(rclient.hget(redis_keys.books(POISON_PRODUCT), "generation"))
-    stream = redis_keys.orders_stream(POISON_PRODUCT)
+    generation = int(rclient.hget(keys.books(POISON_PRODUCT), "generation"))
+    stream = keys.orders_stream(POISON_PRODUCT)
     users = ["ok-1", "nul\x00user", "ok-2", "x" * 100, "ok-3", "ok-4"]
     for seq, user in enumerate(users, start=1):
         rclient.xadd(stream, _entry(user, generation, seq))
     # The books as the take script would have left them.
-    rclient.hset(redis_keys.books(POISON_PRODUCT), mapping={"seq": 6, "sold": 6, "quantity": 94})
+    rclient.hset(keys.books(POISON_PRODUCT), mapping={"seq": 6, "sold": 6, "quantity": 94})
     writer = OrderWriter(
         rclient, engine, consumer="in-process", durability_mode="none", check_ms=60_000
     )
@@ -201,7 +201,7 @@ def test_writer_sets_a_poisoned_order_aside_and_stores_the_rest(
             ).scalars()
         )
     assert stored == {"ok-1", "ok-2", "ok-3", "ok-4"}
-    dead = rclient.xrange(redis_keys.dead_letter(POISON_PRODUCT))
+    dead = rclient.xrange(keys.dead_letter(POISON_PRODUCT))
     assert sorted(f["seq"] for _, f in dead) == ["2", "4"]
     assert [f["reason"] for _, f in dead] == [
         "refused by the database: DataError: PostgreSQL text fields cannot contain NUL "
@@ -286,15 +286,15 @@ def test_a_retried_batch_keeps_only_what_the_current_redis_holds(
 
     rclient = private_redis(8)
     reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None, discard_orders=True)
-    generation = int(rclient.hget(redis_keys.books(POISON_PRODUCT), "generation"))
-    stream = redis_keys.orders_stream(POISON_PRODUCT)
+    generation = int(rclient.hget(keys.books(POISON_PRODUCT), "generation"))
+    stream = keys.orders_stream(POISON_PRODUCT)
     kept = _entry("survivor", generation, 1)
     kept_id = rclient.xadd(stream, kept)
-    rclient.hset(redis_keys.books(POISON_PRODUCT), mapping={"seq": 1, "sold": 1, "quantity": 99})
+    rclient.hset(keys.books(POISON_PRODUCT), mapping={"seq": 1, "sold": 1, "quantity": 99})
     lost = _entry("lost-in-failover", generation, 2)
     writer = OrderWriter(rclient, engine, consumer="retry", durability_mode="none", check_ms=60_000)
     writer._ensure_group(stream)
-    rclient.xreadgroup(redis_keys.WRITER_GROUP, "retry", {stream: ">"})
+    rclient.xreadgroup(keys.WRITER_GROUP, "retry", {stream: ">"})
     writer._retry = [
         Entry(stream, kept_id, _row(kept), kept),
         Entry(stream, "1-1", _row(lost), lost),  # read from the old primary only

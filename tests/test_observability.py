@@ -14,7 +14,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local.prometheus import RULES, operator_scrape_configs, prometheus, query
 from hotdeal_local.servers import REPO, free_port
 
@@ -46,7 +46,7 @@ def pages(legacy, order_redis, writer_proc, reset_module, rclient):
     stampede(order_redis, buyers(60), concurrency=30)
     order_redis.order({"product_id": 1, "user_id": "user-0", "quantity": 1})  # limit_exceeded
     legacy.order({"product_id": 1, "user_id": "x", "quantity": 0})  # rejected
-    wait_until(lambda: rclient.xlen(redis_keys.orders_stream(1)) == 0, "the writer to persist")
+    wait_until(lambda: rclient.xlen(keys.orders_stream(1)) == 0, "the writer to persist")
     return before, _scrape(urls)
 
 

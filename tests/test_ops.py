@@ -9,8 +9,8 @@ import time
 
 from sqlalchemy import insert, update
 
-from hotdeal import redis_keys
 from hotdeal.history import OrderRow
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local.servers import ops
 from hotdeal_ops.reset import split
@@ -32,13 +32,13 @@ def test_init_db_is_idempotent(stack_env):
 def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
     with engine.begin() as conn:
         conn.execute(insert(order_history), [OrderRow.now(1, 1, "old", 1, "legacy").as_params()])
-    rclient.hset(redis_keys.buyers(1), "old", 1)
+    rclient.hset(keys.buyers(1), "old", 1)
     done = ops(
         stack_env, "reset", "--discard-orders", "--product", "1", "--stock", "10000", "--slots", "4"
     )
     assert json.loads(done.stdout)["stock"] == 10000
-    assert rclient.hget(redis_keys.books(1), "quantity") == "10000"
-    assert not rclient.exists(redis_keys.buyers(1))
+    assert rclient.hget(keys.books(1), "quantity") == "10000"
+    assert not rclient.exists(keys.buyers(1))
     code, report = reconcile(stack_env)
     assert code == 0, report["violations"]
     assert report["order_history"]["rows"] == 0
@@ -47,15 +47,15 @@ def test_reset_sets_both_stores_and_purges(stack_env, rclient, engine):
 
 def test_reconcile_catches_oversell_and_lost_orders(stack_env, rclient, engine):
     ops(stack_env, "reset", "--discard-orders", "--stock", "5")
-    generation = int(rclient.hget(redis_keys.books(1), "generation"))
+    generation = int(rclient.hget(keys.books(1), "generation"))
     with engine.begin() as conn:  # a legacy row the stock never paid for
         conn.execute(
             insert(order_history),
             [OrderRow.now(1, generation, "ghost", 1, "legacy").as_params()],
         )
     # A Redis sale with no order record.
-    rclient.hincrby(redis_keys.books(1), "quantity", -1)
-    rclient.hincrby(redis_keys.books(1), "sold", 1)
+    rclient.hincrby(keys.books(1), "quantity", -1)
+    rclient.hincrby(keys.books(1), "sold", 1)
     code, report = reconcile(stack_env, wait=False)
     assert code == 1
     joined = " ".join(report["violations"])
@@ -83,7 +83,7 @@ def test_opens_at_and_bad_arguments(stack_env, rclient):
         "2030-01-01T09:00:00+09:00",
     )
     assert json.loads(done.stdout)["opens_at"] == "2030-01-01T09:00:00+09:00"
-    assert rclient.hget(redis_keys.books(1), "opens_at") == str(1893456000000)
+    assert rclient.hget(keys.books(1), "opens_at") == str(1893456000000)
     bad = ops(
         stack_env,
         "reset",
@@ -212,11 +212,11 @@ def test_a_reset_in_the_middle_of_a_sale_tries_its_transaction_again(engine, rcl
     def a_take_meanwhile(client, product_id, fresh):
         answer = checked(client, product_id, fresh)
         if len(takes) < 2 and client is not rclient:  # the WATCHing pipeline
-            takes.append(rclient.hincrby(redis_keys.books(1), redis_keys.SEQ, 1))
+            takes.append(rclient.hincrby(keys.books(1), keys.SEQ, 1))
         return answer
 
     monkeypatch.setattr(reset_module, "_rebuilt_meanwhile", a_take_meanwhile)
     reset_module.reset(engine, rclient, 1, 7, slots=1, opens_at=None, discard_orders=True)
     assert len(takes) == 2  # two transactions lost, the third replaced the books
-    books = rclient.hgetall(redis_keys.books(1))
+    books = rclient.hgetall(keys.books(1))
     assert (books["quantity"], books["seq"]) == ("7", "0")

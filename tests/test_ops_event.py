@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local.servers import free_port, ops
 from hotdeal_ops.event import job_from_cronjob, job_state
 
@@ -187,7 +187,7 @@ def test_job_state_reads_conditions():
 def test_event_runs_reset_load_summary_reconcile(fake_api, stack_env, rclient, writer_proc):
     done = event(stack_env, fake_api, "--job-name", "k6-manual")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert rclient.hget(redis_keys.books(1), "quantity") == "77"  # reset ran
+    assert rclient.hget(keys.books(1), "quantity") == "77"  # reset ran
     assert "started Job k6-manual from CronJob ev-hotdeal-load-k6" in done.stderr
     assert "k6-manual: succeeded" in done.stderr
     assert "hotdeal k6 summary: target=order-redis" in done.stdout
@@ -208,7 +208,7 @@ def test_missing_rbac_is_explained_and_touches_nothing(fake_api, stack_env, rcli
         in (done.stderr)
     )
     assert "ops.rbac.create=true" in done.stderr and "Traceback" not in done.stderr
-    assert rclient.hget(redis_keys.books(1), "quantity") == "5"  # checked access before resetting
+    assert rclient.hget(keys.books(1), "quantity") == "5"  # checked access before resetting
 
 
 def test_unreachable_api_is_explained(tmp_path, stack_env, rclient, reset):
@@ -217,7 +217,7 @@ def test_unreachable_api_is_explained(tmp_path, stack_env, rclient, reset):
     done = event(stack_env, dead)
     assert done.returncode == 2
     assert "the Kubernetes API at http://127.0.0.1:" in done.stderr and "unreachable" in done.stderr
-    assert rclient.hget(redis_keys.books(1), "quantity") == "5"
+    assert rclient.hget(keys.books(1), "quantity") == "5"
 
 
 def test_no_kubernetes_configuration(stack_env):

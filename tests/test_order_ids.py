@@ -7,7 +7,7 @@ import os
 import uuid
 
 from hotdeal.history import new_order_id
-from hotdeal.redis_keys import product_of_order
+from hotdeal.model.keys import product_of_order
 
 
 def test_an_order_id_names_its_product_and_is_a_uuid4():

@@ -115,6 +115,8 @@ def test_one_table_of_outcomes_holds_the_code_the_document_and_the_metric_togeth
         spec = openapi_document("order-redis", __import__("hotdeal.config").config.Settings())
     documented = spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
     assert set(documented) == set(errors.OUTCOMES) - {"error"}
+    described = spec["components"]["responses"]["Error"]["description"]
+    assert all(f"{errors.OUTCOMES[c].status} {c}: " in described for c in documented)
     # ...and the document's statuses for the order route are the table's.
     responses = spec["paths"]["/v1/orders"]["post"]["responses"]
     statuses = {o.status for code, o in errors.OUTCOMES.items() if code != "error"}

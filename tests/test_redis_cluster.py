@@ -15,8 +15,9 @@ import redis
 from redis.crc import key_slot
 from sqlalchemy import delete, func, select
 
-from hotdeal import fence, redis_keys
+from hotdeal import fence
 from hotdeal.errors import ApiError
+from hotdeal.model import keys
 from hotdeal.redis_client import make_redis, node_client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 from hotdeal.validation import OrderRequest
@@ -58,7 +59,7 @@ def products(client, engine) -> Iterator[list[int]]:
     database afterwards (the other tests see one product)."""
     chosen: dict[str, int] = {}
     for pid in range(201, 300):
-        node = client.get_node_from_key(redis_keys.books(pid)).name
+        node = client.get_node_from_key(keys.books(pid)).name
         chosen.setdefault(node, pid)
     assert len(chosen) == 3
     yield sorted(chosen.values())
@@ -77,14 +78,14 @@ def fresh(engine, client, products) -> list[int]:
 def test_a_products_keys_share_a_node_and_the_products_spread(client, fresh):
     homes = set()
     for pid in fresh:
-        keys = [
-            *redis_keys.take_keys(pid),
-            redis_keys.idempotency(pid, "u", "k"),
-            redis_keys.idempotency_placeholder(pid),
-            redis_keys.dead_letter(pid),
+        names = [
+            *keys.take_keys(pid),
+            keys.idempotency(pid, "u", "k"),
+            keys.idempotency_placeholder(pid),
+            keys.dead_letter(pid),
         ]
-        assert len({key_slot(k.encode()) for k in keys}) == 1, pid
-        homes.add(client.get_node_from_key(keys[0]).name)
+        assert len({key_slot(k.encode()) for k in names}) == 1, pid
+        homes.add(client.get_node_from_key(names[0]).name)
     assert len(homes) == 3
 
 
@@ -128,7 +129,7 @@ def test_takes_on_every_node_sell_exactly_the_stock_and_the_writer_stores_them(
     for pid in fresh:
         report = reconcile(engine, client, pid, wait_s=5)
         assert report["violations"] == [], report
-        assert client.xlen(redis_keys.orders_stream(pid)) == 0  # persisted entries leave
+        assert client.xlen(keys.orders_stream(pid)) == 0  # persisted entries leave
 
 
 def _move_slot(cluster: RedisClusterServers, key: str) -> None:
@@ -160,23 +161,23 @@ def test_a_slot_moving_to_another_node_is_followed_without_a_double_take(
     stock = RedisStock(client, write="stream", durability_mode="fsync")
     stock.warm_up()
     assert _buy(stock, pid, "before") == "ok"  # the worker's connection to the old node
-    before = node_client(client, redis_keys.books(pid)).connection_pool.connection_kwargs["port"]
-    _move_slot(cluster, redis_keys.books(pid))
+    before = node_client(client, keys.books(pid)).connection_pool.connection_kwargs["port"]
+    _move_slot(cluster, keys.books(pid))
     # MOVED: topology refreshed, sent again; the books were checked on another server,
     # so the new node sells nothing until they are checked there (the writer's job).
     assert _buy(stock, pid, "after") == "paused"
     assert fence.validate_all(engine, client)[pid] == "stamped"
     assert _buy(stock, pid, "after") == "ok"
-    after = node_client(client, redis_keys.books(pid)).connection_pool.connection_kwargs["port"]
+    after = node_client(client, keys.books(pid)).connection_pool.connection_kwargs["port"]
     assert after != before
-    books = client.hgetall(redis_keys.books(pid))
+    books = client.hgetall(keys.books(pid))
     assert (int(books["sold"]), int(books["quantity"])) == (2, STOCK - 2)  # taken once each
     assert _buy(stock, pid, "after") == "ok"  # its key replays the order: nothing taken
-    assert client.hget(redis_keys.books(pid), "sold") == "2"
+    assert client.hget(keys.books(pid), "sold") == "2"
     # Home again (three moves round the three nodes): the module's products stay one
     # per node for the tests after this one, in any order.
     for _ in range(2):
-        _move_slot(cluster, redis_keys.books(pid))
+        _move_slot(cluster, keys.books(pid))
     client.nodes_manager.initialize()
     OrderWriter(client, engine, consumer="cluster-move", max_wait_ms=20).run(burst=True)
     assert reconcile(engine, client, pid, wait_s=5)["violations"] == []

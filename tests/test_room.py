@@ -13,7 +13,8 @@ import jwt
 import pytest
 import requests
 
-from hotdeal import redis_keys, room
+from hotdeal import room
+from hotdeal.model import keys
 from hotdeal_local import auth
 from hotdeal_local.servers import free_port, ops
 
@@ -166,9 +167,9 @@ def test_places_drawn_at_random_before_the_opening_then_first_come(sale):
     body = poll(pod_a, "e0", tickets["e0"]).json()
     assert body["state"] == "waiting" and "opens_at" in body
     assert buy(pod_a, "e0", None).json()["error"] == "pass_required"
-    ev.client().hset(redis_keys.books(1), "opens_at", int(time.time() * 1000) - 1)  # opened
+    ev.client().hset(keys.books(1), "opens_at", int(time.time() * 1000) - 1)  # opened
     late = join(pod_a, "late").json()
-    line = ev.client().zrange(redis_keys.room_line(1), 0, -1)
+    line = ev.client().zrange(keys.room_line(1), 0, -1)
     assert set(line[:40]) == set(early) and line[40] == "late"
     assert line[:40] != early  # drawn, not in the order they came (1 in 40! by chance)
     assert late["state"] in ("waiting", "admitted")
@@ -200,7 +201,7 @@ def test_tickets_that_are_not_this_buyers_for_this_event_are_refused(sale):
     stale = poll(pod_a, "t1", ticket)
     assert (stale.status_code, stale.json()["error"]) == (403, "invalid_ticket")
     assert "earlier room or event" in stale.json()["message"]
-    ev.client().hset(redis_keys.books(1), "quantity", 0)  # sold out: still not its room's
+    ev.client().hset(keys.books(1), "quantity", 0)  # sold out: still not its room's
     assert poll(pod_a, "t1", ticket).json()["error"] == "invalid_ticket"
     metrics = pod_a.admin("/metrics").text
     assert 'hotdeal_room_tickets_total{result="refused",service="order-redis"}' in metrics
@@ -249,7 +250,7 @@ def test_units_that_come_back_admit_the_next_in_line(sale):
         assert poll(pod_a, "w2", second).json()["state"] == "sold_out"
         time.sleep(0.1)
     assert room_on(ev)["admitted"] == 1
-    ev.client().hincrby(redis_keys.books(1), "quantity", 1)  # a unit given back
+    ev.client().hincrby(keys.books(1), "quantity", 1)  # a unit given back
     pass_2 = admitted(pod_a, "w2", second)
     assert buy(pod_a, "w2", pass_2).status_code == 201
 
@@ -288,7 +289,7 @@ def test_bad_room_requests_get_a_clear_4xx(sale):
         timeout=10,
     )
     assert for_another.status_code == 403
-    assert ev.client().zcard(redis_keys.room_line(1)) == 0
+    assert ev.client().zcard(keys.room_line(1)) == 0
     usage = ops(ev.env, "room", "--rate", "-1", check=False)
     assert usage.returncode == 2
     # A helper's find: switching to random after places were given put them at the back.
@@ -355,7 +356,7 @@ def test_a_full_redis_or_a_hand_edited_room_answers_503_never_500(sale):
     finally:
         client.config_set("maxmemory", 0)
     for bad in ("nan", "abc", "-5", "inf"):  # written by hand, past the CLI's checks
-        client.hset(redis_keys.room(1), "rate", bad)
+        client.hset(keys.room(1), "rate", bad)
         time.sleep(0.11)  # the frontier moves at most every 100 ms: let it try
         answer = poll(pod_a, "r1", ticket)
         assert answer.status_code == 200, (bad, answer.text)
@@ -395,7 +396,7 @@ def test_a_pod_without_the_rooms_secret_takes_no_place(event):
     room_on(ev, "--rate", "1")
     answer = join(pod, "n1")
     assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
-    assert ev.client().zcard(redis_keys.room_line(1)) == 0
+    assert ev.client().zcard(keys.room_line(1)) == 0
 
 
 def test_the_line_follows_when_the_front_read_each_join(event, tmp_path):
@@ -423,7 +424,7 @@ def test_the_line_follows_when_the_front_read_each_join(event, tmp_path):
         )
         assert answer.status_code == 200, answer.text
     # "early" read 2 s before "late"; a time an hour off is not believed (Redis's own).
-    assert ev.client().zrange(redis_keys.room_line(1), 0, -1) == ["early", "late", "clockless"]
+    assert ev.client().zrange(keys.room_line(1), 0, -1) == ["early", "late", "clockless"]
 
     port = free_port()
     nginx = front(port, int(trusting.url.rsplit(":", 1)[1]), tmp_path).start()
@@ -437,7 +438,7 @@ def test_the_line_follows_when_the_front_read_each_join(event, tmp_path):
         assert forged.status_code == 200, forged.text
     finally:
         nginx.stop()
-    assert ev.client().zrange(redis_keys.room_line(1), -1, -1) == ["forger"]  # the front's time
+    assert ev.client().zrange(keys.room_line(1), -1, -1) == ["forger"]  # the front's time
 
     plain = ev.service()  # not behind a front: the header is anyone's
     requests.post(
@@ -446,4 +447,4 @@ def test_the_line_follows_when_the_front_read_each_join(event, tmp_path):
         headers={**as_buyer("direct"), **arrived_at(now - 30)},
         timeout=10,
     )
-    assert ev.client().zrange(redis_keys.room_line(1), -1, -1) == ["direct"]
+    assert ev.client().zrange(keys.room_line(1), -1, -1) == ["direct"]

@@ -17,11 +17,12 @@ import redis
 import requests
 from sqlalchemy import text
 
-from hotdeal import fence, redis_keys
+from hotdeal import fence
 from hotdeal.db import make_engine
 from hotdeal.durability import online_replicas
 from hotdeal.errors import ApiError
 from hotdeal.inline import InlineTake, InlineTakes
+from hotdeal.model import keys
 from hotdeal.validation import OrderRequest
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import PostgresServer, RedisServer, ops
@@ -120,11 +121,11 @@ def test_a_database_refusing_every_write_dead_letters_nothing(event, pg_server):
             lambda: _writer_metric(writer.metrics_port, "hotdeal_writer_database_refusing"),
             "the writer to see the database refusing",
         )
-        assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
-        assert ev.client().xlen(redis_keys.orders_stream(1)) == 15  # kept, not set aside
+        assert ev.client().xlen(keys.dead_letter(1)) == 0
+        assert ev.client().xlen(keys.orders_stream(1)) == 15  # kept, not set aside
     wait_until(lambda: _persisted(ev) == 20, "the 15 stored once writes are back")
     assert _writer_metric(writer.metrics_port, "hotdeal_writer_database_refusing") == 0
-    assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+    assert ev.client().xlen(keys.dead_letter(1)) == 0
     done = ops(ev.env, "repair", "--product", "1", check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["remaining"] == 10
@@ -158,7 +159,7 @@ def test_a_row_refused_now_and_then_is_retried_not_set_aside(event, pg_server):
         ev.writer()
         assert statuses([order(svc, f"f{i}") for i in range(40)]) == {201: 40}
         wait_until(lambda: _persisted(ev) == 40, "all 40 stored", timeout=60)
-        assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+        assert ev.client().xlen(keys.dead_letter(1)) == 0
     finally:
         with admin.begin() as conn:
             conn.execute(text("DROP TRIGGER IF EXISTS flaky ON order_history"))
@@ -181,7 +182,7 @@ def test_dead_letters_stay_sold_and_go_back_once_fixed(event, pg_server):
         svc = ev.service()
         ev.writer()
         assert statuses([order(svc, u) for u in ("alice", "mallory", "bob")]) == {201: 3}
-        wait_until(lambda: ev.client().xlen(redis_keys.dead_letter(1)) == 1, "a dead letter")
+        wait_until(lambda: ev.client().xlen(keys.dead_letter(1)) == 1, "a dead letter")
         code, report = reconcile(ev.env)
         assert code == 0, report["violations"]
         assert (report["redis"]["persisted"], report["redis"]["dead_lettered"]) == (2, 1)
@@ -197,7 +198,7 @@ def test_dead_letters_stay_sold_and_go_back_once_fixed(event, pg_server):
     requeued = json.loads(ops(ev.env, "dead-letters", "requeue").stdout)
     assert requeued["requeued"] == 1
     wait_until(lambda: _persisted(ev) == 3, "the requeued order stored")
-    assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+    assert ev.client().xlen(keys.dead_letter(1)) == 0
 
 
 # -- 3. a second pod after a rollback ---------------------------------------------------
@@ -272,16 +273,16 @@ def test_a_pause_judged_on_an_older_epoch_is_refused(event):
     ev = event(stock=10)
     client = ev.client()
     books = ev.books()
-    older = {**books, redis_keys.EPOCH: str(int(books[redis_keys.EPOCH]) - 1)}
+    older = {**books, keys.EPOCH: str(int(books[keys.EPOCH]) - 1)}
     assert not fence.pause(client, 1, "stale", judged=older)
-    assert not fence.pause(client, 1, "stale", judged={**books, redis_keys.GENERATION: "0"})
+    assert not fence.pause(client, 1, "stale", judged={**books, keys.GENERATION: "0"})
     assert "paused" not in ev.books()
     assert fence.pause(client, 1, "current", judged=books)
     assert ev.books()["paused"] == "current"
 
 
 def _stream() -> str:
-    return redis_keys.orders_stream(1)
+    return keys.orders_stream(1)
 
 
 def test_a_backup_from_an_earlier_event_is_rebuilt_for_this_one(event):
@@ -439,13 +440,13 @@ def test_a_void_and_a_sweep_on_every_server_line(event, binary):
     stock, engine = _inline_stock(ev)
     stock.take(OrderRequest(1, "u1", 1), limit=0, idempotency_key=None)
     client = ev.client()  # a take whose row never came (its request died), as it stands
-    client.hset(redis_keys.inline_takes(1), "1-lost", "1 0 u2 ")
-    for field, by in (("quantity", -1), ("sold", 1), (redis_keys.INLINE_PENDING, 1)):
-        client.hincrby(redis_keys.books(1), field, by)
-    client.hincrby(redis_keys.buyers(1), "u2", 1)
+    client.hset(keys.inline_takes(1), "1-lost", "1 0 u2 ")
+    for field, by in (("quantity", -1), ("sold", 1), (keys.INLINE_PENDING, 1)):
+        client.hincrby(keys.books(1), field, by)
+    client.hincrby(keys.buyers(1), "u2", 1)
     assert InlineTakes(client).sweep(engine, 1) == {"done": 0, "given_back": 1, "open": 0}
     books = ev.books()
-    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("1", "1", "0")
+    assert (books["quantity"], books["sold"], books[keys.INLINE_PENDING]) == ("1", "1", "0")
     code, report = reconcile(ev.env)
     assert code == 0, report["violations"]
     engine.dispose()
@@ -480,18 +481,18 @@ def test_an_inline_settle_lost_to_redis_is_made_from_the_database(event, monkeyp
         stock.engine.dispose()
         cut.stop()
     monkeypatch.undo()
-    assert ev.books()[redis_keys.INLINE_PENDING] == "2"  # the seam: stored, not settled
+    assert ev.books()[keys.INLINE_PENDING] == "2"  # the seam: stored, not settled
     code, report = reconcile(ev.env)  # reconcile --wait settles it from the database first
     assert code == 0, report["violations"]
     assert report["redis"]["persisted_total"] == 2
-    assert ev.books()[redis_keys.INLINE_PENDING] == "0"
+    assert ev.books()[keys.INLINE_PENDING] == "0"
     again = stock.take(OrderRequest(1, "u1", 2), limit=0, idempotency_key="k1")
     assert again.replayed and again.order_id  # the key replays, now it is settled
     # Settled once, however often it is settled again (a retry, a replay, the sweep).
     takes = InlineTakes(ev.client())
     assert takes.open_takes(1) == []
     takes.done(InlineTake(1, again.order_id, 2, "u1", "k1"))
-    assert ev.books()[redis_keys.INLINE_PENDING] == "0"
+    assert ev.books()[keys.INLINE_PENDING] == "0"
     report = fence.repair(engine, ev.client(), 1, drain_timeout_s=1)  # no longer blocked
     assert (report["sold"], report["remaining"]) == (2, 8)
     engine.dispose()
@@ -566,7 +567,7 @@ def test_a_void_reads_whose_row_holds_the_id(event, monkeypatch):
     assert takes.void(engine, take) is True  # the second finds a void, not an order
     assert takes.sweep(engine, 1, final_s=0) == {"done": 0, "given_back": 1, "open": 0}
     books = ev.books()
-    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("1", "0", "0")
+    assert (books["quantity"], books["sold"], books[keys.INLINE_PENDING]) == ("1", "0", "0")
     again = stock.take(OrderRequest(1, "gone", 1), limit=0, idempotency_key="k2")
     assert not again.replayed  # the voided take's key is gone: a new order
     code, report = reconcile(ev.env)
@@ -584,7 +585,7 @@ def test_a_repair_after_a_restart_waits_for_an_open_inline_take(event):
     first: dict[str, requests.Response] = {}
     buyer = threading.Thread(target=lambda: first.update(r=order(svc, "slow", timeout=30)))
     buyer.start()
-    wait_until(lambda: ev.client().hlen(redis_keys.inline_takes(1)), "the take, recorded")
+    wait_until(lambda: ev.client().hlen(keys.inline_takes(1)), "the take, recorded")
     ev.redis.stop(signal.SIGKILL)
     ev.redis.start()  # the same AOF: the take and its record are there
     done = ops(ev.env, "repair", "--product", "1", "--timeout", "30", check=False)
@@ -608,15 +609,12 @@ def test_each_pods_admin_listener_settles_a_lost_inline_settle(event):
     svc = ev.service()
     assert order(svc, "s1").status_code == 201
     client = ev.client()
-    (order_id,) = client.hkeys(redis_keys.orders(1))
+    (order_id,) = client.hkeys(keys.orders(1))
     # The take as it stood before its settle: recorded, its unit pending.
-    client.hset(redis_keys.inline_takes(1), order_id, f"1 {int(time.time() * 1000)} s1 ")
-    client.hincrby(redis_keys.books(1), redis_keys.INLINE_PENDING, 1)
+    client.hset(keys.inline_takes(1), order_id, f"1 {int(time.time() * 1000)} s1 ")
+    client.hincrby(keys.books(1), keys.INLINE_PENDING, 1)
     wait_until(
-        lambda: (
-            ev.books()[redis_keys.INLINE_PENDING] == "0"
-            and not client.hlen(redis_keys.inline_takes(1))
-        ),
+        lambda: ev.books()[keys.INLINE_PENDING] == "0" and not client.hlen(keys.inline_takes(1)),
         "the admin listener's sweep",
     )
     assert ev.books()["sold"] == "1"  # settled as sold: the row is there
@@ -636,11 +634,11 @@ def test_an_inline_take_whose_row_never_came_goes_back_once(event, monkeypatch):
     takes = InlineTakes(ev.client())
     assert takes.sweep(engine, 1) == {"done": 0, "given_back": 0, "open": 1}  # may commit
     assert takes.sweep(engine, 1, final_s=0) == {"done": 0, "given_back": 1, "open": 0}
-    (order_id,) = ev.client().hkeys(redis_keys.orders(1)) or ["gone"]
+    (order_id,) = ev.client().hkeys(keys.orders(1)) or ["gone"]
     takes.give_back(InlineTake(1, order_id, 3, "u2", None))  # twice: no effect
     books = ev.books()
-    assert (books["quantity"], books["sold"], books[redis_keys.INLINE_PENDING]) == ("10", "0", "0")
-    assert ev.client().hget(redis_keys.buyers(1), "u2") == "0"
+    assert (books["quantity"], books["sold"], books[keys.INLINE_PENDING]) == ("10", "0", "0")
+    assert ev.client().hget(keys.buyers(1), "u2") == "0"
     code, report = reconcile(ev.env)
     assert code == 0, report["violations"]
     engine.dispose()
@@ -682,7 +680,7 @@ def test_a_full_redis_is_not_ready_yet_its_writer_and_fence_keep_working(event):
         r = order(svc, "refused")
         assert (r.status_code, r.json()["error"]) == (503, "unavailable")
         ev.writer()
-        wait_until(lambda: client.xlen(redis_keys.orders_stream(1)) == 0, "the backlog acked")
+        wait_until(lambda: client.xlen(keys.orders_stream(1)) == 0, "the backlog acked")
         metrics = svc.admin("/metrics").text
         assert "hotdeal_redis_memory_max_bytes" in metrics
         assert fence.pause(client, 1, "held by hand")  # the fence still stops selling
@@ -718,7 +716,7 @@ def test_reset_refuses_while_answered_orders_wait_in_redis(event):
     assert statuses([order(svc, f"s{i}") for i in range(5)]) == {201: 5}
     refused = ops(ev.env, "reset", "--stock", "10", check=False)
     assert refused.returncode == 1 and "not stored yet" in refused.stderr
-    assert ev.client().xlen(redis_keys.orders_stream(1)) == 5
+    assert ev.client().xlen(keys.orders_stream(1)) == 5
     ev.writer()
     wait_until(lambda: _persisted(ev) == 5, "the 5 stored")
 
@@ -770,7 +768,7 @@ def test_concurrent_requeues_move_each_dead_letter_once(rclient):
     from hotdeal_ops import dead_letters
 
     pid = 907
-    dead, stream = redis_keys.dead_letter(pid), redis_keys.orders_stream(pid)
+    dead, stream = keys.dead_letter(pid), keys.orders_stream(pid)
     rclient.delete(dead, stream)
     for i in range(60):
         rclient.xadd(dead, {"stream": stream, "id": "0-1", "reason": "x", "order_id": f"o{i}"})
@@ -809,7 +807,7 @@ def test_a_database_refusing_one_products_rows_dead_letters_none(event, pg_serve
             lambda: _writer_metric(writer.metrics_port, "hotdeal_writer_database_refusing"),
             "the writer to see the refusal",
         )
-        assert ev.client().xlen(redis_keys.dead_letter(1)) == 0
+        assert ev.client().xlen(keys.dead_letter(1)) == 0
     finally:
         with admin.begin() as conn:
             conn.execute(text("DROP TRIGGER IF EXISTS no_product_1 ON order_history"))
@@ -832,7 +830,7 @@ def test_a_failback_to_a_primary_that_never_restarted_is_checked_again(event):
     assert statuses([order(svc, f"x{i}") for i in range(10)]) == {201: 10}
     wait_until(lambda: _persisted(ev) == 10, "10 stored")
     redis_y = redis.Redis.from_url(y.url, decode_responses=True)
-    wait_until(lambda: redis_y.hget(redis_keys.books(1), "sold") == "10", "Y in sync")
+    wait_until(lambda: redis_y.hget(keys.books(1), "sold") == "10", "Y in sync")
     redis_y.execute_command("REPLICAOF", "NO", "ONE")  # X is cut off and stays primary
     redis.Redis.from_url(ev.redis.url).execute_command("CLIENT", "KILL", "TYPE", "replica")
     proxy.switch(y.port)
@@ -841,7 +839,7 @@ def test_a_failback_to_a_primary_that_never_restarted_is_checked_again(event):
     wait_until(lambda: _persisted(ev) == 15, "15 stored")
     proxy.switch(ev.redis.port)  # back to X: 10 sold in its books
     x = ev.client()
-    wait_until(lambda: x.hget(redis_keys.books(1), "sold") == "15", "X's books rebuilt")
+    wait_until(lambda: x.hget(keys.books(1), "sold") == "15", "X's books rebuilt")
     fresh = ev.service(HOTDEAL_REDIS_URL=url)
     assert statuses([order(fresh, f"z{i}") for i in range(5)]) == {409: 5}
     assert _persisted(ev) == 15

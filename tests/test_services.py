@@ -9,7 +9,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
 from .helpers import buyers, reconcile, service_running, stampede, statuses
@@ -89,7 +89,7 @@ def test_bad_input_is_a_4xx_json_error_and_changes_nothing(
         assert conn.execute(select(hotdeal_list.c.quantity).where(one)).scalar_one() == 5
         slots = select(func.sum(hotdeal_slot.c.quantity)).where(hotdeal_slot.c.prod_id == 1)
         assert conn.execute(slots).scalar_one() == 5
-    assert rclient.hget(redis_keys.books(1), "quantity") == "5"
+    assert rclient.hget(keys.books(1), "quantity") == "5"
     assert db_units(engine) == 0
 
 
@@ -99,7 +99,7 @@ def test_bad_idempotency_key_is_a_400(order_redis, reset, rclient):
         {"product_id": 1, "user_id": "u", "quantity": 1}, headers={"Idempotency-Key": "x" * 200}
     )
     assert r.status_code == 400
-    assert rclient.hget(redis_keys.books(1), "quantity") == "5"
+    assert rclient.hget(keys.books(1), "quantity") == "5"
 
 
 def test_unknown_paths_and_methods_answer_json(legacy, order_redis):

@@ -2,7 +2,7 @@ import pytest
 
 from hotdeal.errors import ApiError
 from hotdeal.identity import TRUSTING, Caller
-from hotdeal.redis_keys import product_of_order
+from hotdeal.model.keys import product_of_order
 from hotdeal.validation import parse_idempotency_key, parse_order, parse_product_id
 
 GOOD = {"product_id": 1, "user_id": "u-1", "quantity": 2}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal.redis_client import Client
 
 # What the writer adds to an entry when it sets it aside (the rest is the order).
@@ -20,7 +20,7 @@ ASIDE = ("stream", "id", "reason")
 
 def listing(client: Client, pid: int) -> dict[str, Any]:
     """The product's dead letters, without the orders' values (a user id is personal)."""
-    entries = client.xrange(redis_keys.dead_letter(pid))
+    entries = client.xrange(keys.dead_letter(pid))
     return {
         "product_id": pid,
         "dead_letters": [
@@ -49,8 +49,8 @@ return 1
 
 def requeue(client: Client, pid: int, *, ids: list[str] | None = None) -> dict[str, Any]:
     """Move dead letters (all, or `ids`) back to the order stream for the writers."""
-    dead = redis_keys.dead_letter(pid)
-    stream = redis_keys.orders_stream(pid)
+    dead = keys.dead_letter(pid)
+    stream = keys.orders_stream(pid)
     moved = []
     for entry_id, fields in client.xrange(dead):
         if ids is not None and entry_id not in ids:

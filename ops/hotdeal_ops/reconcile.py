@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
-from hotdeal import redis_keys
 from hotdeal.designs import Design
 from hotdeal.inline import InlineTakes
+from hotdeal.model import keys, product
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
@@ -55,40 +55,9 @@ def _stock_books(
     return {"initial": initial, "remaining": remaining, "sold": sold}
 
 
-def _redis_picture(client: Client, pid: int) -> dict[str, Any]:
-    stream = redis_keys.orders_stream(pid)
-    pipe = client.pipeline(transaction=True)
-    pipe.hgetall(redis_keys.books(pid))
-    pipe.hgetall(redis_keys.buyers(pid))
-    pipe.xrevrange(stream, count=1)
-    pipe.xrange(redis_keys.dead_letter(pid))
-    books, buyers, last, dead = pipe.execute()
-    return {
-        "books": books,
-        "buyers": buyers,
-        "last_id": last[0][0] if last else None,
-        "dead_letters": [fields for _, fields in dead],
-    }
-
-
-def _in_flight(client: Client, pid: int, last_id: str | None) -> list[dict[str, str]]:
-    """Entries up to `last_id` still in the stream (persisted ones are deleted)."""
-    if last_id is None:
-        return []
-    stream = redis_keys.orders_stream(pid)
-    entries: list[dict[str, str]] = []
-    start = "-"
-    while True:
-        batch = client.xrange(stream, min=start, max=last_id, count=5000)
-        if not batch:
-            return entries
-        entries.extend(fields for _, fields in batch)
-        start = "(" + batch[-1][0]
-
-
 def _wait_for_writer(client: Client, pid: int, last_id: str | None, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    stream = redis_keys.orders_stream(pid)
+    stream = keys.orders_stream(pid)
     while last_id and time.monotonic() < deadline:
         if not client.xrange(stream, max=last_id, count=1):
             return
@@ -104,13 +73,13 @@ def reconcile(
     settle lost to Redis would otherwise count a stored row twice)."""
     violations: list[str] = []
     report: dict[str, Any] = {"product_id": product_id}
-    picture = None
+    picture = in_flight = None
     if client is not None:
         if wait_s:
             InlineTakes(client).sweep(engine, product_id)
-        picture = _redis_picture(client, product_id)
-        _wait_for_writer(client, product_id, picture["last_id"], wait_s)
-        picture["in_flight"] = _in_flight(client, product_id, picture["last_id"])
+        picture = product.picture(client, product_id)
+        _wait_for_writer(client, product_id, picture.last_id, wait_s)
+        in_flight = product.in_stream(client, product_id, picture.last_id)
     with engine.connect().execution_options(isolation_level="SERIALIZABLE") as conn:
         head = conn.execute(
             select(
@@ -159,9 +128,9 @@ def reconcile(
         ).scalar_one()
         # No duplicate-id check: order_id is the primary key (the database refuses one).
         report["order_history"] = {"rows": int(rows)}
-        if picture is not None:
+        if picture is not None and in_flight is not None:
             report[Design.REDIS] = _redis_books(
-                conn, product_id, gen, head.initial_quantity, picture, violations
+                conn, product_id, gen, head.initial_quantity, picture, in_flight, violations
             )
     report["violations"] = violations
     report["ok"] = not violations
@@ -173,24 +142,23 @@ def _redis_books(
     pid: int,
     gen: int,
     initial_db: int,
-    picture: dict[str, Any],
+    picture: product.Picture,
+    queued: list[dict[str, str]],
     violations: list[str],
 ) -> dict[str, Any]:
-    books, buyers = picture["books"], picture["buyers"]
+    books, buyers = picture.books, picture.buyers
     if not books:
         violations.append(f"redis: no books for product {pid} (run reset)")
         return {"found": False}
-    if int(books[redis_keys.GENERATION]) != gen:
+    if int(books[keys.GENERATION]) != gen:
         violations.append(
-            f"redis: books are of generation {books[redis_keys.GENERATION]}, the database's "
+            f"redis: books are of generation {books[keys.GENERATION]}, the database's "
             f"of {gen} (a reset is under way, or did not reach Redis: run reset)"
         )
-        return {"found": True, "generation": int(books[redis_keys.GENERATION])}
-    initial, remaining, sold = (
-        int(books[k]) for k in (redis_keys.INITIAL, redis_keys.QUANTITY, redis_keys.SOLD)
-    )
-    epoch, seq = int(books[redis_keys.EPOCH]), int(books[redis_keys.SEQ])
-    inline_pending = int(books.get(redis_keys.INLINE_PENDING, 0))
+        return {"found": True, "generation": int(books[keys.GENERATION])}
+    initial, remaining, sold = (int(books[k]) for k in (keys.INITIAL, keys.QUANTITY, keys.SOLD))
+    epoch, seq = int(books[keys.EPOCH]), int(books[keys.SEQ])
+    inline_pending = int(books.get(keys.INLINE_PENDING, 0))
     upto = or_(
         order_history.c.take_epoch < epoch,
         and_(order_history.c.take_epoch == epoch, order_history.c.take_seq <= seq),
@@ -224,21 +192,21 @@ def _redis_books(
     for r in rows:
         by_user[r.user_id] += int(r.quantity)
     persisted = sum(by_user.values())
-    in_flight = [o for o in picture["in_flight"] if o["order_id"] not in persisted_ids]
+    in_flight = [o for o in queued if o["order_id"] not in persisted_ids]
     for o in in_flight:
         by_user[o["user_id"]] += int(o["quantity"])
     in_flight_units = sum(int(o["quantity"]) for o in in_flight)
     counted = persisted_ids | {o["order_id"] for o in in_flight}
     dead: dict[str, dict[str, str]] = {}
-    for o in picture["dead_letters"]:
+    for o in picture.dead_letters:
         if o.get("generation") == str(gen) and o.get("order_id") not in counted:
             dead.setdefault(o["order_id"], o)
     for o in dead.values():
         by_user[o["user_id"]] += int(o["quantity"])
     dead_units = sum(int(o["quantity"]) for o in dead.values())
 
-    if books.get(redis_keys.PAUSED):
-        violations.append(f"redis: selling is paused: {books[redis_keys.PAUSED]}")
+    if books.get(keys.PAUSED):
+        violations.append(f"redis: selling is paused: {books[keys.PAUSED]}")
     if initial != initial_db:
         violations.append(f"redis: initial {initial} != the database's {initial_db}")
     if remaining < 0:
@@ -276,5 +244,5 @@ def _redis_books(
         "buyers": len(buyers),
         "epoch": epoch,
         "seq": seq,
-        "paused": books.get(redis_keys.PAUSED),
+        "paused": books.get(keys.PAUSED),
     }

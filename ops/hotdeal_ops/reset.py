@@ -16,7 +16,8 @@ from datetime import datetime
 import redis
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from hotdeal import fence, redis_keys
+from hotdeal import fence
+from hotdeal.model import keys, product
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
@@ -43,7 +44,7 @@ def redis_marks(client: Client | None, product_id: int) -> tuple[int, int]:
     """(generation, epoch) Redis's books are at, 0 when it has none."""
     if client is None:
         return 0, 0
-    gen, epoch = client.hmget(redis_keys.books(product_id), redis_keys.GENERATION, redis_keys.EPOCH)
+    gen, epoch = client.hmget(keys.books(product_id), keys.GENERATION, keys.EPOCH)
     return int(gen or 0), int(epoch or 0)
 
 
@@ -111,7 +112,7 @@ def reset_database(
 def _rebuilt_meanwhile(client: Client, product_id: int, fresh: Fresh) -> bool:
     """fence.validate rebuilt this event's books from the database after the database's
     reset (a Redis that restarted meanwhile): they may hold this event's sales already."""
-    generation = client.hget(redis_keys.books(product_id), redis_keys.GENERATION)
+    generation = client.hget(keys.books(product_id), keys.GENERATION)
     return int(generation or 0) >= fresh.generation
 
 
@@ -128,30 +129,25 @@ def reset_redis(
         return
     # The books stay until the transaction below replaces them: a take meanwhile gets the
     # old event's answer, never "unknown product".
-    keep = redis_keys.books(product_id)
-    stale = [
-        k for k in client.scan_iter(match=redis_keys.all_of(product_id), count=1000) if k != keep
-    ]
+    keep = keys.books(product_id)
+    stale = [k for k in client.scan_iter(match=keys.all_of(product_id), count=1000) if k != keep]
     for start in range(0, len(stale), 500):
         client.delete(*stale[start : start + 500])
-    stream = redis_keys.orders_stream(product_id)
-    books = {
-        redis_keys.QUANTITY: stock,
-        redis_keys.INITIAL: stock,
-        redis_keys.SOLD: 0,
-        redis_keys.SEQ: 0,
-        redis_keys.EPOCH: fresh.epoch,
-        redis_keys.GENERATION: fresh.generation,
-        redis_keys.INLINE_PENDING: 0,
-        # Made from the database just now: checked on this server.
-        redis_keys.VALIDATED: server,
-    }
-    if opens_at is not None:
-        books[redis_keys.OPENS_AT] = int(opens_at.timestamp() * 1000)
+    stream = keys.orders_stream(product_id)
+    books = product.fresh(
+        remaining=stock,
+        initial=stock,
+        sold=0,
+        seq=0,
+        epoch=fresh.epoch,
+        generation=fresh.generation,
+        opens_at=opens_at,
+        server=server,
+    )
     # The registries are global keys, outside the product's slot (a cluster allows a
     # transaction within one slot only): registered first, so a writer finds the stream.
-    client.sadd(redis_keys.STREAMS, stream)
-    client.sadd(redis_keys.PRODUCTS, product_id)
+    client.sadd(keys.STREAMS, stream)
+    client.sadd(keys.PRODUCTS, product_id)
     # A take or a writer's check may change the books between WATCH and EXEC (a reset
     # in the middle of a sale): the transaction did nothing then, and is tried again.
     for _ in range(RESET_ATTEMPTS - 1):
@@ -166,26 +162,19 @@ RESET_ATTEMPTS = 50
 
 
 def _replace_books(client: Client, product_id: int, fresh: Fresh, books: dict) -> None:
-    stream = redis_keys.orders_stream(product_id)
+    stream = keys.orders_stream(product_id)
     pipe = client.pipeline(transaction=True)
-    pipe.watch(redis_keys.books(product_id))
+    pipe.watch(keys.books(product_id))
     if _rebuilt_meanwhile(pipe, product_id, fresh):
         pipe.reset()
         return
     pipe.multi()
     # Again inside the transaction: a writer or a take may have recreated some meanwhile.
-    pipe.delete(
-        stream,
-        redis_keys.books(product_id),
-        redis_keys.buyers(product_id),
-        redis_keys.buyer_orders(product_id),
-        redis_keys.orders(product_id),
-        redis_keys.inline_takes(product_id),
-    )
-    pipe.hset(redis_keys.books(product_id), mapping=books)
+    pipe.delete(stream, keys.books(product_id), *product.derived(product_id))
+    pipe.hset(keys.books(product_id), mapping=books)
     # The group starts at id 0 so writers read every order, even ones enqueued
     # before any writer was running.
-    pipe.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
+    pipe.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
     pipe.execute()
 
 
@@ -203,8 +192,8 @@ def reset(
     every product's books are checked on this Redis server (hotdeal.fence.validate_all,
     without repairs), so a take of an unknown product answers 404."""
     if client is not None and not discard_orders:
-        waiting = client.xlen(redis_keys.orders_stream(product_id)) + client.xlen(
-            redis_keys.dead_letter(product_id)
+        waiting = client.xlen(keys.orders_stream(product_id)) + client.xlen(
+            keys.dead_letter(product_id)
         )
         if waiting:
             raise ResetRefused(

@@ -14,40 +14,65 @@ class Outcome:
     """One kind of answer an order can get. `counted`: an outcome of its own in
     hotdeal_orders_total{result} (any other failure is "rejected"); `names_product`: the
     answer proves the product exists, so the request is labelled with it (clients can't
-    mint series with product ids that don't exist)."""
+    mint series with product ids that don't exist); `meaning`: what it tells a client
+    (the OpenAPI document's description of the error answers)."""
 
     status: int
+    meaning: str
     counted: bool = False
     names_product: bool = False
 
 
 # Every error code the services answer, the one place that says what each means for its
-# status, the metric and the product label (hotdeal.web), and the OpenAPI document's
-# enum (a test holds the document to it). "ok" is the 201, "error" the 500 no promise
-# allows.
+# status, the metric, the product label (hotdeal.web) and the OpenAPI document's enum
+# and description (a test holds the document to it). "ok" is the 201, "error" the 500
+# no promise allows.
 OUTCOMES: dict[str, Outcome] = {
-    "invalid_request": Outcome(400),
-    "unauthorized": Outcome(401),
-    "invalid_token": Outcome(401),
-    "insufficient_scope": Outcome(403),
-    "pass_required": Outcome(403, counted=True, names_product=True),
-    "invalid_pass": Outcome(403),
-    "invalid_ticket": Outcome(403),
-    "unknown_product": Outcome(404),
-    "unknown_order": Outcome(404),
-    "not_found": Outcome(404),
-    "method_not_allowed": Outcome(405),
-    "sold_out": Outcome(409, counted=True, names_product=True),
-    "limit_exceeded": Outcome(409, counted=True, names_product=True),
-    "not_open": Outcome(409, counted=True, names_product=True),
-    "in_progress": Outcome(409, counted=True, names_product=True),
-    "request_entity_too_large": Outcome(413),
-    "request_uri_too_long": Outcome(414),
-    "idempotency_key_reused": Outcome(422, names_product=True),
-    "error": Outcome(500, counted=True),
-    "unavailable": Outcome(503, counted=True),
-    "outcome_unknown": Outcome(503, counted=True),
-    "paused": Outcome(503, counted=True, names_product=True),
+    "invalid_request": Outcome(400, "bad input; nothing was coerced or sold"),
+    "unauthorized": Outcome(401, "no bearer token"),
+    "invalid_token": Outcome(401, "a token that does not verify"),
+    "insufficient_scope": Outcome(403, "the token may not do this (another buyer's order)"),
+    "pass_required": Outcome(
+        403,
+        "the product sells through its waiting room: join it",
+        counted=True,
+        names_product=True,
+    ),
+    "invalid_pass": Outcome(403, "a waiting-room pass forged, expired or another's"),
+    "invalid_ticket": Outcome(403, "a waiting-room ticket forged, expired or another's"),
+    "unknown_product": Outcome(404, "no such event product"),
+    "unknown_order": Outcome(404, "no such order"),
+    "not_found": Outcome(404, "no such route"),
+    "method_not_allowed": Outcome(405, "not a method of this route"),
+    "sold_out": Outcome(409, "not enough stock left", counted=True, names_product=True),
+    "limit_exceeded": Outcome(
+        409, "the buyer's per-product limit is reached", counted=True, names_product=True
+    ),
+    "not_open": Outcome(409, "the event has not opened", counted=True, names_product=True),
+    "in_progress": Outcome(
+        409,
+        "the first request with this Idempotency-Key still runs: retry",
+        counted=True,
+        names_product=True,
+    ),
+    "request_entity_too_large": Outcome(413, "a body over 4 KiB"),
+    "request_uri_too_long": Outcome(414, "a URI too long"),
+    "idempotency_key_reused": Outcome(
+        422, "the Idempotency-Key was used for another quantity", names_product=True
+    ),
+    "error": Outcome(500, "a bug", counted=True),
+    "unavailable": Outcome(503, "a backend is down; nothing was sold", counted=True),
+    "outcome_unknown": Outcome(
+        503,
+        "it may have sold: retry with the same Idempotency-Key or look your orders up",
+        counted=True,
+    ),
+    "paused": Outcome(
+        503,
+        "selling is paused while the product's books are checked or repaired",
+        counted=True,
+        names_product=True,
+    ),
 }
 # hotdeal_orders_total{result}: "ok", the counted codes, and "rejected" for the rest.
 METRIC_RESULTS = ("ok", *(code for code, o in OUTCOMES.items() if o.counted), "rejected")
@@ -106,6 +131,14 @@ def pass_required(product_id: int) -> ApiError:
         "pass_required",
         f"product {product_id} sells through its waiting room: join it (POST /v1/queue) "
         "and order with the pass it gives (Hotdeal-Pass)",
+    )
+
+
+def key_reused(first_quantity: int) -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        f"this Idempotency-Key was first used for quantity {first_quantity}",
     )
 
 

@@ -34,16 +34,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
 import redis
 from sqlalchemy import Engine, func, select, update
 
-from hotdeal import redis_keys
 from hotdeal.designs import Design
 from hotdeal.inline import InlineTakes
+from hotdeal.model import keys, product
+from hotdeal.model.records import Sale, StreamEntry, at_ms
 from hotdeal.redis_client import Client, is_cluster, node_client, primaries
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -82,9 +82,9 @@ def database_marks(engine: Engine, pid: int, generation: int) -> DatabaseMarks:
 
 def _fence(client: Client, pid: int, *args: object) -> object:
     """fence.lua on the product's server."""
-    instance = redis_keys.instance_placeholder(pid) if is_cluster(client) else redis_keys.INSTANCE
-    node = node_client(client, redis_keys.books(pid))
-    return node.eval(_SCRIPT, 2, redis_keys.books(pid), instance, *args)
+    instance = keys.instance_placeholder(pid) if is_cluster(client) else keys.INSTANCE
+    node = node_client(client, keys.books(pid))
+    return node.eval(_SCRIPT, 2, keys.books(pid), instance, *args)
 
 
 def run_id(client: Client, pid: int) -> str:
@@ -103,7 +103,7 @@ def pause(
     maxmemory)."""
     marks: tuple[object, ...] = ()
     if judged is not None:
-        marks = (judged.get(redis_keys.GENERATION, 0), judged.get(redis_keys.EPOCH, 0))
+        marks = (judged.get(keys.GENERATION, 0), judged.get(keys.EPOCH, 0))
     return _fence(client, pid, "pause", reason, *marks) == 1
 
 
@@ -131,7 +131,7 @@ def _next_epoch(engine: Engine, pid: int, books_epoch: int) -> int:
 
 def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
     """Why Redis's books are behind the database's (None: they are not)."""
-    epoch, seq, sold = (int(books.get(k, 0)) for k in (redis_keys.EPOCH, redis_keys.SEQ, "sold"))
+    epoch, seq, sold = (int(books.get(k, 0)) for k in (keys.EPOCH, keys.SEQ, "sold"))
     if (marks.epoch, marks.seq) > (epoch, seq):
         return (
             f"{ROLLBACK}books at {epoch}/{seq} but order_history holds take "
@@ -155,26 +155,15 @@ def check(engine: Engine, client: Client, pid: int) -> str | None:
     if generation is None:
         return None
     marks = database_marks(engine, pid, generation)
-    books = client.hgetall(redis_keys.books(pid))
-    if not books or redis_keys.PAUSED in books:
-        return books.get(redis_keys.PAUSED) if books else None
-    if int(books.get(redis_keys.GENERATION, 0)) != generation:
+    books = client.hgetall(keys.books(pid))
+    if not books or keys.PAUSED in books:
+        return books.get(keys.PAUSED) if books else None
+    if int(books.get(keys.GENERATION, 0)) != generation:
         return None  # a reset is under way
     reason = behind(books, marks)
     if reason and pause(client, pid, reason, judged=books):
         return reason
     return None
-
-
-@dataclass(frozen=True)
-class Sale:
-    """An answered order as repair rebuilds it: from order_history or a dead letter."""
-
-    order_id: str
-    user_id: str
-    quantity: int
-    at_ms: int
-    idempotency_key: str | None
 
 
 def _head(engine: Engine, pid: int) -> dict[str, Any] | None:
@@ -209,13 +198,7 @@ def _persisted(engine: Engine, pid: int, generation: int) -> list[Sale]:
             .order_by(rows.seq)
         ).all()
     return [
-        Sale(
-            r.order_id,
-            r.user_id,
-            int(r.quantity),
-            int(r.ordered_at.timestamp() * 1000),
-            r.idempotency_key,
-        )
+        Sale(r.order_id, r.user_id, int(r.quantity), at_ms(r.ordered_at), r.idempotency_key)
         for r in found
     ]
 
@@ -223,21 +206,13 @@ def _persisted(engine: Engine, pid: int, generation: int) -> list[Sale]:
 def dead_letters(client: Client, pid: int, generation: int) -> list[Sale]:
     """Orders of this event the writers set aside (answered 201, never stored)."""
     found = []
-    for _, fields in client.xrange(redis_keys.dead_letter(pid)):
+    for _, fields in client.xrange(keys.dead_letter(pid)):
         try:
-            if int(fields["generation"]) != generation:
-                continue
-            found.append(
-                Sale(
-                    fields["order_id"],
-                    fields["user_id"],
-                    int(fields["quantity"]),
-                    int(fields["ordered_at"]),
-                    fields.get("idem") or None,
-                )
-            )
+            entry = StreamEntry.parse(fields)
         except (KeyError, ValueError):
             continue  # malformed: it never took stock through the take script
+        if entry.generation == generation:
+            found.append(entry.sale())
     return found
 
 
@@ -273,8 +248,8 @@ def _rebuild_books(
     `drain_timeout_s`), so the database holds every order Redis still knows of. The
     books are rebuilt for the database's event, in one transaction that aborts if
     anything changed meanwhile, and marked checked on this server."""
-    books_key = redis_keys.books(pid)
-    stream = redis_keys.orders_stream(pid)
+    books_key = keys.books(pid)
+    stream = keys.orders_stream(pid)
     head = _head(engine, pid)
     if head is None:
         raise RepairError(f"product {pid} is not in hotdeal_list (run reset)")
@@ -286,9 +261,9 @@ def _rebuild_books(
             raise RepairError(f"product {pid}: {waiting}; the books can't be rebuilt yet")
         time.sleep(0.2)
     books = client.hgetall(books_key)
-    if int(books.get(redis_keys.GENERATION, 0)) > head["generation"]:
+    if int(books.get(keys.GENERATION, 0)) > head["generation"]:
         raise RepairError(
-            f"Redis's books are of event {books[redis_keys.GENERATION]}, the database's of "
+            f"Redis's books are of event {books[keys.GENERATION]}, the database's of "
             f"{head['generation']}: the database is behind Redis (restored?); run reset"
         )
     sales = _persisted(engine, pid, head["generation"])
@@ -297,8 +272,8 @@ def _rebuild_books(
             sales.append(dead)  # once, however often it was set aside
     units = sum(s.quantity for s in sales)
     marks = database_marks(engine, pid, head["generation"])
-    epoch = max(int(books.get(redis_keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
-    seq = max(int(books.get(redis_keys.SEQ, 0)), marks.seq)
+    epoch = max(int(books.get(keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
+    seq = max(int(books.get(keys.SEQ, 0)), marks.seq)
     with engine.begin() as conn:  # the database remembers the epoch: Redis may roll back
         conn.execute(
             update(hotdeal_list).where(hotdeal_list.c.prod_id == pid).values(fence_epoch=epoch)
@@ -310,40 +285,34 @@ def _rebuild_books(
     _register(client, pid)
     # Keys of takes the database does not hold (an older event's, after a restore) must
     # not replay; the product sells nothing meanwhile, so none is made while we look.
-    stale_keys = list(client.scan_iter(match=redis_keys.idempotency_pattern(pid), count=1000))
+    stale_keys = list(client.scan_iter(match=keys.idempotency_pattern(pid), count=1000))
     with client.pipeline(transaction=True) as pipe:
         pipe.watch(books_key, stream)
-        if pipe.xlen(stream) or pipe.hget(books_key, redis_keys.SEQ) != books.get(redis_keys.SEQ):
+        if pipe.xlen(stream) or pipe.hget(books_key, keys.SEQ) != books.get(keys.SEQ):
             raise RepairError("the books changed while repairing: run repair again")
         pipe.multi()
-        pipe.delete(
-            redis_keys.buyers(pid),
-            redis_keys.buyer_orders(pid),
-            redis_keys.orders(pid),
-            redis_keys.inline_takes(pid),  # the database holds what they settle into
-        )
+        # The inline takes go too: the database holds what they settle into.
+        pipe.delete(*product.derived(pid))
         for start in range(0, len(stale_keys), 500):
             pipe.delete(*stale_keys[start : start + 500])
-        _rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
-        fields: dict[str, Any] = {
-            redis_keys.QUANTITY: remaining,
-            redis_keys.INITIAL: initial,
-            redis_keys.SOLD: units,
-            redis_keys.SEQ: seq,
-            redis_keys.EPOCH: epoch,
-            redis_keys.GENERATION: head["generation"],
-            redis_keys.INLINE_PENDING: 0,
-            redis_keys.VALIDATED: server,
-        }
-        if head["opens_at"] is not None:
-            fields[redis_keys.OPENS_AT] = int(head["opens_at"].timestamp() * 1000)
+        product.rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
+        fields = product.fresh(
+            remaining=remaining,
+            initial=initial,
+            sold=units,
+            seq=seq,
+            epoch=epoch,
+            generation=head["generation"],
+            opens_at=head["opens_at"],
+            server=server,
+        )
         pipe.hset(books_key, mapping=fields)
-        pipe.hdel(books_key, redis_keys.PAUSED)
+        pipe.hdel(books_key, keys.PAUSED)
         pipe.execute()
     return {
         "product_id": pid,
         "repaired": True,
-        "was": books.get(redis_keys.PAUSED) if books else "no books in Redis",
+        "was": books.get(keys.PAUSED) if books else "no books in Redis",
         "generation": head["generation"],
         "epoch": epoch,
         "seq": seq,
@@ -361,7 +330,7 @@ def _unsettled(engine: Engine, client: Client, pid: int) -> str | None:
     id is voided and its units go back; a helper's attack found a repair after a restart
     ignoring them, and their rows committed after the rebuild: sold twice). One whose
     transaction still holds its id waits."""
-    backlog = client.xlen(redis_keys.orders_stream(pid))
+    backlog = client.xlen(keys.orders_stream(pid))
     if backlog:
         return f"{backlog} orders are not persisted yet (a writer must drain the stream)"
     still = InlineTakes(client).sweep(engine, pid, final_s=0)["open"]
@@ -373,53 +342,19 @@ def _unsettled(engine: Engine, client: Client, pid: int) -> str | None:
 def _register(client: Client, pid: int) -> None:
     """The registries and the writers' group, as reset made them (a Redis that came
     back empty has neither)."""
-    stream = redis_keys.orders_stream(pid)
+    stream = keys.orders_stream(pid)
     try:
-        client.sadd(redis_keys.STREAMS, stream)
-        client.sadd(redis_keys.PRODUCTS, pid)
+        client.sadd(keys.STREAMS, stream)
+        client.sadd(keys.PRODUCTS, pid)
     except redis.exceptions.OutOfMemoryError:
         pass  # a full Redis: the rebuild below will say so; they come with the next one
     try:
-        client.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
     except redis.exceptions.OutOfMemoryError:
         pass  # refused even when it exists (a full Redis); the writers say NOGROUP
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def _rebuild(pipe: Any, pid: int, sales: list[Sale], remaining: int, ttl_s: int) -> None:
-    """Buyers, the order index and the Idempotency-Keys of `sales`, queued on `pipe`."""
-    buyers: dict[str, int] = {}
-    listed: dict[str, list[str]] = {}
-    index: dict[str, str] = {}
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    for sale in sales:
-        buyers[sale.user_id] = buyers.get(sale.user_id, 0) + sale.quantity
-        if sale.user_id != "workshop":
-            listed.setdefault(sale.user_id, []).append(sale.order_id)
-        index[sale.order_id] = f"{sale.user_id} {sale.quantity} {sale.at_ms}"
-        if sale.idempotency_key:
-            ttl = ttl_s - (now_ms - sale.at_ms) // 1000
-            if ttl > 0:
-                key = redis_keys.idempotency(pid, sale.user_id, sale.idempotency_key)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "quantity": sale.quantity,
-                        "remaining": remaining,
-                        "order_id": sale.order_id,
-                        "ordered_at": sale.at_ms,
-                        "state": "done",
-                    },
-                )
-                pipe.expire(key, ttl)
-    if buyers:
-        pipe.hset(redis_keys.buyers(pid), mapping=buyers)
-    if listed:
-        pipe.hset(redis_keys.buyer_orders(pid), mapping={u: " ".join(i) for u, i in listed.items()})
-    if index:
-        pipe.hset(redis_keys.orders(pid), mapping=index)
 
 
 def validate(
@@ -438,18 +373,18 @@ def validate(
     holds more than they do); books behind the database are paused and, with
     `auto_repair`, rebuilt once their stream is drained."""
     server = run_id(client, pid)
-    books = client.hgetall(redis_keys.books(pid))
+    books = client.hgetall(keys.books(pid))
     head = _head(engine, pid)
     if head is None:
-        return "valid" if books.get(redis_keys.VALIDATED) == server else "unknown"
+        return "valid" if books.get(keys.VALIDATED) == server else "unknown"
     # Checked on this server, and no check or repair elsewhere since (each one moves the
     # database's fence epoch past the books it made): a server that was left and then
     # returned to (a failback) is not valid merely because it never restarted.
-    fresh = int(books.get(redis_keys.EPOCH, 0)) >= head["fence_epoch"]
-    if books.get(redis_keys.VALIDATED) == server and fresh:
+    fresh = int(books.get(keys.EPOCH, 0)) >= head["fence_epoch"]
+    if books.get(keys.VALIDATED) == server and fresh:
         return "valid"
-    generation = int(books.get(redis_keys.GENERATION, 0))
-    if books.get(redis_keys.VALIDATED) == server and generation < head["generation"]:
+    generation = int(books.get(keys.GENERATION, 0))
+    if books.get(keys.VALIDATED) == server and generation < head["generation"]:
         # A reset under way: the database has the new event, its own Redis step follows
         # (and writes checked books). Rebuilding them here would race it.
         return "valid"
@@ -464,9 +399,9 @@ def validate(
     if books and generation == head["generation"]:
         reason = behind(books, database_marks(engine, pid, generation))
         if reason is None:
-            if books.get(redis_keys.PAUSED):
-                return books[redis_keys.PAUSED]
-            epoch = _next_epoch(engine, pid, int(books.get(redis_keys.EPOCH, 0)))
+            if books.get(keys.PAUSED):
+                return books[keys.PAUSED]
+            epoch = _next_epoch(engine, pid, int(books.get(keys.EPOCH, 0)))
             return "stamped" if stamp(client, pid, server, generation, epoch) else "changed"
         if not pause(client, pid, reason, judged=books):
             return "changed"
@@ -501,7 +436,7 @@ def validate_all(
     )
     if settled and not is_cluster(client):
         (server,) = servers.values()
-        client.eval(_SCRIPT, 2, redis_keys.INSTANCE, redis_keys.INSTANCE, "instance", server)
+        client.eval(_SCRIPT, 2, keys.INSTANCE, keys.INSTANCE, "instance", server)
     return found
 
 
@@ -514,7 +449,7 @@ def stale_products(engine: Engine, client: Client) -> list[int]:
         return []
     pipe = client.pipeline(transaction=False)
     for pid, _ in heads:
-        pipe.hget(redis_keys.books(pid), redis_keys.EPOCH)
+        pipe.hget(keys.books(pid), keys.EPOCH)
     epochs = pipe.execute()
     return [
         int(pid)
@@ -531,4 +466,4 @@ def instance_checked(client: Client) -> bool:
     """On one Redis: has every product been checked on the server we reach now?"""
     if is_cluster(client):
         return False
-    return client.get(redis_keys.INSTANCE) == run_id_of(client)
+    return client.get(keys.INSTANCE) == run_id_of(client)

@@ -34,9 +34,10 @@ from importlib.resources import files
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hotdeal import redis_keys
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow, insert_new
+from hotdeal.model import keys
+from hotdeal.model.records import InlineRecord
 from hotdeal.redis_client import Client, node_client
 from hotdeal.schema import order_history
 from hotdeal.validation import OrderRequest
@@ -69,6 +70,10 @@ class InlineTake:
     def of(cls, order: OrderRequest, order_id: str, idempotency_key: str | None) -> InlineTake:
         return cls(order.product_id, order_id, order.quantity, order.user_id, idempotency_key)
 
+    @classmethod
+    def of_record(cls, product_id: int, r: InlineRecord) -> InlineTake:
+        return cls(product_id, r.order_id, r.quantity, r.user_id, r.idempotency_key, r.at_ms)
+
 
 class InlineTakes:
     def __init__(self, client: Client) -> None:
@@ -78,16 +83,16 @@ class InlineTakes:
 
     def _idem(self, take: InlineTake) -> tuple[str, str]:
         if take.idempotency_key:
-            key = redis_keys.idempotency(take.product_id, take.user_id, take.idempotency_key)
+            key = keys.idempotency(take.product_id, take.user_id, take.idempotency_key)
             return key, "1"
-        return redis_keys.idempotency_placeholder(take.product_id), "0"
+        return keys.idempotency_placeholder(take.product_id), "0"
 
     def done(self, take: InlineTake) -> None:
         """The row is committed: only now may its key replay."""
         pid = take.product_id
         idem, real = self._idem(take)
         self.done_script(
-            keys=[redis_keys.books(pid), idem, redis_keys.inline_takes(pid)],
+            keys=[keys.books(pid), idem, keys.inline_takes(pid)],
             args=[take.quantity, real, take.order_id],
         )
 
@@ -97,12 +102,12 @@ class InlineTakes:
         idem, real = self._idem(take)
         self.give_back_script(
             keys=[
-                redis_keys.books(pid),
-                redis_keys.buyers(pid),
-                redis_keys.buyer_orders(pid),
-                redis_keys.orders(pid),
+                keys.books(pid),
+                keys.buyers(pid),
+                keys.buyer_orders(pid),
+                keys.orders(pid),
                 idem,
-                redis_keys.inline_takes(pid),
+                keys.inline_takes(pid),
             ],
             args=[take.quantity, take.user_id, take.order_id, real],
         )
@@ -135,11 +140,8 @@ class InlineTakes:
         return None if holder is None else not holder
 
     def open_takes(self, pid: int) -> list[InlineTake]:
-        found = []
-        for order_id, record in self.client.hgetall(redis_keys.inline_takes(pid)).items():
-            quantity, at_ms, user, key = record.split(" ", 3)  # key: "" for none
-            found.append(InlineTake(pid, order_id, int(quantity), user, key or None, int(at_ms)))
-        return found
+        records = self.client.hgetall(keys.inline_takes(pid))
+        return [InlineTake.of_record(pid, InlineRecord.parse(*item)) for item in records.items()]
 
     def sweep(self, engine: Engine, pid: int, *, final_s: float = INLINE_FINAL_S) -> dict[str, int]:
         """Settle the product's inline takes whose fate the database tells: committed
@@ -188,5 +190,5 @@ def committed(engine: Engine, order_id: str) -> bool | None:
 def redis_now_ms(client: Client, pid: int) -> int:
     """Redis's clock (the takes' times are its own): a pod's clock ahead of it would
     void takes early."""
-    seconds, micros = node_client(client, redis_keys.books(pid)).time()
+    seconds, micros = node_client(client, keys.books(pid)).time()
     return int(seconds) * 1000 + int(micros) // 1000

@@ -2,7 +2,7 @@
 
 With HOTDEAL_REDIS_CLUSTER the client is redis-py's RedisCluster (Redis Cluster, or
 ElastiCache in cluster mode: give the configuration endpoint). Every key of a product
-carries its hash tag (hotdeal.redis_keys), so what one product needs lives on one node;
+carries its hash tag (hotdeal.model.keys), so what one product needs lives on one node;
 `node_client` is that node's plain client, for what must share one connection there (a
 take and its durability wait).
 """

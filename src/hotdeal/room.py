@@ -11,7 +11,7 @@ sells that product only to an order carrying one (`Hotdeal-Pass`). One place per
 Tickets and passes are JWTs signed with HS256 (PyJWT) under the room's secret
 (HOTDEAL_ROOM_SECRET), shared by every pod; each carries the room's id, new whenever
 the room is switched on (so with every event too): those of an earlier room open
-nothing. The room's state lives in Redis beside the books (hotdeal.redis_keys): a
+nothing. The room's state lives in Redis beside the books (hotdeal.model.keys): a
 reset, or a Redis that came back empty, ends it (the product then sells without a room
 until the operator switches it on again: never more than the stock, but without the
 line).
@@ -28,8 +28,8 @@ from typing import Any
 
 import jwt
 
-from hotdeal import redis_keys
 from hotdeal.errors import ApiError
+from hotdeal.model import keys
 from hotdeal.redis_client import Client
 
 MODES = ("fifo", "random")
@@ -166,10 +166,10 @@ class Place:
 def _keys(product: int) -> list[str]:
     """room.lua's KEYS."""
     return [
-        redis_keys.room(product),
-        redis_keys.room_line(product),
-        redis_keys.books(product),
-        redis_keys.room_admitted(product),
+        keys.room(product),
+        keys.room_line(product),
+        keys.books(product),
+        keys.room_admitted(product),
     ]
 
 
@@ -277,9 +277,7 @@ def configure(
 
 def close(client: Client, product: int) -> dict[str, Any]:
     """Switch the room off: the product sells to every order again."""
-    client.delete(
-        redis_keys.room(product), redis_keys.room_line(product), redis_keys.room_admitted(product)
-    )
+    client.delete(keys.room(product), keys.room_line(product), keys.room_admitted(product))
     return status(client, product)
 
 
@@ -302,9 +300,9 @@ def read_states(client: Client, products: list[int]) -> list[RoomState]:
     """Each product's room as it stands (for the metrics and the operator)."""
     pipe = client.pipeline(transaction=False)
     for pid in products:
-        pipe.hmget(redis_keys.room(pid), "generation", "mode", "rate", "pass_ttl", "frontier")
-        pipe.hget(redis_keys.books(pid), redis_keys.GENERATION)
-        pipe.zcard(redis_keys.room_line(pid))
+        pipe.hmget(keys.room(pid), "generation", "mode", "rate", "pass_ttl", "frontier")
+        pipe.hget(keys.books(pid), keys.GENERATION)
+        pipe.zcard(keys.room_line(pid))
     replies = pipe.execute()
     states = []
     for n, pid in enumerate(products):

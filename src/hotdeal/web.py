@@ -256,6 +256,9 @@ def openapi_document(service: str, settings: Settings) -> dict[str, Any]:
     # The codes follow from the one table of outcomes (the 500 no promise allows aside).
     codes = [code for code in OUTCOMES if code != "error"]
     schemas["Error"]["properties"]["error"]["enum"] = codes
+    doc["components"]["responses"]["Error"]["description"] = "; ".join(
+        f"{OUTCOMES[code].status} {code}: {OUTCOMES[code].meaning}" for code in codes
+    )
     schemas["OrderRequest"]["properties"]["quantity"]["maximum"] = settings.max_per_order
     if settings.auth == "off":  # the body names the buyer
         del doc["security"], doc["components"]["securitySchemes"]

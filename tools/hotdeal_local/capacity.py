@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local.ceiling import DECREMENT
 from hotdeal_local.ceiling import KEY as CEILING_KEY
 from hotdeal_local.servers import RedisServer, cpu_seconds, need_program
@@ -30,16 +30,16 @@ PRODUCT = 1
 
 
 def _commands(take_sha: str, decrement_sha: str) -> dict[str, list[str]]:
-    keys = list(redis_keys.take_keys(PRODUCT))
+    names = list(keys.take_keys(PRODUCT))
     order_id = f"{PRODUCT}-__rand_int__-4f6c-4a8e-9d2b-7c1e5a3f9b60"
     return {
         "take, workshop shape": [
-            "EVALSHA", take_sha, "6", *keys, redis_keys.idempotency_placeholder(PRODUCT),
+            "EVALSHA", take_sha, "6", *names, keys.idempotency_placeholder(PRODUCT),
             "1", "workshop", "0", order_id, str(PRODUCT), "stream", "86400", "", "0", "0", "0",
         ],
         "take, API shape (new buyer, limit 1, key)": [
-            "EVALSHA", take_sha, "6", *keys,
-            redis_keys.idempotency(PRODUCT, "buyer-__rand_int__", "key-__rand_int__"),
+            "EVALSHA", take_sha, "6", *names,
+            keys.idempotency(PRODUCT, "buyer-__rand_int__", "key-__rand_int__"),
             "1", "buyer-__rand_int__", "1", order_id, str(PRODUCT), "stream", "86400",
             "key-__rand_int__", "0", "0", "1",
         ],
@@ -62,9 +62,9 @@ def measure(
             for name, command in _commands(*shas).items():
                 for n_clients in clients:
                     # Enough stock that every take sells; a fresh stream each time.
-                    client.delete(*redis_keys.take_keys(PRODUCT))
+                    client.delete(*keys.take_keys(PRODUCT))
                     client.hset(
-                        redis_keys.books(PRODUCT),
+                        keys.books(PRODUCT),
                         mapping={"quantity": 10**9, "initial": 10**9, "sold": 0, "seq": 0,
                                  "epoch": 1, "generation": 1},
                     )  # fmt: skip

@@ -48,10 +48,10 @@ import redis
 import requests
 from sqlalchemy import select, text
 
-from hotdeal import redis_keys
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.durability import online_replicas
+from hotdeal.model import keys
 from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local import auth
 from hotdeal_local.front import front
@@ -373,9 +373,9 @@ class Chaos:
         client.eval(
             POISON,
             3,
-            redis_keys.books(1),
-            redis_keys.orders_stream(1),
-            redis_keys.buyers(1),
+            keys.books(1),
+            keys.orders_stream(1),
+            keys.buyers(1),
             self.poison,
             "poison\u0000",
             str(int(time.time() * 1000)),
@@ -389,7 +389,7 @@ class Chaos:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if self.redis().xlen(redis_keys.orders_stream(1)) == 0:
+                if self.redis().xlen(keys.orders_stream(1)) == 0:
                     return
             except redis.RedisError:
                 pass
@@ -513,7 +513,7 @@ class Chaos:
         time.sleep(0.5)
         self.writers = [self._writer(n) for n in ("w1", "w2")]
         client = self.redis()
-        stream = redis_keys.orders_stream(1)
+        stream = keys.orders_stream(1)
         deadline = time.monotonic() + 10
         backlog = client.xlen(stream)
         while client.xlen(stream) >= backlog > 0 and time.monotonic() < deadline:
@@ -560,7 +560,7 @@ class Chaos:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                books = self.redis().hgetall(redis_keys.books(1))
+                books = self.redis().hgetall(keys.books(1))
                 if books and "paused" not in books:
                     done = ops(self.env, "reconcile", "--wait", "--timeout", "30", check=False)
                     report = json.loads(done.stdout) if done.stdout else {}
@@ -595,7 +595,7 @@ class Chaos:
         engine.dispose()
         dead = {
             fields.get("order_id")
-            for _, fields in self.redis().xrange(redis_keys.dead_letter(1))
+            for _, fields in self.redis().xrange(keys.dead_letter(1))
             if fields.get("generation") == str(generation)
         }
         self.dead_lettered += len(dead)

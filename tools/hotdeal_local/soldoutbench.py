@@ -25,8 +25,8 @@ from typing import Any
 
 import redis
 
-from hotdeal import redis_keys
 from hotdeal.config import Settings
+from hotdeal.model import keys
 from hotdeal_local import auth
 from hotdeal_local.ab import run_ab, sample_of
 from hotdeal_local.servers import Process, cpu_seconds, free_port, gunicorn, need_program
@@ -132,7 +132,7 @@ def bound(stack: LocalStack, *, samples: int, concurrency: int) -> dict[str, Any
     writer = stack.start_writer()
     url = f"http://127.0.0.1:{port}/v1/orders"
     client = redis.Redis.from_url(stack.env["HOTDEAL_REDIS_URL"], decode_responses=True)
-    books = redis_keys.books(1)
+    books = keys.books(1)
     ab = need_program("ab", "apache2-utils")
     flood = subprocess.Popen(
         [ab, "-q", "-r", "-l", "-t", "3600", "-n", "100000000", "-c", str(concurrency),
@@ -145,10 +145,10 @@ def bound(stack: LocalStack, *, samples: int, concurrency: int) -> dict[str, Any
         time.sleep(1)  # every worker has seen sold out
         for _ in range(samples):
             # A give-back: the unit returns to the books (and to the event's total).
-            client.hincrby(books, redis_keys.INITIAL, 1)
+            client.hincrby(books, keys.INITIAL, 1)
             began = time.monotonic()
-            client.hincrby(books, redis_keys.QUANTITY, 1)
-            while client.hget(books, redis_keys.QUANTITY) != "0":
+            client.hincrby(books, keys.QUANTITY, 1)
+            while client.hget(books, keys.QUANTITY) != "0":
                 time.sleep(0.001)
             waits.append(time.monotonic() - began)
             time.sleep(0.3)

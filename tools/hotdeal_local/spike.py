@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import redis
 
-from hotdeal import redis_keys
+from hotdeal.model import keys
 from hotdeal_local import auth
 from hotdeal_local.servers import free_port, ops
 from hotdeal_local.stack import LocalStack, running
@@ -184,7 +184,7 @@ def one_run(
     try:
         start = asyncio.run(_crowd(f"http://127.0.0.1:{port}", crowd, tokens, room))
         client = redis.Redis.from_url(stack.env["HOTDEAL_REDIS_URL"], decode_responses=True)
-        line = client.zrange(redis_keys.room_line(PRODUCT), 0, -1) if room else []
+        line = client.zrange(keys.room_line(PRODUCT), 0, -1) if room else []
     finally:
         stack.stop_process(proc)
     done = ops(stack.env, "reconcile", "--product", str(PRODUCT), "--wait", check=False)

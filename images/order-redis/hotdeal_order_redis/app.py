@@ -9,12 +9,13 @@ import time
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import Engine
 
-from hotdeal import durability, redis_keys
+from hotdeal import durability
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.errors import NotReady, unknown_order
 from hotdeal.identity import verifier_from_settings
 from hotdeal.inline import InlineTakes
+from hotdeal.model import keys
 from hotdeal.redis_client import Client, memory_full, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal.validation import (
@@ -74,7 +75,7 @@ def start_inline_sweeper(engine: Engine, client: Client, every_s: float = 5.0) -
         while True:
             time.sleep(every_s)
             try:
-                for pid in sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS)):
+                for pid in sorted(int(p) for p in client.smembers(keys.PRODUCTS)):
                     settled = takes.sweep(engine, pid)
                     if settled["done"] or settled["given_back"]:
                         log.warning("product %s: inline takes settled late: %s", pid, settled)

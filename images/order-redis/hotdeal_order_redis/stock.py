@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -26,12 +27,14 @@ from redis.commands.core import Script
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from hotdeal import durability, errors, fence, redis_keys
+from hotdeal import durability, errors, fence
 from hotdeal.db import transaction
 from hotdeal.designs import Design
 from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
 from hotdeal.inline import INLINE_FINAL_S, InlineTake, InlineTakes, committed, redis_now_ms
+from hotdeal.model import keys
+from hotdeal.model.records import Sale, parse_index_record
 from hotdeal.process import forks
 from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topology
 from hotdeal.validation import OrderRequest
@@ -222,16 +225,16 @@ class RedisStock:
             raise errors.outcome_unknown() from None
 
     def _run_take(
-        self, keys: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
+        self, names: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
     ) -> list[Any]:
         script: Script = self._take
         for attempt in (1, 2):
             # The product's node (the client itself on one Redis): a take and its
             # durability wait must share one connection there.
-            node = node_client(self.client, keys[0])
+            node = node_client(self.client, names[0])
             conn, run_id = self._ready(node)
             take = (
-                "EVALSHA", script.sha, len(keys), *keys, *args, run_id, self._marked, room_pass
+                "EVALSHA", script.sha, len(names), *names, *args, run_id, self._marked, room_pass
             )  # fmt: skip
             replies = self._round_trip(conn, [take, *plan.commands])
             reply = replies[0]
@@ -273,9 +276,9 @@ class RedisStock:
         books, give back a take that never committed) may run once more."""
         pid, user = order.product_id, order.user_id
         idem_key = (
-            redis_keys.idempotency(pid, user, idempotency_key)
+            keys.idempotency(pid, user, idempotency_key)
             if idempotency_key
-            else redis_keys.idempotency_placeholder(pid)
+            else keys.idempotency_placeholder(pid)
         )
         if self.known_sold_out(order, idempotency_key):
             raise errors.sold_out(0)
@@ -285,13 +288,13 @@ class RedisStock:
             raise errors.unavailable() from None
         except redis.RedisError:
             raise errors.unavailable() from None
-        keys = [
-            *redis_keys.take_keys(pid),
+        names = [
+            *keys.take_keys(pid),
             idem_key,
             self._instance_key(pid),
-            redis_keys.sync_mark(pid),
-            redis_keys.room(pid),
-            redis_keys.inline_takes(pid),
+            keys.sync_mark(pid),
+            keys.room(pid),
+            keys.inline_takes(pid),
         ]
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
@@ -307,7 +310,7 @@ class RedisStock:
             seen_seq,
             "1" if list_under_buyer else "0",
         ]
-        status, *rest = self._run_take(keys, args, plan, room_pass)
+        status, *rest = self._run_take(names, args, plan, room_pass)
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
@@ -341,7 +344,7 @@ class RedisStock:
             return False
         if idempotency_key is None:
             return True
-        key = redis_keys.idempotency(order.product_id, order.user_id, idempotency_key)
+        key = keys.idempotency(order.product_id, order.user_id, idempotency_key)
         return not self._key_exists(key)
 
     @property
@@ -478,18 +481,18 @@ class RedisStock:
             plan = self.durability_plan()
         except (redis.RedisError, durability.DurabilityError):
             raise errors.unavailable() from None
-        keys = (
-            redis_keys.books(pid),
-            redis_keys.orders(pid),
-            redis_keys.buyer_orders(pid),
-            redis_keys.sync_mark(pid),
+        names = (
+            keys.books(pid),
+            keys.orders(pid),
+            keys.buyer_orders(pid),
+            keys.sync_mark(pid),
             self._instance_key(pid),
         )
         script: Script = self._lookup
         for attempt in (1, 2):
-            node = node_client(self.client, keys[0])
+            node = node_client(self.client, names[0])
             conn, run_id = self._ready(node)
-            look = ("EVALSHA", script.sha, len(keys), *keys, run_id, mode, what, self._marked)
+            look = ("EVALSHA", script.sha, len(names), *names, run_id, mode, what, self._marked)
             replies = self._round_trip(conn, [look, *plan.commands])
             reply = replies[0]
             if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
@@ -509,58 +512,57 @@ class RedisStock:
         raise errors.unavailable()
 
     def lookup(self, order_id: str) -> dict[str, Any]:
-        pid = redis_keys.product_of_order(order_id)
+        pid = keys.product_of_order(order_id)
         if pid is None:
             raise errors.unknown_order()
         reply = self._look(pid, "order", order_id)
         if reply[0] != "ok" or reply[1] is None:
             raise errors.unknown_order()
-        user, quantity, at_ms = reply[1].split(" ")
-        return _order(order_id, pid, user, int(quantity), at_ms)
+        return _order(pid, parse_index_record(order_id, reply[1]))
 
     def user_orders(self, pid: int, user: str) -> list[dict[str, Any]]:
         reply = self._look(pid, "user", user)
         if reply[0] != "ok":
             return []
-        found = []
-        for order_id, record in zip(reply[1::2], reply[2::2], strict=True):
-            _, quantity, at_ms = record.split(" ")
-            found.append(_order(order_id, pid, user, int(quantity), at_ms))
-        return found
+        return [
+            _order(pid, parse_index_record(order_id, record))
+            for order_id, record in zip(reply[1::2], reply[2::2], strict=True)
+        ]
 
     def _instance_key(self, pid: int) -> str:
-        return redis_keys.INSTANCE if self._marked == "1" else redis_keys.instance_placeholder(pid)
+        return keys.INSTANCE if self._marked == "1" else keys.instance_placeholder(pid)
 
 
-def _order(order_id: str, pid: int, user: str, quantity: int, at_ms: str) -> dict[str, Any]:
+def _order(pid: int, sale: Sale) -> dict[str, Any]:
     return {
-        "order_id": order_id,
+        "order_id": sale.order_id,
         "product_id": pid,
-        "user_id": user,
-        "quantity": quantity,
-        "ordered_at": _at(at_ms).isoformat(),
+        "user_id": sale.user_id,
+        "quantity": sale.quantity,
+        "ordered_at": _at(sale.at_ms).isoformat(),
     }
 
 
+Refusal = Callable[[list[Any], OrderRequest, int], ApiError]
+# take_stock.lua's refusals (a status and its values) as the API answers them; every
+# code is one of hotdeal.errors.OUTCOMES (tests/test_model.py holds the script to it).
+REFUSALS: dict[str, Refusal] = {
+    "sold_out": lambda rest, order, limit: errors.sold_out(int(rest[0])),
+    "limit_exceeded": lambda rest, order, limit: errors.limit_exceeded(
+        limit, rest[1].split() if len(rest) > 1 else []
+    ),
+    "not_open": lambda rest, order, limit: errors.not_open(_at(rest[0]).isoformat()),
+    "unknown": lambda rest, order, limit: errors.unknown_product(order.product_id),
+    "paused": lambda rest, order, limit: errors.paused(rest[0]),
+    "unvalidated": lambda rest, order, limit: errors.validating(),
+    "pass_required": lambda rest, order, limit: errors.pass_required(order.product_id),
+    "key_reused": lambda rest, order, limit: errors.key_reused(int(rest[0])),
+}
+
+
 def _refusal(status: str, rest: list[Any], order: OrderRequest, limit: int) -> ApiError:
-    if status == "sold_out":
-        return errors.sold_out(int(rest[0]))
-    if status == "limit_exceeded":
-        return errors.limit_exceeded(limit, rest[1].split() if len(rest) > 1 else [])
-    if status == "not_open":
-        return errors.not_open(_at(rest[0]).isoformat())
-    if status == "unknown":
-        return errors.unknown_product(order.product_id)
-    if status == "paused":
-        return errors.paused(rest[0])
-    if status == "unvalidated":
-        return errors.validating()
-    if status == "pass_required":
-        return errors.pass_required(order.product_id)
-    if status == "key_reused":
-        return ApiError(
-            422,
-            "idempotency_key_reused",
-            f"this Idempotency-Key was first used for quantity {rest[0]}",
-        )
-    raise RuntimeError(f"take_stock.lua returned {status!r}")
+    try:
+        refusal = REFUSALS[status]
+    except KeyError:
+        raise RuntimeError(f"take_stock.lua returned {status!r}") from None
+    return refusal(rest, order, limit)

@@ -7,13 +7,14 @@ from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from hotdeal import redis_keys, room
+from hotdeal import room
 from hotdeal.metrics import stock_families
+from hotdeal.model import keys
 from hotdeal.redis_client import Client, memory
 
 
 def _products(client: Client) -> list[int]:
-    return sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS))
+    return sorted(int(p) for p in client.smembers(keys.PRODUCTS))
 
 
 def read_stock(client: Client, service: str) -> Iterable[Metric]:
@@ -27,9 +28,7 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
     products = _products(client)
     pipe = client.pipeline(transaction=False)
     for pid in products:
-        pipe.hmget(
-            redis_keys.books(pid), redis_keys.QUANTITY, redis_keys.INITIAL, redis_keys.PAUSED
-        )
+        pipe.hmget(keys.books(pid), keys.QUANTITY, keys.INITIAL, keys.PAUSED)
     for pid, (left, first, why) in zip(products, pipe.execute(), strict=True):
         if left is None:
             continue

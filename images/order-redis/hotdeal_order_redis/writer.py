@@ -41,7 +41,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.resources import files
 
 import redis
@@ -49,13 +48,15 @@ import sqlalchemy.exc
 from prometheus_client import REGISTRY, make_wsgi_app
 from sqlalchemy import Engine, insert
 
-from hotdeal import durability, fence, metrics, redis_keys
+from hotdeal import durability, fence, metrics
 from hotdeal.admin import probe_server
 from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.errors import is_refusing, is_unavailable
 from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
+from hotdeal.model import keys
+from hotdeal.model.records import StreamEntry
 from hotdeal.redis_client import Client, is_cluster, node_client, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal_order_redis import writer_metrics
@@ -89,21 +90,6 @@ class Entry:
     entry_id: str
     row: OrderRow
     fields: dict[str, str]  # as read, for the dead-letter stream
-
-
-def _row(fields: dict[str, str]) -> OrderRow:
-    return OrderRow(
-        order_id=fields["order_id"],
-        prod_id=int(fields["product_id"]),
-        generation=int(fields["generation"]),
-        user_id=fields["user_id"],
-        quantity=int(fields["quantity"]),
-        source=Design.REDIS,
-        ordered_at=datetime.fromtimestamp(int(fields["ordered_at"]) / 1000, UTC),
-        take_epoch=int(fields["epoch"]),
-        take_seq=int(fields["seq"]),
-        idempotency_key=fields.get("idem") or None,
-    )
 
 
 def _product(stream: str) -> int:
@@ -157,7 +143,7 @@ class OrderWriter:
     # -- reading -------------------------------------------------------------------
     def streams(self) -> list[str]:
         if time.monotonic() - self._streams_at > 2.0 or not self._streams:
-            found = sorted(self.client.smembers(redis_keys.STREAMS))
+            found = sorted(self.client.smembers(keys.STREAMS))
             for stream in set(found) - set(self._streams):
                 self._ensure_group(stream)
             self._streams, self._streams_at = found, time.monotonic()
@@ -165,7 +151,7 @@ class OrderWriter:
 
     def _ensure_group(self, stream: str) -> None:
         try:
-            self.client.xgroup_create(stream, redis_keys.WRITER_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
         except redis.exceptions.OutOfMemoryError:
             pass  # refused even when it exists; a missing group shows as NOGROUP on read
         except redis.ResponseError as exc:
@@ -181,7 +167,7 @@ class OrderWriter:
         for stream in self.streams():
             _, messages, _deleted = self.client.xautoclaim(
                 stream,
-                redis_keys.WRITER_GROUP,
+                keys.WRITER_GROUP,
                 self.consumer,
                 min_idle_time=self.claim_idle_ms,
                 start_id="0-0",
@@ -217,7 +203,7 @@ class OrderWriter:
         if self.cluster and len(streams) > 1:
             return self._read_each(streams, count, block_ms=block_ms)
         reply = self.client.xreadgroup(
-            redis_keys.WRITER_GROUP,
+            keys.WRITER_GROUP,
             self.consumer,
             dict.fromkeys(streams, ">"),
             count=count,
@@ -234,7 +220,7 @@ class OrderWriter:
             if len(entries) >= count:
                 break
             reply = self.client.xreadgroup(
-                redis_keys.WRITER_GROUP,
+                keys.WRITER_GROUP,
                 self.consumer,
                 {stream: ">"},
                 count=count - len(entries),
@@ -258,7 +244,7 @@ class OrderWriter:
         entries: list[Entry] = []
         for stream, (mid, fields) in messages:
             try:
-                entries.append(Entry(stream, mid, _row(fields), fields))
+                entries.append(Entry(stream, mid, StreamEntry.parse(fields).row(), fields))
             except (KeyError, ValueError) as exc:
                 self.dead_letter(stream, mid, fields, f"malformed entry: {exc!r}")
         return entries
@@ -266,10 +252,10 @@ class OrderWriter:
     def dead_letter(self, stream: str, mid: str, fields: dict[str, str], reason: str) -> None:
         """Keep the entry for a human (with why), and let the stream move on."""
         log.error("entry %s %s moved to the dead-letter stream: %s", stream, mid, reason)
-        dead = redis_keys.dead_letter(_product(stream))  # the product's slot
+        dead = keys.dead_letter(_product(stream))  # the product's slot
         fields = {"stream": stream, "id": mid, "reason": reason, **fields}
         flat = [x for pair in fields.items() for x in pair]
-        self._set_aside(keys=[stream, dead], args=[redis_keys.WRITER_GROUP, mid, *flat])
+        self._set_aside(keys=[stream, dead], args=[keys.WRITER_GROUP, mid, *flat])
         writer_metrics.DEAD_LETTERS.inc()
 
     # -- durability ----------------------------------------------------------------
@@ -298,7 +284,7 @@ class OrderWriter:
             for stream in streams:
                 # A script past maxmemory: a full Redis would refuse a plain SET, and the
                 # wait would then vouch for nothing.
-                key = f"{redis_keys.prefix(_product(stream))}-writer-sync"
+                key = f"{keys.prefix(_product(stream))}-writer-sync"
                 pipe.eval(SYNC_MARK, 1, key, self.consumer)
             for command in plan.commands:
                 pipe.execute_command(*command)
@@ -382,8 +368,8 @@ class OrderWriter:
         books = {}
         for stream, ids in by_stream.items():
             raw = self._ack(
-                keys=[stream, redis_keys.books(_product(stream))],
-                args=[redis_keys.WRITER_GROUP, *ids],
+                keys=[stream, keys.books(_product(stream))],
+                args=[keys.WRITER_GROUP, *ids],
             )
             books[stream] = dict(zip(raw[::2], raw[1::2], strict=True))
         return books
@@ -397,9 +383,9 @@ class OrderWriter:
             newest[e.stream] = max(newest.get(e.stream, mark), mark)
         for stream, (generation, epoch, seq) in newest.items():
             current = books.get(stream) or {}
-            if not current or int(current.get(redis_keys.GENERATION, 0)) != generation:
+            if not current or int(current.get(keys.GENERATION, 0)) != generation:
                 continue  # reset since: an old event's orders
-            have = (int(current.get(redis_keys.EPOCH, 0)), int(current.get(redis_keys.SEQ, 0)))
+            have = (int(current.get(keys.EPOCH, 0)), int(current.get(keys.SEQ, 0)))
             if have < (epoch, seq):
                 reason = (
                     f"{fence.ROLLBACK}books at {have[0]}/{have[1]} but take "
@@ -456,7 +442,7 @@ class OrderWriter:
         self._checked_at = time.monotonic()
         for stream in self.streams():
             pid = _product(stream)
-            if not self.client.exists(redis_keys.books(pid)):
+            if not self.client.exists(keys.books(pid)):
                 # Books deleted on a live server (by hand, a bad script): restored from
                 # the database, as after a restart.
                 log.warning("product %s has no books: %s", pid, self._validate(pid))

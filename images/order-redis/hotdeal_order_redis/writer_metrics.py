@@ -10,8 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
-from hotdeal import redis_keys
 from hotdeal.metrics import LATENCY_BUCKETS
+from hotdeal.model import keys
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -91,11 +91,11 @@ def read_backlog(client: Client) -> Iterable[Metric]:
     )
     now_s, now_us = client.time()
     now_ms = now_s * 1000 + now_us // 1000
-    for pid in sorted(int(p) for p in client.smembers(redis_keys.PRODUCTS)):
-        stream = redis_keys.orders_stream(pid)
+    for pid in sorted(int(p) for p in client.smembers(keys.PRODUCTS)):
+        stream = keys.orders_stream(pid)
         pipe = client.pipeline(transaction=False)
         pipe.xlen(stream)
-        pipe.xpending(stream, redis_keys.WRITER_GROUP)
+        pipe.xpending(stream, keys.WRITER_GROUP)
         pipe.xrange(stream, count=1)
         try:
             length, pending, first = pipe.execute()

@@ -282,7 +282,8 @@ def test_a_retried_batch_keeps_only_what_the_current_redis_holds(
     """A batch read from a primary that then failed over is retried against the new
     primary: entries it never received must not reach order_history (chaos found the
     books 'behind the database' after every failover until this)."""
-    from hotdeal_order_redis.writer import Entry, _row
+    from hotdeal.model.records import StreamEntry
+    from hotdeal_order_redis.writer import Entry
 
     rclient = private_redis(8)
     reset_both(engine, rclient, POISON_PRODUCT, 100, slots=1, opens_at=None, discard_orders=True)
@@ -296,8 +297,8 @@ def test_a_retried_batch_keeps_only_what_the_current_redis_holds(
     writer._ensure_group(stream)
     rclient.xreadgroup(keys.WRITER_GROUP, "retry", {stream: ">"})
     writer._retry = [
-        Entry(stream, kept_id, _row(kept), kept),
-        Entry(stream, "1-1", _row(lost), lost),  # read from the old primary only
+        Entry(stream, kept_id, StreamEntry.parse(kept).row(), kept),
+        Entry(stream, "1-1", StreamEntry.parse(lost).row(), lost),  # from the old primary
     ]
     writer.run_once()
     with engine.connect() as conn:

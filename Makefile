@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth bench-sold-out bench-workers bench-spike chaos test-shuffled test-explore clean
+.PHONY: help deps deps-images venv test test-images images lint up demo bench bench-probes bench-redis bench-slow-clients bench-auth bench-sold-out bench-workers bench-holds bench-spike chaos test-shuffled test-explore clean
 
 help:
 	@echo "make demo         replay the workshop's event locally (legacy vs redis vs slots) and compare"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-sold-out  sold-out answers vs a bare Flask route; how long a returned unit waits"
 	@echo "make bench-workers   order-redis with 2 or 4 sync workers per core (takes, sold out, slow clients)"
 	@echo "make bench-spike     20,000 buyers over 10 s around the opening, waiting room on and off"
+	@echo "make bench-holds     reservations: holds vs sales, confirms under a sale, an expiry storm"
 	@echo "make chaos        fault-injection runs (several seeds) with a checker; results/chaos-*.json"
 	@echo "make images       build both images (podman, local debootstrap base, wheelhouse)"
 	@echo "make lint         ruff, hadolint, shellcheck, helm lint"
@@ -112,6 +113,11 @@ bench-sold-out: deps venv
 # sold-out answers and a sale under slow clients (results/workers.json).
 bench-workers: deps venv
 	$(BIN)/hotdeal-local bench-workers $(WORKERS_ARGS)
+
+# Reservations: holds vs sales, confirm latency under a sale, 10,000 holds expiring in
+# the same second (results/holds.json).
+bench-holds: deps venv
+	$(BIN)/hotdeal-local bench-holds $(HOLDS_ARGS)
 
 # The opening second: 20,000 buyers (a token each) over 10 s around the opening of 2,000
 # units, with the waiting room on and off (results/spike.json).

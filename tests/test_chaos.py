@@ -69,7 +69,7 @@ def test_each_checker_rule_fires():
     from hotdeal.db import make_engine
     from hotdeal.model import keys
     from hotdeal.schema import order_history
-    from hotdeal_local.chaos import Answer, Chaos
+    from hotdeal_local.chaos import Answer, Chaos, Settle
 
     chaos = Chaos(seed=1, rounds=0, round_s=2, durability="replica", workdir=workdir("rules"))
     chaos.settle_s = 1  # a tampered run never balances: no waiting for it to
@@ -103,6 +103,13 @@ def test_each_checker_rule_fires():
         chaos.stock = 200_000
         fires("the poisoned order was persisted", lambda: setattr(chaos, "poison", a.order_id))
         chaos.poison = None
+        # The payer's answers: a 200 confirm of an order the database does not hold
+        # confirmed, and one hold told two states.
+        told = Settle(0, a.order_id, "confirm", 200, "confirmed")
+        fires("the database holds None", lambda: setattr(chaos, "settles", [told]))
+        late = Settle(0, a.order_id, "confirm", 409, "expired")
+        fires("was told ['confirmed', 'expired']", lambda: setattr(chaos, "settles", [told, late]))
+        chaos.settles = []
 
         def dead_letter() -> None:
             books = chaos.redis().hgetall(keys.books(1))

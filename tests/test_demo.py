@@ -108,6 +108,9 @@ def test_redis_capacity_tool_measures_the_take_script(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert len(runs) == 3 and all(r["takes_per_second"] > 0 for r in runs)
     assert all(r["redis_cpu_us_per_take"] > 0 for r in runs)
+    # Every take sold: the tool sends the take as the service does (it once sent too
+    # few keys and arguments, and measured the script's refusal).
+    assert [r["sold"] for r in runs if r["script"].startswith("take")] == [2000, 2000]
 
 
 def test_demo_says_clearly_when_a_port_is_taken(tmp_path):

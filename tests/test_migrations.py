@@ -70,6 +70,47 @@ def chart_0_1_0() -> MetaData:
     return old
 
 
+def chart_0_2_0() -> MetaData:
+    """The tables chart 0.2.0's init-db made (create_all, before migrations)."""
+    old = MetaData()
+    Table(
+        "hotdeal_list",
+        old,
+        Column("prod_id", Integer, primary_key=True, autoincrement=False),
+        Column("quantity", BigInteger, nullable=False),
+        Column("initial_quantity", BigInteger, nullable=False),
+        Column("opens_at", TIMESTAMP(), nullable=True),
+        Column("generation", Integer, nullable=False),
+        Column("fence_epoch", Integer, nullable=False),
+    )
+    Table(
+        "hotdeal_slot",
+        old,
+        Column("prod_id", Integer, primary_key=True, autoincrement=False),
+        Column("slot", Integer, primary_key=True, autoincrement=False),
+        Column("quantity", BigInteger, nullable=False),
+        Column("generation", Integer, nullable=False),
+    )
+    Table(
+        "order_history",
+        old,
+        Column("order_id", String(48), primary_key=True),
+        Column("seq", BigInteger, Identity(), nullable=False),
+        Column("prod_id", Integer, nullable=False),
+        Column("generation", Integer, nullable=False),
+        Column("user_id", String(64), nullable=False),
+        Column("quantity", Integer, nullable=False),
+        Column("source", String(16), nullable=False),
+        Column("ordered_at", TIMESTAMP(), nullable=False),
+        Column("take_epoch", Integer, nullable=True),
+        Column("take_seq", BigInteger, nullable=True),
+        Column("idempotency_key", String(128), nullable=True),
+        Index("ix_order_history_prod_user", "prod_id", "user_id"),
+        Index("ix_order_history_prod_gen", "prod_id", "generation", "take_seq"),
+    )
+    return old
+
+
 @pytest.fixture
 def database(pg_server) -> str:
     return pg_server.new_database(f"migrate_{os.getpid()}_{next(_names)}")
@@ -99,14 +140,24 @@ def test_an_empty_database_gets_this_schema(database):
 
 
 def test_a_chart_0_2_0_database_is_recognised_and_kept(database):
-    """0.2.0 made today's tables with create_all and no version table."""
+    """0.2.0 made its tables with create_all and no version table."""
     engine = create_engine(database)
-    metadata.create_all(engine)
+    old = chart_0_2_0()
+    old.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(insert(hotdeal_list).values(prod_id=1, quantity=5, initial_quantity=5))
+        conn.execute(
+            insert(old.tables["hotdeal_list"]).values(
+                prod_id=1, quantity=5, initial_quantity=5, generation=3, fence_epoch=7
+            )
+        )
     engine.dispose()
     assert init_db(database)["schema"]["was"] == "0002"
     assert schema_drift(database) == []
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        head = conn.execute(select(hotdeal_list)).one()
+    engine.dispose()
+    assert (head.generation, head.fence_epoch, head.payment_window_s) == (3, 7, None)
 
 
 def test_a_chart_0_1_0_database_keeps_its_orders_in_event_1(database, stack_env):

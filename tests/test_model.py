@@ -13,8 +13,6 @@ from hotdeal.redis_client import make_redis
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.stock import REFUSALS, RedisStock
 
-from .events import event  # noqa: F401 (a fixture)
-
 TAKE = files("hotdeal_order_redis").joinpath("take_stock.lua").read_text()
 
 
@@ -28,7 +26,7 @@ def test_every_refusal_of_the_take_script_is_an_outcome():
         assert answer.status == errors.OUTCOMES[answer.code].status, status
 
 
-def test_the_take_scripts_records_are_the_models(event):  # noqa: F811
+def test_the_take_scripts_records_are_the_models(event):
     ev = event(stock=5)
     stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"]), write="stream")
     order = OrderRequest(1, "buyer-1", 2)

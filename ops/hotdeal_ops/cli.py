@@ -176,6 +176,7 @@ def _reset(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
         slots=slots,
         opens_at=getattr(args, "opens_at", None),
         discard_orders=getattr(args, "discard_orders", False),
+        payment_window_s=getattr(args, "payment_window", None),
     )
     opens = getattr(args, "opens_at", None)
     return {
@@ -185,6 +186,7 @@ def _reset(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
         "slots": slots,
         "generation": fresh.generation,
         "opens_at": opens.isoformat() if opens else None,
+        "payment_window_s": getattr(args, "payment_window", None),
     }
 
 
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--from",
         metavar="REVISION",
-        help="with --sql: the revision the database is at (0001: chart 0.1.0, 0002: 0.2.0)",
+        help="with --sql: the revision the database is at (0001: chart 0.1.0, 0002: "
+        "0.2.0, 0003: 0.3.0)",
     )
 
     rst = command("reset", cmd_reset)
@@ -375,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--discard-orders",
         action="store_true",
         help="start a new event even though the current one has orders (they are deleted)",
+    )
+    rst.add_argument(
+        "--payment-window",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="reservations: an order is a hold, released unless confirmed (paid) within "
+        "this many seconds (order-redis, stream mode; default: outright sales)",
     )
 
     rec = command("reconcile", cmd_reconcile)

@@ -71,7 +71,7 @@ def shipped_before_migrations(conn: Connection) -> str | None:
     if not inspector.has_table("hotdeal_list"):
         return None
     columns = {c["name"] for c in inspector.get_columns("hotdeal_list")}
-    return "0002" if "fence_epoch" in columns else "0001"
+    return "0002" if "fence_epoch" in columns else "0001"  # 0003 came with migrations
 
 
 def _revision(conn: Connection) -> str | None:

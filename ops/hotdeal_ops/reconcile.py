@@ -7,7 +7,9 @@ product's current event (generation) counts:
 - redis:                  initial = remaining + sold in Redis's books, and
                           sold = units persisted + units in flight + units dead-lettered
                           (answered, refused by the database: still sold)
-                          (+ inline in progress)
+                          (+ inline in progress); under reservations sold = held +
+                          confirmed, released holds gave their units back, and no hold
+                          is confirmed in one store and released in the other
 
 One consistent picture, also during live traffic: Redis is read in one transaction
 (its books, buyers and the stream's last id); then we wait until the writer has
@@ -22,11 +24,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, func, select
 
 from hotdeal.designs import Design
 from hotdeal.inline import InlineTakes
 from hotdeal.model import keys, product
+from hotdeal.model.records import Sale, StreamEntry, parse_index_record
+from hotdeal.model.states import HoldState
 from hotdeal.redis_client import Client
 from hotdeal.schema import hotdeal_list, hotdeal_slot, order_history
 
@@ -130,7 +134,14 @@ def reconcile(
         report["order_history"] = {"rows": int(rows)}
         if picture is not None and in_flight is not None:
             report[Design.REDIS] = _redis_books(
-                conn, product_id, gen, head.initial_quantity, picture, in_flight, violations
+                conn,
+                product_id,
+                gen,
+                head.initial_quantity,
+                picture,
+                in_flight,
+                violations,
+                client,
             )
     report["violations"] = violations
     report["ok"] = not violations
@@ -145,6 +156,7 @@ def _redis_books(
     picture: product.Picture,
     queued: list[dict[str, str]],
     violations: list[str],
+    client: Client,
 ) -> dict[str, Any]:
     books, buyers = picture.books, picture.buyers
     if not books:
@@ -157,53 +169,69 @@ def _redis_books(
         )
         return {"found": True, "generation": int(books[keys.GENERATION])}
     initial, remaining, sold = (int(books[k]) for k in (keys.INITIAL, keys.QUANTITY, keys.SOLD))
+    held, released = (int(books.get(k, 0)) for k in (keys.HELD, keys.RELEASED))
     epoch, seq = int(books[keys.EPOCH]), int(books[keys.SEQ])
     inline_pending = int(books.get(keys.INLINE_PENDING, 0))
-    upto = or_(
-        order_history.c.take_epoch < epoch,
-        and_(order_history.c.take_epoch == epoch, order_history.c.take_seq <= seq),
-    )
+    c = order_history.c
+    ours = (c.prod_id == pid, c.generation == gen, c.source == Design.REDIS)
     rows = conn.execute(
-        select(order_history.c.order_id, order_history.c.user_id, order_history.c.quantity).where(
-            order_history.c.prod_id == pid,
-            order_history.c.generation == gen,
-            order_history.c.source == Design.REDIS,
-            upto,
-        )
-    ).all()
-    everything = _in_event(conn, pid, gen, Design.REDIS)
+        select(
+            c.order_id, c.user_id, c.quantity, c.state, c.take_epoch, c.take_seq,
+            c.change_epoch, c.change_seq,
+        ).where(*ours)
+    ).all()  # fmt: skip
+    picture_marks = (epoch, seq)
+    # Each order as the picture saw it: stored takes and changes up to its (epoch, seq)
+    # (a change made after it reads as the hold it was), then the stream's entries, then
+    # the dead letters (answered, refused by the database: still taken).
+    orders: dict[str, Sale] = {}
+    for r in rows:
+        if (r.take_epoch or 0, r.take_seq or 0) > picture_marks:
+            continue
+        state = r.state
+        changed_since = (r.change_epoch or 0, r.change_seq or 0) > picture_marks
+        if state not in (None, HoldState.RESERVED) and changed_since:
+            state = HoldState.RESERVED
+        orders[r.order_id] = Sale(r.order_id, r.user_id, int(r.quantity), 0, None, state)
+    persisted_ids = set(orders)
+    queued_units = 0
+    dead_units = 0
+    for source, entries in (("queued", queued), ("dead", picture.dead_letters)):
+        for fields in entries:
+            try:
+                entry = StreamEntry.parse(fields)
+            except (KeyError, ValueError):
+                continue
+            if entry.generation != gen:
+                continue
+            known = orders.get(entry.order_id)
+            if entry.change:
+                if (known is not None and known.state == HoldState.RESERVED) or known is None:
+                    orders[entry.order_id] = entry.sale()
+            elif known is None:
+                orders[entry.order_id] = entry.sale()
+                if source == "queued":
+                    queued_units += entry.quantity
+                else:
+                    dead_units += entry.quantity
+    units = product.units_of(list(orders.values()))
+    by_user: Counter[str] = Counter()
+    for sale in orders.values():
+        if sale.counts:
+            by_user[sale.user_id] += sale.quantity
+    persisted = sum(orders[o].quantity for o in persisted_ids if orders[o].counts)
+    everything = sum(int(r.quantity) for r in rows if r.state not in HoldState.RELEASED)
     # Every take gets its own (epoch, seq): two stored orders with one number mean the
     # books went backwards and sold the same take again (a restore no check caught).
     twice = conn.execute(
         select(func.count()).select_from(
-            select(order_history.c.take_epoch, order_history.c.take_seq)
-            .where(
-                order_history.c.prod_id == pid,
-                order_history.c.generation == gen,
-                order_history.c.source == Design.REDIS,
-            )
-            .group_by(order_history.c.take_epoch, order_history.c.take_seq)
+            select(c.take_epoch, c.take_seq)
+            .where(*ours)
+            .group_by(c.take_epoch, c.take_seq)
             .having(func.count() > 1)
             .subquery()
         )
     ).scalar_one()
-    persisted_ids = {r.order_id for r in rows}
-    by_user: Counter[str] = Counter()
-    for r in rows:
-        by_user[r.user_id] += int(r.quantity)
-    persisted = sum(by_user.values())
-    in_flight = [o for o in queued if o["order_id"] not in persisted_ids]
-    for o in in_flight:
-        by_user[o["user_id"]] += int(o["quantity"])
-    in_flight_units = sum(int(o["quantity"]) for o in in_flight)
-    counted = persisted_ids | {o["order_id"] for o in in_flight}
-    dead: dict[str, dict[str, str]] = {}
-    for o in picture.dead_letters:
-        if o.get("generation") == str(gen) and o.get("order_id") not in counted:
-            dead.setdefault(o["order_id"], o)
-    for o in dead.values():
-        by_user[o["user_id"]] += int(o["quantity"])
-    dead_units = sum(int(o["quantity"]) for o in dead.values())
 
     if books.get(keys.PAUSED):
         violations.append(f"redis: selling is paused: {books[keys.PAUSED]}")
@@ -213,32 +241,47 @@ def _redis_books(
         violations.append("redis: stock is negative")
     if initial != remaining + sold:
         violations.append(f"redis: initial {initial} != remaining {remaining} + sold {sold}")
-    if sold != persisted + in_flight_units + dead_units + inline_pending:
+    if sold != units.taken + inline_pending:
         violations.append(
-            f"redis: sold {sold} != persisted {persisted} + in flight {in_flight_units}"
+            f"redis: sold {sold} != persisted {persisted} + in flight {queued_units}"
             + (f" + dead-lettered {dead_units}" if dead_units else "")
             + (f" + inline in progress {inline_pending}" if inline_pending else "")
+            + (f" (held {units.held}, released {units.released})" if units.released else "")
             + " (an order was lost or duplicated)"
+        )
+    if (held, released) != (units.held, units.released):
+        violations.append(
+            f"redis: held {held} / released {released} != the orders' {units.held} / "
+            f"{units.released} (a hold settled twice, or lost)"
         )
     if everything > initial:
         violations.append(f"redis: {everything} units persisted, above the initial {initial}")
     if twice:
         violations.append(f"redis: {twice} takes were sold twice (the books went backwards)")
-    if len({o["order_id"] for o in in_flight}) != len(in_flight):
+    ids = [o["order_id"] for o in queued if o.get("kind") != "change"]
+    if len(set(ids)) != len(ids):
         violations.append("redis: the same order id is queued twice")
     mismatched = {u for u in set(by_user) | set(buyers) if by_user[u] != int(buyers.get(u, 0))}
     if mismatched and not inline_pending:
         violations.append(
             f"redis: per-user counts disagree with orders for {len(mismatched)} users"
         )
+    both = _sold_and_released(client, pid, rows)
+    if both:
+        violations.append(
+            f"redis: {len(both)} holds are confirmed in one store and released in the "
+            f"other (e.g. {both[0]})"
+        )
     return {
         "initial": initial,
         "remaining": remaining,
         "sold": sold,
+        "held": held,
+        "released": released,
         "persisted": persisted,
         "persisted_total": everything,
-        "in_flight": in_flight_units,
-        "in_flight_orders": len(in_flight),
+        "in_flight": queued_units,
+        "in_flight_orders": sum(1 for o in queued if o.get("kind") != "change"),
         "dead_lettered": dead_units,
         "inline_pending": inline_pending,
         "buyers": len(buyers),
@@ -246,3 +289,24 @@ def _redis_books(
         "seq": seq,
         "paused": books.get(keys.PAUSED),
     }
+
+
+def _sold_and_released(client: Client, pid: int, rows: list[Any]) -> list[str]:
+    """Holds settled one way in the database and the other in Redis: a unit both sold
+    and given back. Only settled states are compared (a change may be on its way)."""
+    settled = {r.order_id: r.state for r in rows if r.state and r.state != HoldState.RESERVED}
+    if not settled:
+        return []
+    ids = sorted(settled)
+    found: list[str] = []
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for order_id, raw in zip(chunk, client.hmget(keys.orders(pid), chunk), strict=True):
+            if raw is None:
+                continue
+            theirs = parse_index_record(order_id, raw).state
+            if theirs in (None, HoldState.RESERVED) or theirs == settled[order_id]:
+                continue
+            if HoldState.CONFIRMED in (theirs, settled[order_id]):
+                found.append(order_id)
+    return found

@@ -57,6 +57,7 @@ def reset_database(
     opens_at: datetime | None,
     at_least: tuple[int, int] = (0, 0),
     discard_orders: bool = False,
+    payment_window_s: int | None = None,
 ) -> Fresh:
     """New generation and epoch, above both the database's and `at_least` (Redis's).
     Refuses (ResetRefused) if the current event has orders, unless `discard_orders`."""
@@ -90,6 +91,7 @@ def reset_database(
             "opens_at": opens_at,
             "generation": fresh.generation,
             "fence_epoch": fresh.epoch,
+            "payment_window_s": payment_window_s,
         }
         if head:
             conn.execute(
@@ -123,6 +125,7 @@ def reset_redis(
     *,
     opens_at: datetime | None,
     fresh: Fresh,
+    payment_window_s: int | None = None,
 ) -> None:
     server = fence.run_id(client, product_id)
     if _rebuilt_meanwhile(client, product_id, fresh):
@@ -143,6 +146,7 @@ def reset_redis(
         generation=fresh.generation,
         opens_at=opens_at,
         server=server,
+        window_s=payment_window_s,
     )
     # The registries are global keys, outside the product's slot (a cluster allows a
     # transaction within one slot only): registered first, so a writer finds the stream.
@@ -187,6 +191,7 @@ def reset(
     slots: int,
     opens_at: datetime | None,
     discard_orders: bool = False,
+    payment_window_s: int | None = None,
 ) -> Fresh:
     """Both stores: the database first (it decides the generation), then Redis; then
     every product's books are checked on this Redis server (hotdeal.fence.validate_all,
@@ -209,8 +214,16 @@ def reset(
         opens_at=opens_at,
         at_least=redis_marks(client, product_id),
         discard_orders=discard_orders,
+        payment_window_s=payment_window_s,
     )
     if client is not None:
-        reset_redis(client, product_id, stock, opens_at=opens_at, fresh=fresh)
+        reset_redis(
+            client,
+            product_id,
+            stock,
+            opens_at=opens_at,
+            fresh=fresh,
+            payment_window_s=payment_window_s,
+        )
         fence.validate_all(engine, client, auto_repair=False)
     return fresh

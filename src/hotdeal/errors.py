@@ -55,6 +55,13 @@ OUTCOMES: dict[str, Outcome] = {
         counted=True,
         names_product=True,
     ),
+    # Reservations' confirm and cancel (counted in hotdeal_holds_settled_total).
+    "expired": Outcome(
+        409, "the hold was not confirmed by its deadline: its units went back (refund)"
+    ),
+    "cancelled": Outcome(409, "the hold was cancelled: its units went back (refund)"),
+    "confirmed": Outcome(409, "the hold is confirmed (paid): it can't be cancelled"),
+    "not_reserved": Outcome(409, "the order is an outright sale, not a hold"),
     "request_entity_too_large": Outcome(413, "a body over 4 KiB"),
     "request_uri_too_long": Outcome(414, "a URI too long"),
     "idempotency_key_reused": Outcome(
@@ -123,6 +130,33 @@ def limit_exceeded(limit: int, orders: list[str]) -> ApiError:
 
 def not_open(opens_at: str) -> ApiError:
     return ApiError(409, "not_open", "the event has not opened yet", opens_at=opens_at)
+
+
+def released(state: str, order_id: str) -> ApiError:
+    """A confirm of a hold whose units went back ("expired" or "cancelled"): the payment
+    must be refunded."""
+    why = "its deadline passed" if state == "expired" else "it was cancelled"
+    return ApiError(
+        409,
+        state,
+        f"hold {order_id} was released ({why}): refund the payment",
+        order_id=order_id,
+        state=state,
+    )
+
+
+def already_confirmed(order_id: str) -> ApiError:
+    return ApiError(
+        409,
+        "confirmed",
+        f"hold {order_id} is confirmed (paid): it can't be cancelled",
+        order_id=order_id,
+        state="confirmed",
+    )
+
+
+def not_reserved() -> ApiError:
+    return ApiError(409, "not_reserved", "this order is an outright sale, not a hold")
 
 
 def pass_required(product_id: int) -> ApiError:

@@ -9,7 +9,7 @@ intact:
   take script compares with what the caller passes (hotdeal_order_redis.seen, shared by
   the server's workers) and pauses the product otherwise;
 - every order in order_history of the current generation is at <= the books' (epoch,
-  seq), and its units are <= `sold` (the writer checks after each batch and every few
+  seq), and its units are <= `sold` + `released` (the writer checks after each batch and every few
   seconds, see `check`).
 If Redis came back older (a restart from an older AOF, a failover to a lagging replica,
 a restore, a hand edit) one of these fails first, the product is paused (503 `paused`,
@@ -43,7 +43,7 @@ from sqlalchemy import Engine, func, select, update
 from hotdeal.designs import Design
 from hotdeal.inline import InlineTakes
 from hotdeal.model import keys, product
-from hotdeal.model.records import Sale, StreamEntry, at_ms
+from hotdeal.model.records import HoldState, Sale, StreamEntry, at_ms
 from hotdeal.redis_client import Client, is_cluster, node_client, primaries
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -64,20 +64,27 @@ class DatabaseMarks:
 
 
 def database_marks(engine: Engine, pid: int, generation: int) -> DatabaseMarks:
-    """What order_history holds of Redis's sales in this event (legacy sales are not)."""
+    """What order_history holds of Redis's sales in this event (legacy sales are not):
+    the units ever taken (released holds' too: Redis counts them in `released`) and the
+    newest take or change."""
     rows = order_history.c
     ours = (rows.prod_id == pid, rows.generation == generation, rows.source == Design.REDIS)
     with engine.connect() as conn:
         units = conn.execute(
             select(func.coalesce(func.sum(rows.quantity), 0)).where(*ours)
         ).scalar_one()
-        epoch = conn.execute(select(func.max(rows.take_epoch)).where(*ours)).scalar_one()
-        seq = 0
-        if epoch is not None:
-            seq = conn.execute(
-                select(func.max(rows.take_seq)).where(*ours, rows.take_epoch == epoch)
-            ).scalar_one()
-    return DatabaseMarks(generation, int(units), int(epoch or 0), int(seq or 0))
+        newest = (0, 0)
+        for epoch_column, seq_column in (
+            (rows.take_epoch, rows.take_seq),
+            (rows.change_epoch, rows.change_seq),
+        ):
+            epoch = conn.execute(select(func.max(epoch_column)).where(*ours)).scalar_one()
+            if epoch is not None:
+                seq = conn.execute(
+                    select(func.max(seq_column)).where(*ours, epoch_column == epoch)
+                ).scalar_one()
+                newest = max(newest, (int(epoch), int(seq or 0)))
+    return DatabaseMarks(generation, int(units), *newest)
 
 
 def _fence(client: Client, pid: int, *args: object) -> object:
@@ -131,7 +138,10 @@ def _next_epoch(engine: Engine, pid: int, books_epoch: int) -> int:
 
 def behind(books: dict[str, str], marks: DatabaseMarks) -> str | None:
     """Why Redis's books are behind the database's (None: they are not)."""
-    epoch, seq, sold = (int(books.get(k, 0)) for k in (keys.EPOCH, keys.SEQ, "sold"))
+    epoch, seq, sold, released = (
+        int(books.get(k, 0)) for k in (keys.EPOCH, keys.SEQ, keys.SOLD, keys.RELEASED)
+    )
+    sold += released  # ever taken: grows as the database's rows do
     if (marks.epoch, marks.seq) > (epoch, seq):
         return (
             f"{ROLLBACK}books at {epoch}/{seq} but order_history holds take "
@@ -174,6 +184,7 @@ def _head(engine: Engine, pid: int) -> dict[str, Any] | None:
                 hotdeal_list.c.generation,
                 hotdeal_list.c.fence_epoch,
                 hotdeal_list.c.opens_at,
+                hotdeal_list.c.payment_window_s,
             ).where(hotdeal_list.c.prod_id == pid)
         ).first()
     return head._asdict() if head else None
@@ -189,6 +200,10 @@ def _persisted(engine: Engine, pid: int, generation: int) -> list[Sale]:
                 rows.quantity,
                 rows.ordered_at,
                 rows.idempotency_key,
+                rows.state,
+                rows.expires_at,
+                rows.take_epoch,
+                rows.take_seq,
             )
             .where(
                 rows.prod_id == pid,
@@ -198,13 +213,23 @@ def _persisted(engine: Engine, pid: int, generation: int) -> list[Sale]:
             .order_by(rows.seq)
         ).all()
     return [
-        Sale(r.order_id, r.user_id, int(r.quantity), at_ms(r.ordered_at), r.idempotency_key)
+        Sale(
+            r.order_id,
+            r.user_id,
+            int(r.quantity),
+            at_ms(r.ordered_at),
+            r.idempotency_key,
+            r.state,
+            at_ms(r.expires_at) if r.expires_at is not None else None,
+            (int(r.take_epoch or 0), int(r.take_seq or 0)),
+        )
         for r in found
     ]
 
 
 def dead_letters(client: Client, pid: int, generation: int) -> list[Sale]:
-    """Orders of this event the writers set aside (answered 201, never stored)."""
+    """Orders of this event the writers set aside (answered, never stored), and the
+    changes of holds they could not store, in the order they were made."""
     found = []
     for _, fields in client.xrange(keys.dead_letter(pid)):
         try:
@@ -214,6 +239,18 @@ def dead_letters(client: Client, pid: int, generation: int) -> list[Sale]:
         if entry.generation == generation:
             found.append(entry.sale())
     return found
+
+
+def _with_dead_letters(sales: list[Sale], dead: list[Sale]) -> list[Sale]:
+    """The database's sales, and the dead letters': an order once, however often it
+    was set aside, in the newest state known (a hold settles once: the settled state
+    wins over "reserved")."""
+    by_id = {s.order_id: s for s in sales}
+    for sale in dead:
+        known = by_id.get(sale.order_id)
+        if known is None or (known.state == HoldState.RESERVED and sale.state != known.state):
+            by_id[sale.order_id] = sale
+    return list(by_id.values())
 
 
 def repair(
@@ -266,11 +303,11 @@ def _rebuild_books(
             f"Redis's books are of event {books[keys.GENERATION]}, the database's of "
             f"{head['generation']}: the database is behind Redis (restored?); run reset"
         )
-    sales = _persisted(engine, pid, head["generation"])
-    for dead in dead_letters(client, pid, head["generation"]):
-        if dead.order_id not in {s.order_id for s in sales}:
-            sales.append(dead)  # once, however often it was set aside
-    units = sum(s.quantity for s in sales)
+    sales = _with_dead_letters(
+        _persisted(engine, pid, head["generation"]),
+        dead_letters(client, pid, head["generation"]),
+    )
+    units = product.units_of(sales)
     marks = database_marks(engine, pid, head["generation"])
     epoch = max(int(books.get(keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
     seq = max(int(books.get(keys.SEQ, 0)), marks.seq)
@@ -281,7 +318,7 @@ def _rebuild_books(
     initial = int(head["initial_quantity"])
     # Never below zero: units sold beyond the stock stay visible in `sold` (and
     # reconcile reports them), but nothing more is sold.
-    remaining = max(initial - units, 0)
+    remaining = max(initial - units.taken, 0)
     _register(client, pid)
     # Keys of takes the database does not hold (an older event's, after a restore) must
     # not replay; the product sells nothing meanwhile, so none is made while we look.
@@ -299,12 +336,15 @@ def _rebuild_books(
         fields = product.fresh(
             remaining=remaining,
             initial=initial,
-            sold=units,
+            sold=units.taken,
             seq=seq,
             epoch=epoch,
             generation=head["generation"],
             opens_at=head["opens_at"],
             server=server,
+            window_s=head["payment_window_s"],
+            held=units.held,
+            released=units.released,
         )
         pipe.hset(books_key, mapping=fields)
         pipe.hdel(books_key, keys.PAUSED)
@@ -316,10 +356,10 @@ def _rebuild_books(
         "generation": head["generation"],
         "epoch": epoch,
         "seq": seq,
-        "sold": units,
+        "sold": units.taken,
         "remaining": remaining,
         "orders": len(sales),
-        "oversold": max(units - initial, 0),
+        "oversold": max(units.taken - initial, 0),
     }
 
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select, update
 
+from hotdeal.model.states import HoldState
 from hotdeal.schema import order_history
 
 # Oracle caps an IN list at 1000 expressions.
@@ -67,6 +68,12 @@ class OrderRow:
     take_epoch: int | None = None
     take_seq: int | None = None
     idempotency_key: str | None = None
+    # Reservations (hotdeal.model.records.HoldState); None for an outright sale.
+    state: str | None = None
+    expires_at: datetime | None = None
+    settled_at: datetime | None = None
+    change_epoch: int | None = None
+    change_seq: int | None = None
 
     def as_params(self) -> dict[str, object]:
         # dataclasses.asdict deep-copies every value: too slow for the writer's batches.
@@ -81,6 +88,11 @@ class OrderRow:
             "take_epoch": self.take_epoch,
             "take_seq": self.take_seq,
             "idempotency_key": self.idempotency_key,
+            "state": self.state,
+            "expires_at": self.expires_at,
+            "settled_at": self.settled_at,
+            "change_epoch": self.change_epoch,
+            "change_seq": self.change_seq,
         }
 
     @classmethod
@@ -111,3 +123,45 @@ def insert_new(conn: Connection, rows: Sequence[OrderRow]) -> int:
     if fresh:
         conn.execute(insert(order_history), fresh)
     return len(fresh)
+
+
+def apply_changes(conn: Connection, rows: Sequence[OrderRow]) -> None:
+    """Holds' changes (a confirm or a release, hotdeal.model.records): the stored hold,
+    still "reserved", takes its new state; an order whose take never reached the
+    database (dead-lettered) is stored in its new state. A change stored before (a
+    replayed batch) changes nothing: a hold settles once."""
+    if not rows:
+        return
+    stored: dict[str, str | None] = {}
+    for start in range(0, len(rows), MAX_IN_LIST):
+        ids = [r.order_id for r in rows[start : start + MAX_IN_LIST]]
+        found = conn.execute(
+            select(order_history.c.order_id, order_history.c.state).where(
+                order_history.c.order_id.in_(ids)
+            )
+        )
+        stored.update((r.order_id, r.state) for r in found)
+    insert_new(conn, [r for r in rows if r.order_id not in stored])
+    held = [r for r in rows if r.order_id in stored and stored[r.order_id] == HoldState.RESERVED]
+    if held:
+        c = order_history.c
+        conn.execute(
+            update(order_history)
+            .where(c.order_id == bindparam("oid"), c.state == HoldState.RESERVED)
+            .values(
+                state=bindparam("new_state"),
+                settled_at=bindparam("new_settled_at"),
+                change_epoch=bindparam("new_change_epoch"),
+                change_seq=bindparam("new_change_seq"),
+            ),
+            [
+                {
+                    "oid": r.order_id,
+                    "new_state": r.state,
+                    "new_settled_at": r.settled_at,
+                    "new_change_epoch": r.change_epoch,
+                    "new_change_seq": r.change_seq,
+                }
+                for r in held
+            ],
+        )

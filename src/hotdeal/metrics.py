@@ -71,6 +71,20 @@ ROOM_WAIT = Histogram(
     ["service"],
     buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
 )
+HOLDS_SETTLED = Counter(
+    "hotdeal_holds_settled_total",
+    "Holds settled, each once by whoever got there first, by result: confirmed, "
+    "cancelled, expired (the sweeps count expired; the pods confirmed, cancelled and the "
+    "holds a confirm or cancel found expired).",
+    ["service", "result"],
+)
+HOLD_EXPIRY_LAG = Histogram(
+    "hotdeal_hold_expiry_lag_seconds",
+    "How long after its deadline a sweep released an expired hold (a confirm or cancel "
+    "that finds the deadline passed releases it at once).",
+    ["service"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
 ORDER_DURATION = Histogram(
     "hotdeal_order_duration_seconds",
     "Order request latency, as the service saw it.",

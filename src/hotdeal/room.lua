@@ -28,7 +28,7 @@
 -- Returns:
 --   {"unknown"}                            no books: not a product (or Redis came back empty)
 --   {"closed"}                             no room for this event (order directly)
---   {"sold_out"}                           nothing left to sell
+--   {"sold_out"}                           nothing left to sell, and nothing held
 --   {"no_place"}                           poll: no place in this room (another room's ticket)
 --   {"place", rank, frontier, rate, opens_at_ms, now_ms, room id, first_admission,
 --    pass_ttl_s}
@@ -44,7 +44,7 @@ end
 
 local room = redis.call("HMGET", KEYS[1], "generation", "mode", "rate", "frontier", "at",
   "pass_ttl", "id")
-local b = redis.call("HMGET", KEYS[3], "generation", "quantity", "opens_at", "paused")
+local b = redis.call("HMGET", KEYS[3], "generation", "quantity", "opens_at", "paused", "held")
 if not b[1] then
   return {"unknown"}
 end
@@ -101,7 +101,9 @@ if ARGV[1] == "poll" and ARGV[4] ~= room[7] then
   return {"no_place"} -- another room's ticket, sold out or not
 end
 advance(false)
-if stock <= 0 then
+-- Units held for payment are not lost yet: while any are, the line keeps its places
+-- and stands still (a release reopens the sale, and admission goes on).
+if stock <= 0 and number(b[5], 0) <= 0 then
   return {"sold_out"}
 end
 

@@ -63,6 +63,9 @@ hotdeal_list = Table(
     Column("opens_at", UtcDateTime(), nullable=True),
     Column("generation", Integer, nullable=False, default=1),
     Column("fence_epoch", Integer, nullable=False, default=1),
+    # Reservations (order-redis): an order is a hold that must be confirmed (paid) within
+    # this many seconds; NULL sells outright.
+    Column("payment_window_s", Integer, nullable=True),
 )
 
 # The DBA's remedy (HOTDEAL_LEGACY_SLOTS=N): the stock of one product spread over N rows
@@ -97,6 +100,15 @@ order_history = Table(
     Column("take_epoch", Integer, nullable=True),
     Column("take_seq", BigInteger, nullable=True),
     Column("idempotency_key", String(128), nullable=True),
+    # Reservations (hotdeal.model.records.HoldState): NULL for an outright sale; a hold
+    # is "reserved" until `expires_at`, then "confirmed", "expired" or "cancelled" at
+    # `settled_at`; the change's own place in the books (change_epoch, change_seq)
+    # fences it as take_epoch/take_seq fence the take.
+    Column("state", String(16), nullable=True),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("settled_at", UtcDateTime(), nullable=True),
+    Column("change_epoch", Integer, nullable=True),
+    Column("change_seq", BigInteger, nullable=True),
     Index("ix_order_history_prod_user", "prod_id", "user_id"),
     Index("ix_order_history_prod_gen", "prod_id", "generation", "take_seq"),
 )

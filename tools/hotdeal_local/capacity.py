@@ -25,23 +25,32 @@ from hotdeal.model import keys
 from hotdeal_local.ceiling import DECREMENT
 from hotdeal_local.ceiling import KEY as CEILING_KEY
 from hotdeal_local.servers import RedisServer, cpu_seconds, need_program
+from hotdeal_order_redis.stock import take_script_keys
 
 PRODUCT = 1
 
 
-def _commands(take_sha: str, decrement_sha: str) -> dict[str, list[str]]:
-    names = list(keys.take_keys(PRODUCT))
+def _commands(take_sha: str, decrement_sha: str, run_id: str) -> dict[str, list[str]]:
+    """The take as RedisStock sends it (its KEYS and ARGV, hotdeal_order_redis.stock),
+    on one Redis (the instance mark is real), without a waiting-room pass."""
     order_id = f"{PRODUCT}-__rand_int__-4f6c-4a8e-9d2b-7c1e5a3f9b60"
+    workshop = take_script_keys(PRODUCT, keys.idempotency_placeholder(PRODUCT), keys.INSTANCE)
+    api = take_script_keys(
+        PRODUCT,
+        keys.idempotency(PRODUCT, "buyer-__rand_int__", "key-__rand_int__"),
+        keys.INSTANCE,
+    )
+    after = (run_id, "1", "")
     return {
         "take, workshop shape": [
-            "EVALSHA", take_sha, "6", *names, keys.idempotency_placeholder(PRODUCT),
+            "EVALSHA", take_sha, str(len(workshop)), *workshop,
             "1", "workshop", "0", order_id, str(PRODUCT), "stream", "86400", "", "0", "0", "0",
+            *after,
         ],
         "take, API shape (new buyer, limit 1, key)": [
-            "EVALSHA", take_sha, "6", *names,
-            keys.idempotency(PRODUCT, "buyer-__rand_int__", "key-__rand_int__"),
+            "EVALSHA", take_sha, str(len(api)), *api,
             "1", "buyer-__rand_int__", "1", order_id, str(PRODUCT), "stream", "86400",
-            "key-__rand_int__", "0", "0", "1",
+            "key-__rand_int__", "0", "0", "1", *after,
         ],
         "ceiling: two-line decrement": ["EVALSHA", decrement_sha, "1", CEILING_KEY],
     }  # fmt: skip
@@ -59,14 +68,15 @@ def measure(
             client = redis.Redis.from_url(server.url, decode_responses=True)
             take = files("hotdeal_order_redis").joinpath("take_stock.lua").read_text()
             shas = client.script_load(take), client.script_load(DECREMENT)
-            for name, command in _commands(*shas).items():
+            run_id = client.info("server")["run_id"]
+            for name, command in _commands(*shas, run_id).items():
                 for n_clients in clients:
                     # Enough stock that every take sells; a fresh stream each time.
                     client.delete(*keys.take_keys(PRODUCT))
                     client.hset(
                         keys.books(PRODUCT),
                         mapping={"quantity": 10**9, "initial": 10**9, "sold": 0, "seq": 0,
-                                 "epoch": 1, "generation": 1},
+                                 "epoch": 1, "generation": 1, "validated": run_id},
                     )  # fmt: skip
                     client.set(CEILING_KEY, 10**9)
                     before = cpu_seconds(server.proc.pid)
@@ -88,6 +98,9 @@ def measure(
                             "takes_per_second": round(float(row["rps"])),
                             "p50_ms": float(row["p50_latency_ms"]),
                             "redis_cpu_us_per_take": round(used / requests * 1e6, 1),
+                            # A take that refused (unvalidated books, a key layout the
+                            # script does not expect) measures nothing: it must sell.
+                            "sold": int(client.hget(keys.books(PRODUCT), "sold") or 0),
                         }
                     )
                     print(

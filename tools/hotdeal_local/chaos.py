@@ -15,8 +15,10 @@ drained: what the database holds must never sell again, whichever pod takes the 
 order), Redis restarted empty, Redis full (maxmemory), the database refusing every
 write for seconds (read-only), a lost COMMIT reply in inline mode, slow clients on one
 pod's front (its workers must go on answering), a small event sold out under keyed
-retries, then units back in the next (they must sell). At the end (and
-before each reset) it checks:
+retries, then units back in the next (they must sell), an event of holds (reservations)
+that a payer confirms or cancels, late too, with a failover between holds and their
+confirms and a writer killed while releases are stored. At the end (and before each
+reset) it checks:
 - units persisted <= stock;
 - every 201 persisted, once, with the order id it answered (a dead-lettered order is
   not persisted: only the poisoned one may be dead-lettered);
@@ -25,6 +27,8 @@ before each reset) it checks:
 - every replay (same user and key) answered the same order id;
 - no 5xx but 503 with a documented error (unavailable, outcome_unknown, paused), and
   no 404 for the product the database knows;
+- every confirm answered 200 is stored confirmed, every 409 expired / cancelled (and a
+  cancel's 200) stored released, and no hold was told two states;
 - no take number (epoch, seq) stored twice (reconcile: a re-sale after a rollback,
   whatever the stock);
 - `hotdeal-ops reconcile` is clean.
@@ -32,6 +36,7 @@ before each reset) it checks:
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 import shutil
@@ -40,6 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.durability import online_replicas
 from hotdeal.model import keys
+from hotdeal.model.states import HoldState
 from hotdeal.schema import hotdeal_list, order_history
 from hotdeal_local import auth
 from hotdeal_local.front import front
@@ -82,9 +89,14 @@ FAULTS = (
     "replica_lag",
     "slow_clients",
     "sold_out_and_back",
+    "reservations",
 )
 # The event of `sold_out_and_back`: gone within its round, under the buyers' load.
 SMALL_STOCK = 40
+# The event of `reservations`: holds with a short payment window, most of them held at
+# once (releases must sell again), and a payer confirming or cancelling some, late too.
+HELD_STOCK = 300
+PAYMENT_WINDOW_S = 2
 # The poisoned order's take: its unit sold, its entry queued, as a buggy producer would.
 POISON = """
 local seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
@@ -122,6 +134,17 @@ class Answer:
 
 
 @dataclass
+class Settle:
+    """A payer's confirm or cancel and what it was told."""
+
+    event: int
+    order_id: str
+    op: str
+    status: int | None  # None: no answer
+    said: str | None  # the state (200) or the error (409)
+
+
+@dataclass
 class Chaos:
     seed: int
     rounds: int
@@ -134,6 +157,7 @@ class Chaos:
     buyers: int = 8
     users: int = 1_000_000
     answers: list[Answer] = field(default_factory=list)
+    settles: list[Settle] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     checked_units: int = 0
@@ -542,15 +566,89 @@ class Chaos:
         if sold == 0:
             self._violation("units came back but nothing was sold")
 
-    def _next_event(self, stock: int) -> None:
-        """Check the event as it stands, then reset to a new one of `stock` units."""
+    def fault_reservations(self) -> None:
+        """An event of holds with a short payment window under the buyers' load: a payer
+        confirms or cancels some (some after their deadline), the rest expire; the
+        Redis primary fails over between holds and their confirms, and a writer is
+        killed (-9) while the releases are stored. Every 200 confirm must stay sold,
+        every 409 expired released, and the released units sell again."""
+        stock = self.stock
+        self._next_event(HELD_STOCK, window_s=PAYMENT_WINDOW_S)
+        paying = threading.Event()
+        payer = threading.Thread(target=self.payer, args=(paying,), daemon=True)
+        payer.start()
+        time.sleep(max(self.round_s / 2, 1.5))
+        self.fault_redis_failover()
+        time.sleep(PAYMENT_WINDOW_S + 0.5)
+        self.fault_writer_kill9()
+        time.sleep(max(self.round_s / 2, 1.5))
+        paying.set()
+        payer.join(15)
+        with self.lock:
+            held = self.event
+            settled = [s for s in self.settles if s.event == held]
+        if not any(s.status == 200 for s in settled):
+            self._violation("no hold was confirmed or cancelled in the reservations round")
+        self._next_event(stock)
+
+    def payer(self, done: threading.Event) -> None:
+        """The payment callback (and some buyers' cancels): each of the event's holds,
+        at a random moment up to 1.5 windows after it was answered, is confirmed (60%),
+        cancelled (20%) or left to expire. Stops at `done` (before the next reset)."""
+        rng = random.Random(self.seed * 7919 + self.event)
+        event = self.event
+        seen: set[str] = set()
+        local = threading.local()
+
+        def settle(order_id: str, op: str) -> None:
+            session = getattr(local, "session", None) or requests.Session()
+            local.session = session
+            url = self.urls[hash(order_id) % 2]
+            try:
+                r = session.post(
+                    f"{url}/v1/orders/{order_id}/{op}",
+                    headers=auth.bearer("payments", scope=auth.ACT_FOR),
+                    timeout=3,
+                )
+                body = r.json()
+                said = body.get("state") or body.get("error")
+                answer = Settle(event, order_id, op, r.status_code, said)
+            except (requests.RequestException, ValueError):
+                answer = Settle(event, order_id, op, None, None)
+            with self.lock:
+                self.settles.append(answer)
+
+        due: list[tuple[float, str, str]] = []  # a heap: (when, order id, op)
+        with ThreadPoolExecutor(8) as pool:
+            while not done.wait(0.02):
+                with self.lock:
+                    fresh = [
+                        a.order_id
+                        for a in self.answers
+                        if a.event == event and a.status == 201 and a.order_id not in seen
+                    ]
+                for order_id in fresh:
+                    seen.add(order_id or "")
+                    pick = rng.random()
+                    if order_id is None or pick >= 0.8:
+                        continue
+                    at = time.monotonic() + rng.uniform(0, PAYMENT_WINDOW_S * 1.5)
+                    heapq.heappush(due, (at, order_id, "confirm" if pick < 0.6 else "cancel"))
+                while due and due[0][0] <= time.monotonic():
+                    _, order_id, op = heapq.heappop(due)
+                    pool.submit(settle, order_id, op)
+
+    def _next_event(self, stock: int, window_s: int | None = None) -> None:
+        """Check the event as it stands, then reset to a new one of `stock` units (of
+        holds with a payment window of `window_s`, if given)."""
         self.load_on.clear()
         time.sleep(0.5)
         self.check()
         with self.lock:
             self.event += 1
         self.stock = stock
-        ops(self.env, "reset", "--discard-orders", "--stock", str(stock))
+        window = ["--payment-window", str(window_s)] if window_s else []
+        ops(self.env, "reset", "--discard-orders", "--stock", str(stock), *window)
         self.load_on.set()
 
     # -- the check ------------------------------------------------------------------
@@ -607,8 +705,10 @@ class Chaos:
             answers = [a for a in self.answers if a.event == self.event]
             acknowledged_any = {a.order_id for a in self.answers if a.status == 201}
             self.checked_upto = len(self.answers)
-        units = sum(r.quantity for r in rows.values())
+        # Released holds gave their units back (and they sold again).
+        units = sum(r.quantity for r in rows.values() if r.state not in HoldState.RELEASED)
         self.checked_units += units
+        self._check_settles(rows)
         if units > self.stock:
             self.violations.append(f"event {self.event}: {units} units persisted > stock")
         acknowledged = {a.order_id for a in answers if a.status == 201}
@@ -647,6 +747,25 @@ class Chaos:
             self.violations.append(f"event {self.event}: {len(twice)} takes stored twice")
         if getattr(self, "poison", None) and self.poison in rows:
             self.violations.append("the poisoned order was persisted")
+
+    def _check_settles(self, rows: dict[str, Any]) -> None:
+        """What the payer was told, against what the database holds: a 200 confirm is
+        sold for good, a 409 expired or cancelled (and a cancel's 200) was released,
+        and no hold is both."""
+        with self.lock:
+            settles = [s for s in self.settles if s.event == self.event]
+        told: dict[str, set[str]] = {}
+        for s in settles:
+            if s.status in (200, 409) and s.said in HoldState.ALL:
+                told.setdefault(s.order_id, set()).add(s.said)
+        for order_id, states in told.items():
+            stored = rows[order_id].state if order_id in rows else None
+            if len(states) > 1:
+                self.violations.append(f"hold {order_id} was told {sorted(states)}")
+            elif stored != next(iter(states)):
+                self.violations.append(
+                    f"hold {order_id} was told {next(iter(states))}, the database holds {stored}"
+                )
 
     # -- the run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -690,6 +809,7 @@ class Chaos:
             "events": self.event + 1,
             "persisted_units": self.checked_units,
             "dead_lettered": self.dead_lettered,
+            "settles": dict(Counter(f"{s.op} {s.status} {s.said}" for s in self.settles)),
             "violations": self.violations,
             "ok": not self.violations,
         }

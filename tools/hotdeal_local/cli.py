@@ -232,6 +232,34 @@ def bench_sold_out(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_holds(args: argparse.Namespace) -> int:
+    from hotdeal_local.holdsbench import run_holds_bench
+
+    result = run_holds_bench(
+        **_rounds(args), storm=args.storm, workdir=args.workdir / "bench-holds"
+    )
+    versus, confirm, storm = (
+        result[k] for k in ("holds_vs_sales", "confirm_under_sale", "expiry_storm")
+    )
+    print(f"\norder-redis (fsync durability, behind its front), {_load(args)}:")
+    print(
+        f"  sales {versus['sales_per_second']:.1f} req/s, holds {versus['holds_per_second']:.1f}"
+        f" req/s: holds {versus['holds_over_sales']:.3f} of sales"
+    )
+    print(
+        f"  confirm under a sale: p50 {confirm['confirm_p50_ms']} ms, p99 "
+        f"{confirm['confirm_p99_ms']} ms, the sale at {confirm['sale_requests_per_second']} req/s"
+    )
+    print(
+        f"  {storm['holds']} holds expiring within {storm['deadline_spread_s']} s: all released "
+        f"{storm['all_released_after_last_deadline_s']} s after the last deadline; longest "
+        f"Redis command {storm['longest_command_ms']} ms (an expiry batch "
+        f"{storm['longest_expire_batch_ms']} ms, a take {storm['longest_take_ms']} ms)"
+    )
+    write_json(args.out, result)
+    return 0
+
+
 def bench_workers(args: argparse.Namespace) -> int:
     from hotdeal_local.workersbench import run_workers_bench
 
@@ -364,6 +392,14 @@ def main(argv: list[str] | None = None) -> None:
     p_sold.add_argument("--samples", type=int, default=20)
     p_sold.add_argument("--out", default="results/sold-out.json")
     p_sold.add_argument("--workdir", type=Path, default=REPO / ".local")
+    p_holds = sub.add_parser("bench-holds", help="reservations: holds vs sales, confirms, expiry")
+    p_holds.add_argument("--rounds", type=int, default=3)
+    p_holds.add_argument("--requests", "-n", type=int, default=20_000)
+    p_holds.add_argument("--concurrency", "-c", type=int, default=150)
+    p_holds.add_argument("--storm", type=int, default=10_000, help="holds expiring at once")
+    p_holds.add_argument("--out", default="results/holds.json")
+    p_holds.add_argument("--workdir", type=Path, default=REPO / ".local")
+
     p_workers = sub.add_parser("bench-workers", help="order-redis with 2 or 4 workers per core")
     p_workers.add_argument("--rounds", type=int, default=3)
     p_workers.add_argument("--requests", "-n", type=int, default=20_000)
@@ -399,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         "bench-auth": bench_auth,
         "bench-sold-out": bench_sold_out,
         "bench-workers": bench_workers,
+        "bench-holds": bench_holds,
         "bench-spike": bench_spike,
     }
     try:

@@ -78,7 +78,9 @@ class LocalStack:
         self.pg = PostgresServer(self.workdir / "postgres").start()
         ops(self.env, "init-db")
 
-    def reset(self, stock: int | None = None, slots: int = 8) -> None:
+    def reset(self, stock: int | None = None, slots: int = 8, window_s: int = 0) -> None:
+        """A new event; `window_s`: reservations' payment window (0: outright sales)."""
+        window = ("--payment-window", str(window_s)) if window_s else ()
         ops(
             self.env,
             "reset",
@@ -87,6 +89,7 @@ class LocalStack:
             str(stock or self.stock),
             "--slots",
             str(slots),
+            *window,
         )
 
     def redis_config(self, **settings: str) -> None:

@@ -12,10 +12,12 @@ from sqlalchemy import Engine
 from hotdeal import durability
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
-from hotdeal.errors import NotReady, unknown_order
-from hotdeal.identity import verifier_from_settings
+from hotdeal.errors import NotReady, already_confirmed, released, unknown_order
+from hotdeal.identity import insufficient_scope, verifier_from_settings
 from hotdeal.inline import InlineTakes
 from hotdeal.model import keys
+from hotdeal.model.records import iso_ms
+from hotdeal.model.states import HoldState
 from hotdeal.redis_client import Client, memory_full, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal.validation import (
@@ -37,6 +39,7 @@ from hotdeal.web import (
     workshop_answer,
     workshop_order_of,
 )
+from hotdeal_order_redis import holds
 from hotdeal_order_redis.queue import init_queue, passes_from_settings
 from hotdeal_order_redis.sold_out import SoldOutShortcut
 from hotdeal_order_redis.stock import RedisStock
@@ -59,6 +62,7 @@ def admin_probes(settings: Settings) -> tuple[dict[str, ReadinessCheck], list[Re
             raise NotReady(full)
 
     checks: dict[str, ReadinessCheck] = {"redis": redis_ready}
+    holds.start_expirer(client, SERVICE)
     if settings.order_write == "inline":
         engine = engine_from_settings(settings, pool_size=2)
         checks["database"] = lambda: table_reachable(engine, order_history)
@@ -113,6 +117,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     init_public(app, SERVICE, settings)
 
     orders = OrderRoutes(SERVICE)
+    holds.init_metrics(SERVICE)
     passes = passes_from_settings(settings, SERVICE)
     init_queue(app, settings, verifier, client, SERVICE, passes)
 
@@ -145,11 +150,15 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             raise
         passes.settle(room_pass, refused, None)
         call.product_known()
+        hold = {}
+        if taken.state is not None:
+            hold = {"state": taken.state, "expires_at": iso_ms(taken.expires_ms)}
         response = jsonify(
             order_id=taken.order_id,
             product_id=order.product_id,
             quantity=order.quantity,
             remaining=taken.remaining,
+            **hold,
         )
         if taken.replayed:
             response.headers["Idempotent-Replayed"] = "true"
@@ -173,6 +182,31 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
         if not caller.owns(record["user_id"]):
             raise unknown_order()
         return jsonify(record)
+
+    @app.post("/v1/orders/<order_id>/confirm")
+    def confirm_order(order_id: str) -> Response:
+        """The payment came in (a service: the payment callback): the hold is a sale."""
+        caller = caller_of_request(verifier)
+        if not caller.acts_for_buyers:
+            raise insufficient_scope(caller.act_for_scope)
+        settled = stock.settle(parse_order_id(order_id), "confirm")
+        holds.count(settled)
+        if settled.state != HoldState.CONFIRMED:
+            raise released(settled.state, settled.order_id)
+        return jsonify(order_id=settled.order_id, state=settled.state)
+
+    @app.post("/v1/orders/<order_id>/cancel")
+    def cancel_order(order_id: str) -> Response:
+        """The buyer (or a service) gives the hold up: its units go back at once."""
+        caller = caller_of_request(verifier)
+        order_id = parse_order_id(order_id)
+        if not caller.acts_for_buyers and not caller.owns(stock.lookup(order_id)["user_id"]):
+            raise unknown_order()
+        settled = stock.settle(order_id, "cancel")
+        holds.count(settled)
+        if settled.state == HoldState.CONFIRMED:
+            raise already_confirmed(settled.order_id)
+        return jsonify(order_id=settled.order_id, state=settled.state)
 
     @app.get("/v1/orders")
     def list_orders() -> Response:

@@ -34,7 +34,8 @@ from hotdeal.errors import ApiError
 from hotdeal.history import OrderRow, insert_new, new_order_id
 from hotdeal.inline import INLINE_FINAL_S, InlineTake, InlineTakes, committed, redis_now_ms
 from hotdeal.model import keys
-from hotdeal.model.records import Sale, parse_index_record
+from hotdeal.model.records import Sale, iso_ms, parse_index_record
+from hotdeal.model.states import HoldState
 from hotdeal.process import forks
 from hotdeal.redis_client import Client, is_cluster, node_client, refresh_topology
 from hotdeal.validation import OrderRequest
@@ -54,10 +55,49 @@ class Taken:
     remaining: int
     ordered_at_ms: str  # Redis's clock, epoch milliseconds
     replayed: bool
+    # Reservations: the hold's state and deadline (None: an outright sale).
+    state: str | None = None
+    expires_ms: int | None = None
 
     @property
     def ordered_at(self) -> datetime:
         return _at(self.ordered_at_ms)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A hold's state after a confirm or cancel; `changed` False: settled before."""
+
+    order_id: str
+    state: str
+    changed: bool
+
+
+def take_script_keys(pid: int, idem_key: str, instance_key: str) -> list[str]:
+    """take_stock.lua's KEYS, in its order."""
+    return [
+        *keys.take_keys(pid),
+        idem_key,
+        instance_key,
+        keys.sync_mark(pid),
+        keys.room(pid),
+        keys.inline_takes(pid),
+        keys.holds(pid),
+        keys.deadlines(pid),
+    ]
+
+
+def hold_keys(pid: int) -> list[str]:
+    """hold.lua's KEYS, in its order."""
+    return [
+        keys.books(pid),
+        keys.holds(pid),
+        keys.deadlines(pid),
+        keys.orders(pid),
+        keys.buyers(pid),
+        keys.orders_stream(pid),
+        keys.sync_mark(pid),
+    ]
 
 
 class Voided(Exception):
@@ -106,6 +146,7 @@ class RedisStock:
         self._take = client.register_script(_script("take_stock.lua"))
         self._inline = InlineTakes(client)
         self._lookup = client.register_script(_script("lookup.lua"))
+        self._hold = client.register_script(_script("hold.lua"))
         self._plan: durability.WaitPlan | None = None
         self._plan_checked = 0.0
         self._plan_lock = threading.Lock()
@@ -125,6 +166,7 @@ class RedisStock:
         try:
             for script in (
                 self._take,
+                self._hold,
                 self._inline.done_script,
                 self._inline.give_back_script,
                 self._lookup,
@@ -224,19 +266,25 @@ class RedisStock:
             conn.disconnect()
             raise errors.outcome_unknown() from None
 
-    def _run_take(
-        self, names: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
-    ) -> list[Any]:
-        script: Script = self._take
+    def _run_script(
+        self,
+        script: Script,
+        names: list[str],
+        args: list[Any],
+        plan: durability.WaitPlan,
+        after: tuple[Any, ...],
+    ) -> tuple[list[Any], bool]:
+        """`script` with `args`, the run_id of the server this connection reached and
+        `after`, then the durability wait, in one round trip. Returns the script's reply
+        and whether the wait was satisfied; `unavailable` if Redis refused the script
+        before it ran."""
         for attempt in (1, 2):
-            # The product's node (the client itself on one Redis): a take and its
+            # The product's node (the client itself on one Redis): a script and its
             # durability wait must share one connection there.
             node = node_client(self.client, names[0])
             conn, run_id = self._ready(node)
-            take = (
-                "EVALSHA", script.sha, len(names), *names, *args, run_id, self._marked, room_pass
-            )  # fmt: skip
-            replies = self._round_trip(conn, [take, *plan.commands])
+            call = ("EVALSHA", script.sha, len(names), *names, *args, run_id, *after)
+            replies = self._round_trip(conn, [call, *plan.commands])
             reply = replies[0]
             if isinstance(reply, Exception) and attempt == 1:
                 # Not run, so safe to send again: a node without the script (restarted,
@@ -248,18 +296,24 @@ class RedisStock:
                     refresh_topology(self.client)
                     continue
             if isinstance(reply, Exception):
-                # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was sold.
-                log.warning("take refused by Redis: %s", str(reply).split("\n")[0][:200])
+                # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was done.
+                log.warning("script refused by Redis: %s", str(reply).split("\n")[0][:200])
                 raise errors.unavailable()
-            # A replay wrote a mark after the original take: its wait covers that take.
-            if reply[0] in ("ok", "replay") and not plan.satisfied(replies[1:]):
-                raise errors.outcome_unknown()
-            # These name earlier takes (the buyer's orders, the key's quantity): this
-            # request sold nothing, and says nothing about takes not yet durable.
-            if reply[0] in ("limit_exceeded", "key_reused") and not plan.satisfied(replies[1:]):
-                raise errors.unavailable()
-            return reply
+            return reply, plan.satisfied(replies[1:])
         raise errors.unavailable()
+
+    def _run_take(
+        self, names: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
+    ) -> list[Any]:
+        reply, durable = self._run_script(self._take, names, args, plan, (self._marked, room_pass))
+        # A replay wrote a mark after the original take: its wait covers that take.
+        if reply[0] in ("ok", "replay") and not durable:
+            raise errors.outcome_unknown()
+        # These name earlier takes (the buyer's orders, the key's quantity): this
+        # request sold nothing, and says nothing about takes not yet durable.
+        if reply[0] in ("limit_exceeded", "key_reused") and not durable:
+            raise errors.unavailable()
+        return reply
 
     def take(
         self,
@@ -288,14 +342,7 @@ class RedisStock:
             raise errors.unavailable() from None
         except redis.RedisError:
             raise errors.unavailable() from None
-        names = [
-            *keys.take_keys(pid),
-            idem_key,
-            self._instance_key(pid),
-            keys.sync_mark(pid),
-            keys.room(pid),
-            keys.inline_takes(pid),
-        ]
+        names = take_script_keys(pid, idem_key, self._instance_key(pid))
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [
             order.quantity,
@@ -312,16 +359,19 @@ class RedisStock:
         ]
         status, *rest = self._run_take(names, args, plan, room_pass)
         if status == "ok":
-            remaining, order_id, at_ms, epoch, seq, generation = rest
+            remaining, order_id, at_ms, epoch, seq, generation, expires = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
-            taken = Taken(order_id, int(remaining), at_ms, replayed=False)
+            hold = (HoldState.RESERVED, int(expires)) if expires else (None, None)
+            taken = Taken(order_id, int(remaining), at_ms, False, *hold)
             if self.write == "inline":
                 marks = (int(generation), int(epoch), int(seq))
                 self._insert_inline(order, taken, marks, idempotency_key)
             return taken
         if status == "replay":
-            remaining, order_id, at_ms, state, _ = rest
-            taken = Taken(order_id, int(remaining), at_ms, replayed=True)
+            remaining, order_id, at_ms, state, _, record = rest
+            sale = parse_index_record(order_id, record) if record else None
+            hold = (sale.state, sale.expires_ms) if sale else (None, None)
+            taken = Taken(order_id, int(remaining), at_ms, True, *hold)
             if state != "pending" or self._pending(order, taken, idempotency_key):
                 return taken
             if not again:
@@ -473,6 +523,34 @@ class RedisStock:
         self._inline.give_back(take)
         return False
 
+    # -- reservations ------------------------------------------------------------------
+    def settle(self, order_id: str, op: str) -> Settled:
+        """Confirm (`op` "confirm") or cancel ("cancel") the hold `order_id` (hold.lua).
+        Idempotent: a hold settled before answers what it became. Answered only once
+        the change is durable, as a take is."""
+        pid = keys.product_of_order(order_id)
+        if pid is None:
+            raise errors.unknown_order()
+        try:
+            plan = self.durability_plan()
+        except (redis.RedisError, durability.DurabilityError):
+            raise errors.unavailable() from None
+        seen_epoch, seen_seq = self._seen.get(pid)
+        args = [op, order_id]
+        after = (seen_epoch, seen_seq, pid, keys.idempotency_prefix(pid))
+        reply, durable = self._run_script(self._hold, hold_keys(pid), args, plan, after)
+        status, *rest = reply
+        if status in HoldState.ALL:
+            if not durable:
+                raise errors.outcome_unknown()
+            epoch, seq = int(rest[0]), int(rest[1])
+            if seq:
+                self._seen.raise_to(pid, epoch, seq)
+            return Settled(order_id, status, changed=bool(seq))
+        if status == "unvalidated" and self._validate_here():
+            return self.settle(order_id, op)
+        raise _settle_refusal(status, rest)
+
     # -- lookups -----------------------------------------------------------------------
     def _look(self, pid: int, mode: str, what: str) -> list[Any]:
         """lookup.lua and the durability wait in one round trip on the product's node:
@@ -534,13 +612,16 @@ class RedisStock:
 
 
 def _order(pid: int, sale: Sale) -> dict[str, Any]:
-    return {
+    found: dict[str, Any] = {
         "order_id": sale.order_id,
         "product_id": pid,
         "user_id": sale.user_id,
         "quantity": sale.quantity,
         "ordered_at": _at(sale.at_ms).isoformat(),
     }
+    if sale.state is not None:
+        found.update(state=sale.state, expires_at=iso_ms(sale.expires_ms))
+    return found
 
 
 Refusal = Callable[[list[Any], OrderRequest, int], ApiError]
@@ -558,6 +639,18 @@ REFUSALS: dict[str, Refusal] = {
     "pass_required": lambda rest, order, limit: errors.pass_required(order.product_id),
     "key_reused": lambda rest, order, limit: errors.key_reused(int(rest[0])),
 }
+
+
+def _settle_refusal(status: str, rest: list[Any]) -> ApiError:
+    if status == "unknown":
+        return errors.unknown_order()
+    if status == "not_reserved":
+        return errors.not_reserved()
+    if status == "paused":
+        return errors.paused(rest[0])
+    if status == "unvalidated":
+        return errors.validating()
+    raise RuntimeError(f"hold.lua returned {status!r}")
 
 
 def _refusal(status: str, rest: list[Any], order: OrderRequest, limit: int) -> ApiError:

@@ -25,16 +25,22 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
         "hotdeal-ops repair).",
         labels=["service", "product"],
     )
+    held = GaugeMetricFamily(
+        "hotdeal_stock_held",
+        "Units taken by holds not confirmed yet (reservations): they may come back.",
+        labels=["service", "product"],
+    )
     products = _products(client)
     pipe = client.pipeline(transaction=False)
     for pid in products:
-        pipe.hmget(keys.books(pid), keys.QUANTITY, keys.INITIAL, keys.PAUSED)
-    for pid, (left, first, why) in zip(products, pipe.execute(), strict=True):
+        pipe.hmget(keys.books(pid), keys.QUANTITY, keys.INITIAL, keys.PAUSED, keys.HELD)
+    for pid, (left, first, why, holding) in zip(products, pipe.execute(), strict=True):
         if left is None:
             continue
         remaining.add_metric([service, str(pid)], float(left))
         initial.add_metric([service, str(pid)], float(first or 0))
         paused.add_metric([service, str(pid)], 1.0 if why else 0.0)
+        held.add_metric([service, str(pid)], float(holding or 0))
     used = GaugeMetricFamily(
         "hotdeal_redis_memory_used_bytes",
         "Memory Redis uses, per primary (INFO memory used_memory).",
@@ -48,7 +54,7 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
     for n, (in_use, most) in enumerate(memory(client)):
         used.add_metric([service, str(n)], float(in_use))
         limit.add_metric([service, str(n)], float(most))
-    yield from (remaining, initial, paused, used, limit)
+    yield from (remaining, initial, paused, held, used, limit)
     yield from _rooms(client, service, products)
 
 

@@ -8,7 +8,8 @@
 --       instance mark (on one Redis; a placeholder in a cluster, ARGV[13] "0"), 8 the
 --       product's sync mark (written before an answer that names an earlier take),
 --       9 the product's waiting room (hotdeal.room), 10 its inline takes (hash: inline
---       mode records each take until it is settled, hotdeal.inline)
+--       mode records each take until it is settled, hotdeal.inline), 11 its holds
+--       (hash), 12 their deadlines (sorted set): reservations, hotdeal.model
 -- ARGV: 1 quantity, 2 user id, 3 per-user limit (0 = none), 4 order id, 5 product id,
 --       6 "stream" or "inline", 7 idempotency TTL s, 8 the Idempotency-Key or "",
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
@@ -16,13 +17,15 @@
 --       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real,
 --       14 the room id of the order's verified pass ("" without one)
 -- Returns {status, ...}:
---   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation}
---   {"replay", remaining, order_id, ordered_at_ms, state, epoch}   state: "done" | "pending"
+--   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation, expires_ms}
+--       expires_ms: the hold's deadline under reservations, "" for an outright sale
+--   {"replay", remaining, order_id, ordered_at_ms, state, epoch, index record}
+--       state: "done" | "pending"
 --   {"key_reused", first_quantity}  {"unknown"}  {"not_open", opens_at_ms}
---   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining}  {"paused", reason}
+--   {"limit_exceeded", bought, "id id ..."}  {"sold_out", remaining, held}  {"paused", reason}
 --   {"unvalidated"}  {"pass_required"}
-local b = redis.call("HMGET", KEYS[1],
-  "quantity", "seq", "epoch", "generation", "opens_at", "paused", "sold", "validated")
+local b = redis.call("HMGET", KEYS[1], "quantity", "seq", "epoch", "generation", "opens_at",
+  "paused", "sold", "validated", "window_ms", "held")
 if not b[1] then
   -- No books: an unknown product, unless this server came back empty and the database's
   -- products are not restored yet (the instance mark is not this server's).
@@ -33,6 +36,12 @@ if not b[1] then
 end
 if b[6] then
   return {"paused", b[6]}
+end
+-- Reservations: a hold is settled through the stream (hotdeal.model); an inline take
+-- has no way to record its confirm or release.
+local window = tonumber(b[9] or "0") or 0
+if window > 0 and ARGV[6] == "inline" then
+  return {"paused", "reservations need the stream write mode (HOTDEAL_ORDER_WRITE=stream)"}
 end
 -- Books last checked against the database on another server (this one restarted, was
 -- restored or promoted): they may have forgotten sales. Nothing is sold until they are
@@ -65,7 +74,8 @@ if idem ~= "" then
     if tonumber(first[1]) ~= qty then
       return {"key_reused", first[1]}
     end
-    return {"replay", first[2], first[3], first[4], first[5] or "done", first[6] or "0"}
+    return {"replay", first[2], first[3], first[4], first[5] or "done", first[6] or "0",
+      redis.call("HGET", KEYS[4], first[3]) or ""}
   end
 end
 
@@ -94,16 +104,30 @@ end
 
 local stock = tonumber(b[1])
 if stock < qty then
-  return {"sold_out", stock}
+  return {"sold_out", stock, b[10] or "0"}
 end
 
 local remaining = stock - qty
 seq = seq + 1
 local order_id = ARGV[4]
 redis.call("HSET", KEYS[1], "quantity", remaining, "sold", tonumber(b[7]) + qty, "seq", seq)
+local record = user .. " " .. qty .. " " .. now_ms
+local expires = ""
 if ARGV[6] == "inline" then
   redis.call("HINCRBY", KEYS[1], "inline_pending", qty)
   redis.call("HSET", KEYS[10], order_id, qty .. " " .. now_ms .. " " .. user .. " " .. idem)
+elseif window > 0 then
+  -- A hold: the units are taken until it is confirmed, or released at its deadline.
+  expires = now_ms + window
+  record = record .. " reserved " .. expires
+  redis.call("HINCRBY", KEYS[1], "held", qty)
+  redis.call("HSET", KEYS[11], order_id,
+    qty .. " " .. expires .. " " .. user .. " " .. epoch .. " " .. seq .. " " .. idem)
+  redis.call("ZADD", KEYS[12], expires, order_id)
+  redis.call("XADD", KEYS[5], "*",
+    "order_id", order_id, "product_id", ARGV[5], "generation", b[4], "user_id", user,
+    "quantity", qty, "ordered_at", now_ms, "epoch", epoch, "seq", seq, "idem", idem,
+    "state", "reserved", "expires_at", expires)
 else
   redis.call("XADD", KEYS[5], "*",
     "order_id", order_id, "product_id", ARGV[5], "generation", b[4], "user_id", user,
@@ -114,11 +138,11 @@ if ARGV[11] == "1" then
   local listed = redis.call("HGET", KEYS[3], user)
   redis.call("HSET", KEYS[3], user, listed and (listed .. " " .. order_id) or order_id)
 end
-redis.call("HSET", KEYS[4], order_id, user .. " " .. qty .. " " .. now_ms)
+redis.call("HSET", KEYS[4], order_id, record)
 if idem ~= "" then
   redis.call("HSET", KEYS[6], "quantity", qty, "remaining", remaining, "order_id", order_id,
     "ordered_at", now_ms, "state", ARGV[6] == "inline" and "pending" or "done",
     "epoch", epoch)
   redis.call("EXPIRE", KEYS[6], tonumber(ARGV[7]))
 end
-return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4]}
+return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4], tostring(expires)}

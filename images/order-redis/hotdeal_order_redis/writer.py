@@ -54,12 +54,13 @@ from hotdeal.config import ConfigError, Settings
 from hotdeal.db import make_engine
 from hotdeal.designs import Design
 from hotdeal.errors import is_refusing, is_unavailable
-from hotdeal.history import MAX_IN_LIST, OrderRow, insert_new
+from hotdeal.history import MAX_IN_LIST, OrderRow, apply_changes, insert_new
 from hotdeal.model import keys
 from hotdeal.model.records import StreamEntry
 from hotdeal.redis_client import Client, is_cluster, node_client, redis_from_settings
 from hotdeal.schema import order_history
 from hotdeal_order_redis import writer_metrics
+from hotdeal_order_redis.holds import EXPIRE_EVERY_S, Expirer
 
 log = logging.getLogger("hotdeal.writer")
 # How often an idle writer looks at a cluster's streams (it can't block on all at once).
@@ -90,6 +91,15 @@ class Entry:
     entry_id: str
     row: OrderRow
     fields: dict[str, str]  # as read, for the dead-letter stream
+    change: bool = False  # a hold's confirm or release (hotdeal.model.records)
+
+    @property
+    def marks(self) -> tuple[int, int]:
+        """Its place in the books: the change's for a change, else the take's."""
+        row = self.row
+        if self.change:
+            return row.change_epoch or 0, row.change_seq or 0
+        return row.take_epoch or 0, row.take_seq or 0
 
 
 def _product(stream: str) -> int:
@@ -135,6 +145,8 @@ class OrderWriter:
         self._plan: durability.WaitPlan | None = None
         self._plan_at = 0.0
         self._instance_at = 0.0
+        self._expirer = Expirer(client, "writer")
+        self._expired_at = 0.0
         # order id -> (refusals, first refusal): a row is set aside only after several.
         self._refusals: dict[str, tuple[int, float]] = {}
         self._ack = client.register_script(_script("ack.lua"))
@@ -244,7 +256,8 @@ class OrderWriter:
         entries: list[Entry] = []
         for stream, (mid, fields) in messages:
             try:
-                entries.append(Entry(stream, mid, StreamEntry.parse(fields).row(), fields))
+                parsed = StreamEntry.parse(fields)
+                entries.append(Entry(stream, mid, parsed.row(), fields, parsed.change))
             except (KeyError, ValueError) as exc:
                 self.dead_letter(stream, mid, fields, f"malformed entry: {exc!r}")
         return entries
@@ -293,16 +306,24 @@ class OrderWriter:
                 raise durability.DurabilityError(f"durability wait timed out: {replies!r}")
 
     # -- writing -------------------------------------------------------------------
-    def _insert(self, rows: list[OrderRow]) -> int:
+    def _insert(self, batch: list[Entry]) -> int:
+        """The batch's new orders, then its holds' changes (a hold taken and settled in
+        one batch is stored, then updated), in one transaction."""
+        rows = [e.row for e in batch if not e.change]
+        changes = [e.row for e in batch if e.change]
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(order_history), [r.as_params() for r in rows])
+                if rows:
+                    conn.execute(insert(order_history), [r.as_params() for r in rows])
+                apply_changes(conn, changes)
             return len(rows)
         except sqlalchemy.exc.IntegrityError:
             # A replay (claimed from a dead writer, or a crash before the ack): some ids
             # are stored already. Take the slower path that skips them.
             with self.engine.begin() as conn:
-                return insert_new(conn, rows)
+                inserted = insert_new(conn, rows)
+                apply_changes(conn, changes)
+                return inserted
 
     def persist(self, batch: list[Entry]) -> tuple[int, list[tuple[Entry, str]]]:
         """Store what the database accepts; returns (inserted, entries it refused alone).
@@ -312,7 +333,7 @@ class OrderWriter:
         alone counts as the row's fault only if the database takes a good row at the
         same moment (DatabaseRefusing otherwise: the whole batch waits)."""
         try:
-            return self._insert([e.row for e in batch]), []
+            return self._insert(batch), []
         except Exception as exc:
             if is_unavailable(exc):
                 raise
@@ -379,7 +400,7 @@ class OrderWriter:
         it. If not, Redis came back older than the database: pause the product."""
         newest: dict[str, tuple[int, int, int]] = {}
         for e in batch:
-            mark = (e.row.generation, e.row.take_epoch or 0, e.row.take_seq or 0)
+            mark = (e.row.generation, *e.marks)
             newest[e.stream] = max(newest.get(e.stream, mark), mark)
         for stream, (generation, epoch, seq) in newest.items():
             current = books.get(stream) or {}
@@ -502,7 +523,19 @@ class OrderWriter:
             self._held = [e for e in batch if e.row.order_id in self._refusals]
         self._retry = []
         self.check_books()
+        self.expire_holds()
         return len(batch)
+
+    def expire_holds(self) -> None:
+        """Release holds past their deadline (the pods' admin listeners do it too:
+        whichever gets there first, hotdeal_order_redis.holds)."""
+        if time.monotonic() - self._expired_at < EXPIRE_EVERY_S:
+            return
+        self._expired_at = time.monotonic()
+        try:
+            self._expirer.sweep()
+        except redis.RedisError as exc:
+            log.warning("hold expiry sweep failed: %s", exc.__class__.__name__)
 
     def run(self, *, max_batches: int | None = None, burst: bool = False) -> None:
         """Until stopped; `max_batches` and `burst` (stop once nothing is left) bound it

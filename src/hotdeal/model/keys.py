@@ -29,6 +29,13 @@ GENERATION = "generation"  # the event (hotdeal_list.generation)
 OPENS_AT = "opens_at"  # epoch milliseconds; absent = open
 PAUSED = "paused"  # why selling stopped (absent = selling)
 INLINE_PENDING = "inline_pending"  # inline mode: units taken, row not settled yet
+# Reservations: the payment window (ms; absent or 0 = outright sales), and the units
+# taken by holds not confirmed yet (counted in `sold` too: initial = quantity + sold).
+WINDOW = "window_ms"
+HELD = "held"
+# Units released holds gave back, ever (in this epoch's books): `sold` + `released`
+# only grows, as the database's rows of the event do (hotdeal.fence compares them).
+RELEASED = "released"
 # run_id of the Redis server on which the books were last checked against the database
 # (reset, repair, hotdeal.fence.validate): on any other server nothing is sold.
 VALIDATED = "validated"
@@ -74,6 +81,17 @@ def inline_takes(product_id: int) -> str:
     return f"{prefix(product_id)}-inline"
 
 
+def holds(product_id: int) -> str:
+    """Hash order_id -> "quantity expires_ms user_id take_epoch take_seq key" of the
+    product's holds not settled yet (hotdeal.model.records.Sale.hold_record)."""
+    return f"{prefix(product_id)}-holds"
+
+
+def deadlines(product_id: int) -> str:
+    """Sorted set order_id -> expires_ms of the same holds: the next to expire first."""
+    return f"{prefix(product_id)}-deadlines"
+
+
 def room(product_id: int) -> str:
     """Hash of the product's waiting room (hotdeal.room): its event, mode, rate, pass
     lifetime and admission frontier. Absent, or of another event: no room."""
@@ -111,7 +129,12 @@ def sync_mark(product_id: int) -> str:
 
 def idempotency(product_id: int, user_id: str, key: str) -> str:
     # Length-prefixed: user "a" with key "b:c" and user "a:b" with key "c" must differ.
-    return f"{prefix(product_id)}-idem:{len(user_id)}:{user_id}:{key}"
+    # hold.lua builds the same name from idempotency_prefix (a release drops the key).
+    return f"{idempotency_prefix(product_id)}{len(user_id)}:{user_id}:{key}"
+
+
+def idempotency_prefix(product_id: int) -> str:
+    return f"{prefix(product_id)}-idem:"
 
 
 def idempotency_pattern(product_id: int) -> str:

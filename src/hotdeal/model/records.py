@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from hotdeal.designs import Design
 from hotdeal.history import OrderRow
+from hotdeal.model.states import HoldState
 
 # The Idempotency-Key record's `state`: the take is durable in the stream ("done"), or
 # an inline take whose row is not known committed yet ("pending").
@@ -23,20 +24,43 @@ def from_ms(ms: int | str) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC)
 
 
+def iso_ms(ms: int | str | None) -> str | None:
+    """An answer's time (ISO 8601, UTC) of Redis's epoch milliseconds."""
+    return None if ms is None else from_ms(ms).isoformat()
+
+
 @dataclass(frozen=True, slots=True)
 class Sale:
     """An answered order: what the take recorded, and what repair rebuilds from
-    order_history, a dead letter or a stream entry."""
+    order_history, a dead letter or a stream entry. `state` and `expires_ms`: a hold's
+    (HoldState; None for an outright sale)."""
 
     order_id: str
     user_id: str
     quantity: int
     at_ms: int
     idempotency_key: str | None
+    state: str | None = None
+    expires_ms: int | None = None
+    take: tuple[int, int] = (0, 0)  # the take's (epoch, seq), for a hold's changes
+
+    @property
+    def counts(self) -> bool:
+        """Its units are taken (sold or held), not given back."""
+        return self.state not in HoldState.RELEASED
 
     def index_record(self) -> str:
-        """The order index's value (keys.orders): "user quantity ordered_at_ms"."""
-        return f"{self.user_id} {self.quantity} {self.at_ms}"
+        """The order index's value (keys.orders): "user quantity ordered_at_ms", and for a
+        hold " state expires_ms"."""
+        base = f"{self.user_id} {self.quantity} {self.at_ms}"
+        return base if self.state is None else f"{base} {self.state} {self.expires_ms}"
+
+    def hold_record(self) -> str:
+        """A hold's record in keys.holds: "quantity expires_ms user take_epoch take_seq
+        key" (key "" for none), the take's (epoch, seq) for its change entries."""
+        epoch, seq = self.take
+        key = self.idempotency_key or ""
+        return f"{self.quantity} {self.expires_ms} {self.user_id} {epoch} {seq} {key}"
 
     def idempotency_record(self, remaining: int) -> dict[str, object]:
         """The Idempotency-Key record of a take that is durable (keys.idempotency)."""
@@ -50,14 +74,29 @@ class Sale:
 
 
 def parse_index_record(order_id: str, raw: str) -> Sale:
-    user_id, quantity, ordered_at = raw.split(" ")
-    return Sale(order_id, user_id, int(quantity), int(ordered_at), None)
+    user_id, quantity, ordered_at, *hold = raw.split(" ")
+    state, expires = hold if hold else (None, None)
+    return Sale(
+        order_id,
+        user_id,
+        int(quantity),
+        int(ordered_at),
+        None,
+        state,
+        int(expires) if expires is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
-    """An order enqueued for the writers (keys.orders_stream), as take_stock.lua writes
-    it; dead letters carry the same fields and a `reason`."""
+    """An entry for the writers (keys.orders_stream), as take_stock.lua and hold.lua
+    write it; dead letters carry the same fields and a `reason`.
+
+    A take (`change` False) is a new order, `state` "reserved" for a hold. A change
+    (hold.lua: a confirm or a release) carries the whole order too, in its new state,
+    with the change's own place in the books (`change_epoch`, `change_seq`) and when it
+    happened: the writer updates the stored hold, or stores the order in that state if
+    its take never reached the database."""
 
     order_id: str
     product_id: int
@@ -68,10 +107,20 @@ class StreamEntry:
     epoch: int
     seq: int
     idempotency_key: str | None
+    state: str | None = None
+    expires_ms: int | None = None
+    change: bool = False
+    change_epoch: int | None = None
+    change_seq: int | None = None
+    settled_ms: int | None = None
 
     @classmethod
     def parse(cls, fields: Mapping[str, str]) -> StreamEntry:
-        """KeyError or ValueError for an entry the take script did not write."""
+        """KeyError or ValueError for an entry the scripts did not write."""
+        state = fields.get("state") or None
+        if state is not None and state not in HoldState.ALL:
+            raise ValueError(f"state {state!r}")
+        change = fields.get("kind") == "change"
         return cls(
             fields["order_id"],
             int(fields["product_id"]),
@@ -82,6 +131,12 @@ class StreamEntry:
             int(fields["epoch"]),
             int(fields["seq"]),
             fields.get("idem") or None,
+            state,
+            int(fields["expires_at"]) if state is not None else None,
+            change,
+            int(fields["change_epoch"]) if change else None,
+            int(fields["change_seq"]) if change else None,
+            int(fields["settled_at"]) if change else None,
         )
 
     def row(self) -> OrderRow:
@@ -96,10 +151,24 @@ class StreamEntry:
             take_epoch=self.epoch,
             take_seq=self.seq,
             idempotency_key=self.idempotency_key,
+            state=self.state,
+            expires_at=from_ms(self.expires_ms) if self.expires_ms is not None else None,
+            settled_at=from_ms(self.settled_ms) if self.settled_ms is not None else None,
+            change_epoch=self.change_epoch,
+            change_seq=self.change_seq,
         )
 
     def sale(self) -> Sale:
-        return Sale(self.order_id, self.user_id, self.quantity, self.at_ms, self.idempotency_key)
+        return Sale(
+            self.order_id,
+            self.user_id,
+            self.quantity,
+            self.at_ms,
+            self.idempotency_key,
+            self.state,
+            self.expires_ms,
+            (self.epoch, self.seq),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,243 @@
+"""Reservations: an order is a hold until it is paid (confirmed) or released (cancelled,
+or expired at its deadline), on real Redis, PostgreSQL, services and writers. Each hold
+settles exactly once, whoever gets there first; a late payment gets 409 expired."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import requests
+from sqlalchemy import create_engine, select
+
+from hotdeal.model import keys
+from hotdeal.redis_client import make_redis
+from hotdeal.schema import order_history
+from hotdeal.validation import OrderRequest
+from hotdeal_local import auth
+from hotdeal_local.servers import ops
+from hotdeal_order_redis.holds import Expirer
+from hotdeal_order_redis.stock import RedisStock
+from hotdeal_order_redis.writer import OrderWriter
+
+from .events import restart_from, snapshot, wait_until
+from .helpers import reconcile
+
+PAYMENTS = auth.bearer("payments", scope=auth.ACT_FOR)  # the payment callback's service
+
+
+def reserve(ev, window_s: int, stock: int = 10):
+    ops(ev.env, "reset", "--discard-orders", "--stock", str(stock), "--payment-window",
+        str(window_s))  # fmt: skip
+
+
+def hold(svc, user: str, key: str | None = None, quantity: int = 1) -> requests.Response:
+    headers = {"Idempotency-Key": key} if key else None
+    body = {"product_id": 1, "user_id": user, "quantity": quantity}
+    return svc.order(body, headers=headers)
+
+
+def settle(svc, order_id: str, op: str, headers: dict[str, str] | None = None):
+    return requests.post(
+        f"{svc.url}/v1/orders/{order_id}/{op}", headers=headers or PAYMENTS, timeout=10
+    )
+
+
+def stored_states(ev) -> dict[str, str | None]:
+    engine = create_engine(ev.env["HOTDEAL_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(order_history.c.order_id, order_history.c.state).where(
+                    order_history.c.prod_id == 1
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return dict(rows)
+
+
+def settled_everywhere(ev) -> None:
+    """The writers stored every change, and the books add up."""
+    wait_until(lambda: ev.client().xlen(keys.orders_stream(1)) == 0, "the stream to drain")
+    code, report = reconcile(ev.env, wait=True)
+    assert code == 0, report["violations"]
+
+
+def test_a_paid_hold_is_sold_once_and_cannot_be_cancelled(event):
+    ev = event()
+    reserve(ev, 60)
+    svc, _ = ev.service(), ev.writer()
+    answer = hold(svc, "buyer-1", key="k1")
+    assert answer.status_code == 201, answer.text
+    order = answer.json()
+    assert order["state"] == "reserved" and order["expires_at"]
+    books = ev.books()
+    assert (books["quantity"], books["held"], books["sold"]) == ("9", "1", "1")
+    # The buyer may not confirm its own hold (that is the payment service's word).
+    mine = settle(svc, order["order_id"], "confirm", auth.bearer("buyer-1"))
+    assert mine.status_code == 403, mine.text
+    for _ in range(2):  # idempotent
+        paid = settle(svc, order["order_id"], "confirm")
+        assert paid.status_code == 200 and paid.json()["state"] == "confirmed", paid.text
+    late_cancel = settle(svc, order["order_id"], "cancel", auth.bearer("buyer-1"))
+    assert late_cancel.status_code == 409 and late_cancel.json()["error"] == "confirmed"
+    assert ev.books()["held"] == "0" and ev.books()["quantity"] == "9"
+    looked = svc.get(f"/v1/orders/{order['order_id']}")
+    assert looked.json()["state"] == "confirmed"
+    settled_everywhere(ev)
+    assert stored_states(ev) == {order["order_id"]: "confirmed"}
+
+
+def test_an_unpaid_hold_expires_once_and_a_late_payment_gets_409(event):
+    """Released by a sweep at its deadline: the stock, the buyer's count (limit 1) and
+    the Idempotency-Key (the same key is then a new order) all come back."""
+    ev = event(HOTDEAL_PER_USER_LIMIT="1")
+    reserve(ev, 1, stock=1)
+    svc, _ = ev.service(HOTDEAL_PER_USER_LIMIT="1"), ev.writer()
+    first = hold(svc, "buyer-2", key="k2").json()
+    assert hold(svc, "buyer-3").json()["error"] == "sold_out"
+    wait_until(lambda: ev.books()["quantity"] == "1", "the hold to expire", timeout=10)
+    late = settle(svc, first["order_id"], "confirm")
+    assert late.status_code == 409 and late.json()["error"] == "expired", late.text
+    again = hold(svc, "buyer-2", key="k2")
+    assert again.status_code == 201 and again.json()["order_id"] != first["order_id"]
+    assert svc.get(f"/v1/orders/{first['order_id']}").json()["state"] == "expired"
+    settled_everywhere(ev)
+    states = stored_states(ev)
+    assert states[first["order_id"]] == "expired"
+    assert states[again.json()["order_id"]] in ("reserved", "expired")  # a 1 s window
+
+
+def test_a_buyer_cancels_its_own_hold_and_no_one_elses(event):
+    ev = event()
+    reserve(ev, 60, stock=2)
+    svc = ev.service()
+    order = hold(svc, "buyer-4").json()
+    other = settle(svc, order["order_id"], "cancel", auth.bearer("buyer-5"))
+    assert other.status_code == 404, other.text
+    gone = settle(svc, order["order_id"], "cancel", auth.bearer("buyer-4"))
+    assert gone.status_code == 200 and gone.json()["state"] == "cancelled"
+    assert ev.books()["quantity"] == "2"
+    paid = settle(svc, order["order_id"], "confirm")
+    assert paid.status_code == 409 and paid.json()["error"] == "cancelled"
+
+
+def test_a_payment_and_the_deadline_at_the_same_instant_have_one_winner(event):
+    """Each hold is confirmed or expired, never both: the confirms race the sweeps of
+    two pods and a writer right at the deadline."""
+    ev = event()
+    reserve(ev, 2, stock=40)
+    svcs = [ev.service(), ev.service()]
+    ev.writer()
+    orders = [hold(svcs[i % 2], f"racer-{i}").json()["order_id"] for i in range(40)]
+    deadline = time.time() + 2
+    time.sleep(max(0.0, deadline - time.time() - 0.05))
+
+    def pay(i: int) -> tuple[str, int, str]:
+        answer = settle(svcs[i % 2], orders[i], "confirm")
+        return orders[i], answer.status_code, answer.json().get("state") or answer.json()["error"]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(pay, range(40)))
+    assert {(code, what) for _, code, what in results} <= {(200, "confirmed"), (409, "expired")}
+    paid = {oid for oid, code, _ in results if code == 200}
+    wait_until(lambda: ev.books()["held"] == "0", "every hold to settle", timeout=10)
+    books = ev.books()
+    assert int(books["quantity"]) == 40 - len(paid) and int(books["sold"]) == len(paid)
+    settled_everywhere(ev)
+    states = stored_states(ev)
+    assert {o for o, s in states.items() if s == "confirmed"} == paid
+    assert {o for o, s in states.items() if s == "expired"} == set(orders) - paid
+
+
+def test_a_redis_restored_to_before_a_payment_keeps_the_sale(event):
+    """A failover to a replica (or a restore) from between a hold and its confirm: Redis
+    shows the hold reserved again, and would release a paid unit at its deadline. The
+    confirm reached the database first: the books are checked on the new server, found
+    behind, and rebuilt with the hold confirmed (and the live holds with their deadlines)."""
+    ev = event()
+    reserve(ev, 3600, stock=5)
+    svc, _ = ev.service(), ev.writer()
+    paid, kept = (hold(svc, f"buyer-{i}").json() for i in range(2))
+    copy = snapshot(ev)  # both holds reserved
+    assert settle(svc, paid["order_id"], "confirm").status_code == 200
+    settled_everywhere(ev)
+    restart_from(ev, copy)
+    assert ev.client().hexists(keys.holds(1), paid["order_id"])  # Redis forgot the payment
+    # The writer checks the new server's books against the database and repairs them.
+    wait_until(
+        lambda: (
+            not ev.client().hexists(keys.holds(1), paid["order_id"]) and ev.books().get("validated")
+        ),
+        "the books rebuilt from the database",
+    )
+    assert ev.client().zscore(keys.deadlines(1), kept["order_id"]) == int(
+        datetime.fromisoformat(kept["expires_at"]).timestamp() * 1000
+    )
+    books = ev.books()
+    assert (books["quantity"], books["held"], books["sold"]) == ("3", "1", "2")
+    again = answer_of_settle(svc, paid["order_id"], "cancel")
+    assert again.status_code == 409 and again.json()["error"] == "confirmed"
+    assert answer_of_settle(svc, kept["order_id"], "confirm").status_code == 200
+    settled_everywhere(ev)
+
+
+def answer_of_settle(svc, order_id: str, op: str) -> requests.Response:
+    """A settle retried while it answers 503 (the books being checked)."""
+    last: list[requests.Response] = []
+
+    def final() -> bool:
+        last[:] = [settle(svc, order_id, op)]
+        return last[0].status_code != 503
+
+    wait_until(final, f"an answer to {op} {order_id}")
+    return last[0]
+
+
+def test_a_writer_killed_mid_release_leaves_each_change_stored_once(event):
+    """A writer stores a batch of releases and dies before acknowledging it (kill -9):
+    another claims the batch and stores it again. Each hold keeps the one state it
+    settled to (a change applies only to a hold still reserved)."""
+    ev = event(HOTDEAL_WRITER_CLAIM_IDLE_MS="300")
+    reserve(ev, 3600, stock=6)
+    svc = ev.service()
+    orders = [hold(svc, f"buyer-{i}").json()["order_id"] for i in range(6)]
+    for i, order_id in enumerate(orders):
+        op = "confirm" if i % 2 else "cancel"
+        assert settle(svc, order_id, op).status_code == 200
+    client = ev.client()
+    engine = create_engine(ev.env["HOTDEAL_DATABASE_URL"])
+    try:
+        first = OrderWriter(client, engine, consumer="doomed", durability_mode="none")
+        batch = first._read_new()
+        assert len(batch) == 12  # six holds, six changes
+        first.persist(batch)  # stored; the ack never comes (the writer died here)
+        survivor = OrderWriter(
+            client, engine, consumer="survivor", durability_mode="none", claim_idle_ms=300
+        )
+        time.sleep(0.4)
+        survivor.run(burst=True)
+    finally:
+        engine.dispose()
+    assert client.xlen(keys.orders_stream(1)) == 0
+    states = stored_states(ev)
+    assert [states[o] for o in orders] == ["cancelled", "confirmed"] * 3
+    code, report = reconcile(ev.env, wait=True)
+    assert code == 0, report["violations"]
+
+
+def test_the_pods_clocks_play_no_part_in_a_deadline(event, monkeypatch):
+    """Deadlines are Redis's clock (TIME in the scripts): a pod whose clock jumped an hour
+    ahead neither releases a hold early nor refuses its payment."""
+    ev = event()
+    reserve(ev, 60, stock=2)
+    client = make_redis(ev.env["HOTDEAL_REDIS_URL"])
+    stock = RedisStock(client, write="stream", durability_mode="none")
+    taken = stock.take(OrderRequest(1, "buyer-9", 1), limit=0, idempotency_key=None)
+    jump = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: jump)
+    monkeypatch.setattr(time, "monotonic", lambda: jump)
+    assert Expirer(client, "test").sweep() == 0
+    assert stock.settle(taken.order_id, "confirm").state == "confirmed"

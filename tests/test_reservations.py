@@ -4,6 +4,8 @@ settles exactly once, whoever gets there first; a late payment gets 409 expired.
 
 from __future__ import annotations
 
+import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -20,6 +22,7 @@ from hotdeal_local.servers import ops
 from hotdeal_order_redis.holds import Expirer
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.writer import OrderWriter
+from hotdeal_order_redis.writer_metrics import read_persisted
 
 from .events import restart_from, snapshot, wait_until
 from .helpers import reconcile
@@ -108,6 +111,15 @@ def test_an_unpaid_hold_expires_once_and_a_late_payment_gets_409(event):
     states = stored_states(ev)
     assert states[first["order_id"]] == "expired"
     assert states[again.json()["order_id"]] in ("reserved", "expired")  # a 1 s window
+    # The oversell alert's gauge counts no released unit (it was sold again).
+    engine = create_engine(ev.env["HOTDEAL_DATABASE_URL"])
+    try:
+        (family,) = read_persisted(engine)
+    finally:
+        engine.dispose()
+    persisted = {tuple(s.labels.values()): s.value for s in family.samples}
+    released_again = states[again.json()["order_id"]] == "expired"
+    assert persisted.get(("1", "redis"), 0) == (0 if released_again else 1)
 
 
 def test_a_buyer_cancels_its_own_hold_and_no_one_elses(event):
@@ -241,3 +253,61 @@ def test_the_pods_clocks_play_no_part_in_a_deadline(event, monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: jump)
     assert Expirer(client, "test").sweep() == 0
     assert stock.settle(taken.order_id, "confirm").state == "confirmed"
+
+
+def test_the_waiting_room_keeps_its_line_while_every_unit_left_is_held(event):
+    """Held units are not lost yet: while every unit left is held, the line waits
+    instead of hearing "sold out"; a release reopens the sale, a payment ends it."""
+    from .test_room import admitted, buy, join, poll, room_on
+
+    ev = event()
+    reserve(ev, 3600, stock=1)
+    svc = ev.service()
+    room_on(ev, "--rate", "1000")
+    first = join(svc, "r0").json()["ticket"]
+    second = join(svc, "r1").json()["ticket"]
+    held = buy(svc, "r0", admitted(svc, "r0", first))
+    assert held.status_code == 201 and held.json()["state"] == "reserved"
+    assert poll(svc, "r1", second).json()["state"] in ("waiting", "admitted")
+    assert settle(svc, held.json()["order_id"], "cancel", auth.bearer("r0")).status_code == 200
+    again = buy(svc, "r1", admitted(svc, "r1", second))  # the unit came back: it sells
+    assert again.status_code == 201, again.text
+    assert settle(svc, again.json()["order_id"], "confirm").status_code == 200
+    late = join(svc, "r2")
+    assert late.json()["state"] == "sold_out", late.text
+
+
+def test_sold_out_while_held_sells_again_once_a_hold_is_released(event):
+    """Each worker remembers "sold out" for HOTDEAL_SOLD_OUT_RECHECK_MS: a released
+    hold's unit is refused at most that long, then sold."""
+    ev = event()
+    reserve(ev, 3600, stock=1)
+    svc = ev.service(HOTDEAL_SOLD_OUT_RECHECK_MS="300")
+    first = hold(svc, "s0").json()
+    for _ in range(4):  # every worker learns it
+        assert hold(svc, "s1").json()["error"] == "sold_out"
+    assert settle(svc, first["order_id"], "cancel", auth.bearer("s0")).status_code == 200
+    sold = wait_until(lambda: hold(svc, "s1").status_code == 201, "the released unit sold")
+    assert sold
+
+
+def test_a_confirm_while_redis_came_back_empty_is_503_not_404(event):
+    """A payment callback told 404 would refund a paid hold: while the server's products
+    are not restored, a confirm answers 503 (retry); once the writer has rebuilt them
+    from the database, the hold is there, with its deadline, and the confirm sells."""
+    ev = event()
+    reserve(ev, 3600, stock=3)
+    svc, _ = ev.service(), ev.writer()
+    order = hold(svc, "e0").json()
+    settled_everywhere(ev)
+    for w in ev.writers:
+        w.stop(signal.SIGKILL)
+    ev.redis.stop(signal.SIGKILL)
+    shutil.rmtree(ev.redis.workdir)  # no AOF: it starts empty
+    ev.redis.start()
+    early = settle(svc, order["order_id"], "confirm")
+    assert (early.status_code, early.json()["error"]) == (503, "paused"), early.text
+    ev.writer("w2")  # restores the books from the database
+    paid = answer_of_settle(svc, order["order_id"], "confirm")
+    assert paid.status_code == 200 and paid.json()["state"] == "confirmed", paid.text
+    assert ev.books()["held"] == "0" and ev.books()["quantity"] == "2"

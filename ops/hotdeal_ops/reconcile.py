@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from hotdeal.designs import Design
+from hotdeal.history import taken
 from hotdeal.inline import InlineTakes
 from hotdeal.model import keys, product
 from hotdeal.model.records import Sale, StreamEntry, parse_index_record
@@ -42,6 +43,7 @@ def _in_event(conn: Connection, pid: int, generation: int, source: str) -> int:
                 order_history.c.prod_id == pid,
                 order_history.c.generation == generation,
                 order_history.c.source == source,
+                taken(),
             )
         ).scalar_one()
     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, insert, or_, select, update
 
 from hotdeal.model.states import HoldState
 from hotdeal.schema import order_history
@@ -47,6 +47,13 @@ class _RandomHex:
 _random = _RandomHex()
 # A UUID's variant digit is 10xx in binary: 8, 9, a or b (RFC 9562).
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def taken() -> ColumnElement[bool]:
+    """The rows whose units are taken: every order but a released hold (its units went
+    back, and may be in another order now)."""
+    state = order_history.c.state
+    return or_(state.is_(None), state.not_in(sorted(HoldState.RELEASED)))
 
 
 def new_order_id(product_id: int) -> str:

@@ -252,6 +252,15 @@ def openapi_document(service: str, settings: Settings) -> dict[str, Any]:
             ]
             if not operation["parameters"]:
                 del operation["parameters"]
+    served = {op.get("operationId") for item in doc["paths"].values() for op in item.values()}
+    for item in doc["paths"].values():
+        for operation in item.values():
+            for response in operation.get("responses", {}).values():
+                links = response.get("links")
+                if links:  # only to what this service serves
+                    response["links"] = {
+                        k: v for k, v in links.items() if v["operationId"] in served
+                    }
     schemas = doc["components"]["schemas"]
     # The codes follow from the one table of outcomes (the 500 no promise allows aside).
     codes = [code for code in OUTCOMES if code != "error"]

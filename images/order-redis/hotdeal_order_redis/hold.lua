@@ -12,11 +12,13 @@
 -- allow-oom: it only settles holds already made (a full Redis must not keep them).
 --
 -- KEYS: 1 books, 2 holds (hash), 3 deadlines (sorted set), 4 orders (index),
---       5 buyers, 6 stream, 7 the product's sync mark
+--       5 buyers, 6 stream, 7 the product's sync mark, 8 the instance mark (on one
+--       Redis; a placeholder in a cluster, ARGV[8] "0")
 -- ARGV: 1 "confirm" | "cancel" | "expire", 2 order id (or, expire: how many at most),
 --       3 run_id of this connection's server, 4/5 the highest (epoch, seq) this client
 --       has answered (the fence; "0" "0" for a sweeper), 6 product id,
---       7 the product's Idempotency-Key prefix (hotdeal.model.keys.idempotency_prefix)
+--       7 the product's Idempotency-Key prefix (hotdeal.model.keys.idempotency_prefix),
+--       8 "1" if KEYS[8] is real
 -- Returns:
 --   {"confirmed", epoch, seq} | {"cancelled", epoch, seq} | {"expired", epoch, seq}
 --       (epoch, seq: the change's, or "0" "0" when it was settled before: a replay)
@@ -24,6 +26,10 @@
 --   {"unvalidated"}; expire: {"expired_batch", released, max lag ms, next deadline}
 local b = redis.call("HMGET", KEYS[1], "seq", "epoch", "generation", "paused", "validated")
 if not b[3] then
+  -- No books: this server may have come back empty (its products not restored yet).
+  if ARGV[8] == "1" and redis.call("GET", KEYS[8]) ~= ARGV[3] then
+    return {"unvalidated"}
+  end
   return {"unknown"}
 end
 if b[4] then

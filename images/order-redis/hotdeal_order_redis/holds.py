@@ -58,9 +58,10 @@ class Expirer:
         """Release the product's holds past their deadline; how many."""
         released = 0
         server = fence.run_id(self.client, pid)  # hold.lua acts only on checked books
+        names = hold_keys(pid, keys.instance_placeholder(pid))  # (no books: nothing due)
         while True:
-            args = ["expire", batch, server, 0, 0, pid, keys.idempotency_prefix(pid)]
-            reply = self._script(keys=hold_keys(pid), args=args)
+            args = ["expire", batch, server, 0, 0, pid, keys.idempotency_prefix(pid), "0"]
+            reply = self._script(keys=names, args=args)
             if reply[0] != "expired_batch":
                 return released  # paused, unvalidated, no books: nothing is released
             count_, lag_ms = int(reply[1]), int(reply[2])

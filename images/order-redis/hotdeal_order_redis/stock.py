@@ -87,7 +87,7 @@ def take_script_keys(pid: int, idem_key: str, instance_key: str) -> list[str]:
     ]
 
 
-def hold_keys(pid: int) -> list[str]:
+def hold_keys(pid: int, instance_key: str) -> list[str]:
     """hold.lua's KEYS, in its order."""
     return [
         keys.books(pid),
@@ -97,6 +97,7 @@ def hold_keys(pid: int) -> list[str]:
         keys.buyers(pid),
         keys.orders_stream(pid),
         keys.sync_mark(pid),
+        instance_key,
     ]
 
 
@@ -524,10 +525,11 @@ class RedisStock:
         return False
 
     # -- reservations ------------------------------------------------------------------
-    def settle(self, order_id: str, op: str) -> Settled:
+    def settle(self, order_id: str, op: str, *, again: bool = True) -> Settled:
         """Confirm (`op` "confirm") or cancel ("cancel") the hold `order_id` (hold.lua).
         Idempotent: a hold settled before answers what it became. Answered only once
-        the change is durable, as a take is."""
+        the change is durable, as a take is. `again`: whether to run once more after
+        validating the books here."""
         pid = keys.product_of_order(order_id)
         if pid is None:
             raise errors.unknown_order()
@@ -537,8 +539,9 @@ class RedisStock:
             raise errors.unavailable() from None
         seen_epoch, seen_seq = self._seen.get(pid)
         args = [op, order_id]
-        after = (seen_epoch, seen_seq, pid, keys.idempotency_prefix(pid))
-        reply, durable = self._run_script(self._hold, hold_keys(pid), args, plan, after)
+        after = (seen_epoch, seen_seq, pid, keys.idempotency_prefix(pid), self._marked)
+        names = hold_keys(pid, self._instance_key(pid))
+        reply, durable = self._run_script(self._hold, names, args, plan, after)
         status, *rest = reply
         if status in HoldState.ALL:
             if not durable:
@@ -547,8 +550,8 @@ class RedisStock:
             if seq:
                 self._seen.raise_to(pid, epoch, seq)
             return Settled(order_id, status, changed=bool(seq))
-        if status == "unvalidated" and self._validate_here():
-            return self.settle(order_id, op)
+        if status == "unvalidated" and again and self._validate_here():
+            return self.settle(order_id, op, again=False)
         raise _settle_refusal(status, rest)
 
     # -- lookups -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
+from hotdeal.history import taken
 from hotdeal.metrics import LATENCY_BUCKETS
 from hotdeal.model import keys
 from hotdeal.redis_client import Client
@@ -68,6 +69,7 @@ def read_persisted(engine: Engine) -> Iterable[Metric]:
             (hotdeal_list.c.prod_id == order_history.c.prod_id)
             & (hotdeal_list.c.generation == order_history.c.generation),
         )
+        .where(taken())  # a released hold's units went back
         .group_by(order_history.c.prod_id, order_history.c.source)
     )
     with engine.connect() as conn:

@@ -8,11 +8,13 @@ import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import requests
 from sqlalchemy import create_engine, select
 
+from hotdeal.designs import Design
+from hotdeal.history import OrderRow, insert_new
 from hotdeal.model import keys
 from hotdeal.redis_client import make_redis
 from hotdeal.schema import order_history
@@ -311,3 +313,56 @@ def test_a_confirm_while_redis_came_back_empty_is_503_not_404(event):
     paid = answer_of_settle(svc, order["order_id"], "confirm")
     assert paid.status_code == 200 and paid.json()["state"] == "confirmed", paid.text
     assert ev.books()["held"] == "0" and ev.books()["quantity"] == "2"
+
+
+def test_a_release_the_database_never_got_is_not_revived_by_a_repair(event):
+    """A helper's attack: with two writers the database is not a prefix of Redis's
+    history. A hold's release was still unstored (one writer stalled) while the next
+    take of that unit was stored and confirmed (the other); Redis then rolled back. The
+    repair revived the released hold, and confirming it sold the unit twice. Redis never
+    holds more than the stock, so the oldest holds beyond it were released: repair
+    releases them again, and tells the writers."""
+    ev = event()
+    reserve(ev, 3600, stock=1)
+    generation = int(ev.books()["generation"])
+    epoch = int(ev.books()["epoch"])
+    now = datetime.now(UTC)
+    released, sold = (
+        "1-00000000-0000-4000-8000-00000000000a",
+        "1-00000000-0000-4000-8000-00000000000b",
+    )
+    engine = create_engine(ev.env["HOTDEAL_DATABASE_URL"])
+    rows = [
+        OrderRow(released, 1, generation, "first", 1, Design.REDIS, now, epoch, 1,
+                 state="reserved", expires_at=now + timedelta(hours=1)),
+        OrderRow(sold, 1, generation, "second", 1, Design.REDIS, now, epoch, 3,
+                 state="confirmed", expires_at=now + timedelta(hours=1), settled_at=now,
+                 change_epoch=epoch, change_seq=4),
+    ]  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            insert_new(conn, rows)
+    finally:
+        engine.dispose()
+    ops(ev.env, "repair", "--product", "1")
+    books = ev.books()
+    assert (books["quantity"], books["sold"], books["held"]) == ("0", "1", "0")
+    svc, _ = ev.service(), ev.writer()
+    late = settle(svc, released, "confirm")
+    assert late.status_code == 409 and late.json()["error"] == "expired", late.text
+    settled_everywhere(ev)
+    assert stored_states(ev) == {released: "expired", sold: "confirmed"}
+
+
+def test_a_limit_refusal_names_only_the_orders_that_count(event):
+    """A helper's find: `limit_exceeded` listed released holds among the buyer's orders."""
+    ev = event(HOTDEAL_PER_USER_LIMIT="1")
+    reserve(ev, 3600, stock=5)
+    svc = ev.service(HOTDEAL_PER_USER_LIMIT="1")
+    first = hold(svc, "l0").json()["order_id"]
+    assert settle(svc, first, "cancel", auth.bearer("l0")).status_code == 200
+    second = hold(svc, "l0").json()["order_id"]
+    refused = hold(svc, "l0").json()
+    assert refused["error"] == "limit_exceeded" and refused["orders"] == [second], refused
+    listed = svc.get("/v1/orders?product_id=1&user_id=l0").json()["orders"]
+    assert {o["order_id"]: o["state"] for o in listed} == {first: "cancelled", second: "reserved"}

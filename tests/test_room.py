@@ -138,8 +138,10 @@ def test_admission_never_outruns_the_rate_and_follows_the_line(sale):
     room_on(ev, "--rate", "0")
     tickets = [join(pod_a, f"q{n}").json()["ticket"] for n in range(30)]
     time.sleep(1.5)  # the fault: a quiet spell before the change of rate
-    room_on(ev, "--rate", "4")
+    # Before the change: the rate applies from when the room's script ran, inside the
+    # ops process (a loaded machine's process start once made the bound too tight).
     started = time.monotonic()
+    room_on(ev, "--rate", "4")
     while time.monotonic() - started < 1.5:  # the last in line polls: admission moves
         assert poll(pod_a, "q29", tickets[29]).json()["state"] == "waiting"
         time.sleep(0.05)

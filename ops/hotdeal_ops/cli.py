@@ -132,9 +132,9 @@ def cmd_init_db(ctx: Context, args: argparse.Namespace) -> int:
         try:
             migrated = migrate.upgrade(ctx.engine)
             break
+        except migrate.SchemaError as exc:
+            raise UsageError(str(exc)) from None
         except Exception as exc:
-            if migrate.created_meanwhile(exc):
-                continue  # another pod's init-db won the race: look again
             now = time.monotonic()
             if is_logon_refused(exc):
                 # gvenzl's entrypoint creates the app user after the database opens: a

@@ -34,12 +34,43 @@ from sqlalchemy import (
     select,
 )
 
+from hotdeal.schema import metadata
+
 # One row; an init-db holds its lock while it migrates.
 schema_lock = Table(
     "hotdeal_schema_lock",
     MetaData(),
     Column("id", Integer, primary_key=True, autoincrement=False),
 )
+
+
+class SchemaError(RuntimeError):
+    """The schema can't be brought to head as it stands; the message says why (exit 2)."""
+
+
+# A DDL statement refused for want of rights (PostgreSQL, Oracle), or because what it
+# makes is there already: the tables are not what their revision says.
+NO_RIGHTS = ("42501", "ORA-01031", "ORA-01950")
+ALREADY_THERE = ("42P07", "42701", "42710", "ORA-00955", "ORA-01430", "ORA-01408")
+
+
+def _refusal(exc: Exception, revision: str | None) -> SchemaError | None:
+    orig = getattr(exc, "orig", None)
+    said = f"{getattr(orig, 'sqlstate', '') or ''} {orig}"
+    if any(code in said for code in NO_RIGHTS):
+        return SchemaError(
+            "the database user may not create or alter tables: give it the rights (CREATE "
+            "on the schema; Oracle: CREATE TABLE and a quota), or run the DDL as another "
+            "user (`init-db --sql ...`) and set database.initSchema.enabled=false"
+        )
+    if any(code in said for code in ALREADY_THERE):
+        return SchemaError(
+            f"the tables are not those of revision {revision or 'none'} (something a "
+            "migration adds is there already: a migration interrupted on Oracle, whose DDL "
+            "commits itself, or tables changed by hand); compare them with `init-db --sql` "
+            "and fix the version in alembic_version"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,12 +122,12 @@ def _ensure_lock(engine: Engine) -> None:
             return
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             if not created_meanwhile(exc):
-                raise
-    raise RuntimeError("hotdeal_schema_lock kept changing while init-db created it")
+                raise _refusal(exc, None) or exc from exc
+    raise SchemaError("hotdeal_schema_lock kept changing while init-db created it")
 
 
 def created_meanwhile(exc: Exception) -> bool:
-    """Another pod created the table (or the row) between our check and our write."""
+    """Another pod created the lock's table (or row) between our check and our write."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) in ("42P07", "23505") or any(
         code in str(orig) for code in ("ORA-00955", "ORA-00001")
@@ -110,10 +141,24 @@ def upgrade(engine: Engine) -> Migrated:
         holder.execute(select(schema_lock.c.id).with_for_update()).all()
         with engine.connect() as conn:
             was = _revision(conn)
+            if was is not None and was not in revisions():
+                raise SchemaError(
+                    f"the database is at revision {was}, newer than this image's "
+                    f"{head()}: an older image after a newer one (a rollback?) can't run it"
+                )
             config = _config(connection=conn)
-            if was is not None and MigrationContext.configure(conn).get_current_revision() is None:
-                command.stamp(config, was)
-            command.upgrade(config, "head")
+            try:
+                if MigrationContext.configure(conn).get_current_revision() is None and was:
+                    command.stamp(config, was)
+                command.upgrade(config, "head")
+            except sqlalchemy.exc.DBAPIError as exc:
+                raise _refusal(exc, was) or exc from exc
+            missing = set(metadata.tables) - set(inspect(conn).get_table_names())
+            if missing:
+                raise SchemaError(
+                    f"alembic_version says {head()}, but tables are missing: "
+                    f"{sorted(missing)} (dropped by hand?)"
+                )
             conn.commit()
         holder.rollback()
     return Migrated(was, head())
@@ -121,9 +166,14 @@ def upgrade(engine: Engine) -> Migrated:
 
 def sql(url: str, start: str | None = None) -> str:
     """The DDL from `start` (None: an empty database) to head, as text (Alembic's
-    offline mode): for a DBA who reviews or runs it by hand."""
+    offline mode), for a DBA who reviews or runs it by hand: a database made by an older
+    chart has no version table, so the script makes one at `start` first."""
     out = io.StringIO()
     config = _config(output=out)
     config.set_main_option("sqlalchemy.url", url)
+    if start:
+        command.stamp(config, start, sql=True)
     command.upgrade(config, f"{start}:head" if start else "head", sql=True)
+    if url.startswith("oracle"):
+        out.write("COMMIT\n\n/\n\n")  # the version row (DML): Oracle's DDL commits itself
     return out.getvalue()

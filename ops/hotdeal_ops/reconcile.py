@@ -228,7 +228,7 @@ def _redis_books(
     twice = conn.execute(
         select(func.count()).select_from(
             select(c.take_epoch, c.take_seq)
-            .where(*ours)
+            .where(*ours, c.take_epoch.is_not(None))  # 0.1.0's rows have no numbers
             .group_by(c.take_epoch, c.take_seq)
             .having(func.count() > 1)
             .subquery()

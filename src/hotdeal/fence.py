@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Any
 
@@ -43,7 +43,7 @@ from sqlalchemy import Engine, func, select, update
 from hotdeal.designs import Design
 from hotdeal.inline import InlineTakes
 from hotdeal.model import keys, product
-from hotdeal.model.records import HoldState, Sale, StreamEntry, at_ms
+from hotdeal.model.records import HoldState, Sale, StreamEntry, at_ms, change_entry
 from hotdeal.redis_client import Client, is_cluster, node_client, primaries
 from hotdeal.schema import hotdeal_list, order_history
 
@@ -307,6 +307,8 @@ def _rebuild_books(
         _persisted(engine, pid, head["generation"]),
         dead_letters(client, pid, head["generation"]),
     )
+    initial = int(head["initial_quantity"])
+    sales, lost = _released_in_lost_history(sales, initial)
     units = product.units_of(sales)
     marks = database_marks(engine, pid, head["generation"])
     epoch = max(int(books.get(keys.EPOCH, 0)), head["fence_epoch"], marks.epoch) + 1
@@ -315,9 +317,8 @@ def _rebuild_books(
         conn.execute(
             update(hotdeal_list).where(hotdeal_list.c.prod_id == pid).values(fence_epoch=epoch)
         )
-    initial = int(head["initial_quantity"])
     # Never below zero: units sold beyond the stock stay visible in `sold` (and
-    # reconcile reports them), but nothing more is sold.
+    # reconcile reports them), but nothing more is sold (no hold is left to give any back).
     remaining = max(initial - units.taken, 0)
     _register(client, pid)
     # Keys of takes the database does not hold (an older event's, after a restore) must
@@ -333,6 +334,12 @@ def _rebuild_books(
         for start in range(0, len(stale_keys), 500):
             pipe.delete(*stale_keys[start : start + 500])
         product.rebuild(pipe, pid, sales, remaining, idempotency_ttl_s)
+        # Their releases, for the writers to store (the database holds them reserved).
+        now_ms = int(time.time() * 1000)
+        for sale in lost:
+            seq += 1
+            change = change_entry(sale, pid, head["generation"], (epoch, seq), now_ms)
+            pipe.xadd(stream, change)
         fields = product.fresh(
             remaining=remaining,
             initial=initial,
@@ -361,6 +368,30 @@ def _rebuild_books(
         "orders": len(sales),
         "oversold": max(units.taken - initial, 0),
     }
+
+
+def _released_in_lost_history(sales: list[Sale], initial: int) -> tuple[list[Sale], list[Sale]]:
+    """Holds the database still holds reserved although they were released: with
+    several writers the database is not a prefix of Redis's history (one stored a later
+    take of a unit while another had not yet stored the release that freed it), and a
+    rollback may lose the release. Redis never took more than the stock, so while the
+    holds and sales would take more, the oldest holds were released: they are released
+    again (expired: a payment for one is refused) instead of being revived and sold
+    twice (a helper's attack: a cancelled hold came back and was confirmed)."""
+    excess = product.units_of(sales).taken - initial
+    if excess <= 0:
+        return sales, []
+    holds = sorted(
+        (s for s in sales if s.state == HoldState.RESERVED), key=lambda s: (s.at_ms, s.order_id)
+    )
+    lost: list[Sale] = []
+    for hold in holds:
+        if excess <= 0:
+            break
+        lost.append(replace(hold, state=HoldState.EXPIRED))
+        excess -= hold.quantity
+    released = {s.order_id: s for s in lost}
+    return [released.get(s.order_id, s) for s in sales], lost
 
 
 def _unsettled(engine: Engine, client: Client, pid: int) -> str | None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -61,8 +62,8 @@ hotdeal_list = Table(
     Column("quantity", BigInteger, nullable=False),
     Column("initial_quantity", BigInteger, nullable=False),
     Column("opens_at", UtcDateTime(), nullable=True),
-    Column("generation", Integer, nullable=False, default=1),
-    Column("fence_epoch", Integer, nullable=False, default=1),
+    Column("generation", Integer, nullable=False, default=1, server_default=text("1")),
+    Column("fence_epoch", Integer, nullable=False, default=1, server_default=text("1")),
     # Reservations (order-redis): an order is a hold that must be confirmed (paid) within
     # this many seconds; NULL sells outright.
     Column("payment_window_s", Integer, nullable=True),
@@ -76,7 +77,7 @@ hotdeal_slot = Table(
     Column("prod_id", Integer, primary_key=True, autoincrement=False),
     Column("slot", Integer, primary_key=True, autoincrement=False),
     Column("quantity", BigInteger, nullable=False),
-    Column("generation", Integer, nullable=False, default=1),
+    Column("generation", Integer, nullable=False, default=1, server_default=text("1")),
 )
 
 # source says which design sold the order (hotdeal.designs.Source), so each store's
@@ -89,7 +90,8 @@ order_history = Table(
     # Insertion order for humans; an identity on Oracle 12c+ and PostgreSQL alike.
     Column("seq", BigInteger, Identity(), nullable=False),
     Column("prod_id", Integer, nullable=False),
-    Column("generation", Integer, nullable=False),
+    # The server default: rows of 0.1.0 pods during the rollout to 0.2.0 (migration 0002).
+    Column("generation", Integer, nullable=False, server_default=text("1")),
     Column("user_id", String(64), nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("source", String(16), nullable=False),

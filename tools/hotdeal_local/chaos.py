@@ -741,7 +741,7 @@ class Chaos:
                 f"more than the {unresolved} requests left unknown: "
                 f"{sorted((rows[o].user_id, o) for o in unanswered)[:5]}; answers {seen[:12]}"
             )
-        takes = Counter((r.take_epoch, r.take_seq) for r in rows.values())
+        takes = Counter((r.take_epoch, r.take_seq) for r in rows.values() if r.take_epoch)
         twice = [take for take, n in takes.items() if n > 1]
         if twice:  # the books went backwards and sold a take again, whatever the stock
             self.violations.append(f"event {self.event}: {len(twice)} takes stored twice")

@@ -504,13 +504,16 @@ def writer(
     return proc
 
 
-def ops(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def ops(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "hotdeal-ops"), *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=check,
+        timeout=timeout,
     )
 
 

@@ -210,13 +210,17 @@ class LegacyOrders:
 
 
 def order_record(row) -> dict[str, object]:  # noqa: ANN001 (a Row of order_history)
-    return {
+    record: dict[str, object] = {
         "order_id": row.order_id,
         "product_id": row.prod_id,
         "user_id": row.user_id,
         "quantity": row.quantity,
         "ordered_at": row.ordered_at.isoformat(),
     }
+    if row.state is not None:  # an order-redis hold, as stored (a helper's find)
+        expires = row.expires_at.isoformat() if row.expires_at is not None else None
+        record.update(state=row.state, expires_at=expires)
+    return record
 
 
 def find_order(engine: Engine, order_id: str) -> dict[str, object]:

@@ -12,6 +12,10 @@ from hotdeal.metrics import stock_families
 from hotdeal.model import keys
 from hotdeal.redis_client import Client, memory
 
+# A hold this long past its deadline should have been released by a sweep (they run
+# every 250 ms in every pod and writer): alert HotdealHoldsOverdue.
+OVERDUE_S = 5
+
 
 def _products(client: Client) -> list[int]:
     return sorted(int(p) for p in client.smembers(keys.PRODUCTS))
@@ -30,17 +34,31 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
         "Units taken by holds not confirmed yet (reservations): they may come back.",
         labels=["service", "product"],
     )
+    overdue = GaugeMetricFamily(
+        "hotdeal_holds_overdue",
+        f"Holds still unreleased {OVERDUE_S} s past their deadline (Redis's clock): the "
+        "deadline sweeps are late or not running.",
+        labels=["service", "product"],
+    )
     products = _products(client)
+    seconds, micros = client.time()
+    late_ms = int(seconds) * 1000 + int(micros) // 1000 - OVERDUE_S * 1000
     pipe = client.pipeline(transaction=False)
     for pid in products:
         pipe.hmget(keys.books(pid), keys.QUANTITY, keys.INITIAL, keys.PAUSED, keys.HELD)
-    for pid, (left, first, why, holding) in zip(products, pipe.execute(), strict=True):
+        pipe.zcount(keys.deadlines(pid), "-inf", late_ms)
+    replies = pipe.execute()
+    for pid, (left, first, why, holding), late in zip(
+        products, replies[::2], replies[1::2], strict=True
+    ):
         if left is None:
             continue
-        remaining.add_metric([service, str(pid)], float(left))
-        initial.add_metric([service, str(pid)], float(first or 0))
-        paused.add_metric([service, str(pid)], 1.0 if why else 0.0)
-        held.add_metric([service, str(pid)], float(holding or 0))
+        at = [service, str(pid)]
+        remaining.add_metric(at, float(left))
+        initial.add_metric(at, float(first or 0))
+        paused.add_metric(at, 1.0 if why else 0.0)
+        held.add_metric(at, float(holding or 0))
+        overdue.add_metric(at, float(late))
     used = GaugeMetricFamily(
         "hotdeal_redis_memory_used_bytes",
         "Memory Redis uses, per primary (INFO memory used_memory).",
@@ -54,7 +72,7 @@ def read_stock(client: Client, service: str) -> Iterable[Metric]:
     for n, (in_use, most) in enumerate(memory(client)):
         used.add_metric([service, str(n)], float(in_use))
         limit.add_metric([service, str(n)], float(most))
-    yield from (remaining, initial, paused, held, used, limit)
+    yield from (remaining, initial, paused, held, overdue, used, limit)
     yield from _rooms(client, service, products)
 
 

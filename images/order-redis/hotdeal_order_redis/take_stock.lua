@@ -98,7 +98,15 @@ if limit > 0 then
   local bought = tonumber(redis.call("HGET", KEYS[2], user) or "0")
   if bought + qty > limit then
     redis.call("SET", KEYS[8], "1")  -- it names the buyer's orders: only durable ones
-    return {"limit_exceeded", bought, redis.call("HGET", KEYS[3], user) or ""}
+    -- The orders that count (a released hold gave its units back).
+    local counted = {}
+    for id in string.gmatch(redis.call("HGET", KEYS[3], user) or "", "%S+") do
+      local state = string.match(redis.call("HGET", KEYS[4], id) or "", "^%S+ %S+ %S+ (%S+)")
+      if state ~= "expired" and state ~= "cancelled" then
+        counted[#counted + 1] = id
+      end
+    end
+    return {"limit_exceeded", bought, table.concat(counted, " ")}
   end
 end
 

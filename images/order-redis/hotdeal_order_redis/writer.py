@@ -103,7 +103,9 @@ class Entry:
 
 
 def _product(stream: str) -> int:
-    return int(stream.split("}")[0].removeprefix("{prod-"))
+    pid = keys.product_of_stream(stream)
+    assert pid is not None, stream  # streams() reads only this layout's
+    return pid
 
 
 class OrderWriter:
@@ -149,13 +151,26 @@ class OrderWriter:
         self._expired_at = 0.0
         # order id -> (refusals, first refusal): a row is set aside only after several.
         self._refusals: dict[str, tuple[int, float]] = {}
+        self._foreign: set[str] = set()  # registered streams of another layout
         self._ack = client.register_script(_script("ack.lua"))
         self._set_aside = client.register_script(_script("dead_letter.lua"))
 
     # -- reading -------------------------------------------------------------------
     def streams(self) -> list[str]:
         if time.monotonic() - self._streams_at > 2.0 or not self._streams:
-            found = sorted(self.client.smembers(keys.STREAMS))
+            found = []
+            for stream in sorted(self.client.smembers(keys.STREAMS)):
+                if keys.product_of_stream(stream) is not None:
+                    found.append(stream)
+                elif stream not in self._foreign:
+                    # A helper's attack: chart 0.1.0's names stopped every check (and
+                    # its entries, without generation or epoch, can't be stored).
+                    self._foreign.add(stream)
+                    log.error(
+                        "stream %s is of an older layout (chart 0.1.0): not read; drain it "
+                        "with that version's writer (docs/kubernetes.md, Upgrades)",
+                        stream,
+                    )
             for stream in set(found) - set(self._streams):
                 self._ensure_group(stream)
             self._streams, self._streams_at = found, time.monotonic()

@@ -11,6 +11,9 @@ if connection is None:
         url=context.config.get_main_option("sqlalchemy.url"),
         target_metadata=metadata,
         literal_binds=True,
+        # Without a primary key the Oracle dialect renders the version row's INSERT
+        # without "RETURNING ... INTO :ret_0", which SQL*Plus can't run.
+        version_table_pk=False,
     )
 else:
     context.configure(connection=connection, target_metadata=metadata)

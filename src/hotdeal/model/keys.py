@@ -69,6 +69,16 @@ def orders_stream(product_id: int) -> str:
     return f"{prefix(product_id)}-stream"
 
 
+def product_of_stream(stream: str) -> int | None:
+    """The product of an orders stream's name; None for a name of another layout (chart
+    0.1.0's "prod-001-orders")."""
+    head, sep, rest = stream.partition("}")
+    digits = head.removeprefix("{prod-")
+    if sep and rest == "-stream" and head.startswith("{prod-") and digits.isdigit():
+        return int(digits)
+    return None
+
+
 def dead_letter(product_id: int) -> str:
     """Stream of the product's orders no writer could store, each with the reason, for a
     human to look at (in the product's slot: moved there in one transaction)."""

@@ -171,6 +171,31 @@ class StreamEntry:
         )
 
 
+def change_entry(
+    sale: Sale, product_id: int, generation: int, marks: tuple[int, int], at: int
+) -> dict[str, str | int]:
+    """A hold's change as hold.lua enqueues it (StreamEntry with `change`): the whole
+    order in `sale.state`, the change's place in the books (`marks`) and time (`at`, ms)."""
+    take_epoch, take_seq = sale.take
+    return {
+        "kind": "change",
+        "order_id": sale.order_id,
+        "product_id": product_id,
+        "generation": generation,
+        "user_id": sale.user_id,
+        "quantity": sale.quantity,
+        "ordered_at": sale.at_ms,
+        "epoch": take_epoch,
+        "seq": take_seq,
+        "idem": sale.idempotency_key or "",
+        "state": sale.state or "",
+        "expires_at": sale.expires_ms if sale.expires_ms is not None else "",
+        "change_epoch": marks[0],
+        "change_seq": marks[1],
+        "settled_at": at,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class InlineRecord:
     """An inline take not settled yet (keys.inline_takes): "quantity at_ms user key"."""

@@ -16,10 +16,9 @@ down_revision = "0001"
 
 
 def _event_column(table: str, name: str) -> None:
-    # NOT NULL needs a value for the existing rows; the code always writes its own, so
-    # the default goes again (the tables then match hotdeal.schema exactly).
+    # NOT NULL needs a value for the existing rows (event 1), and the default stays: the
+    # 0.1.0 pods still running during the rollout insert rows without it.
     op.add_column(table, sa.Column(name, sa.Integer, nullable=False, server_default=sa.text("1")))
-    op.alter_column(table, name, server_default=None, existing_type=sa.Integer)
 
 
 def _to_naive_utc(table: str, column: str, *, nullable: bool) -> None:

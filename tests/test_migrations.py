@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -28,10 +30,10 @@ from sqlalchemy import (
 )
 
 from hotdeal.schema import hotdeal_list, metadata, order_history
-from hotdeal_local.servers import ops
+from hotdeal_local.servers import RedisServer, ops
 from hotdeal_ops import migrate
 
-from .helpers import init_db_at_once
+from .helpers import init_db_at_once, workdir
 
 _names = itertools.count()
 KST = timezone(timedelta(hours=9))
@@ -113,6 +115,17 @@ def chart_0_2_0() -> MetaData:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[str]:
+    """A Redis of the test's own: the products it makes must not show in the shared
+    one's gauges (a stock of product 901 once did, in test_observability)."""
+    server = RedisServer(workdir("migrate-redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
 def database(pg_server) -> str:
     return pg_server.new_database(f"migrate_{os.getpid()}_{next(_names)}")
 
@@ -161,7 +174,7 @@ def test_a_chart_0_2_0_database_is_recognised_and_kept(database):
     assert (head.generation, head.fence_epoch, head.payment_window_s) == (3, 7, None)
 
 
-def test_a_chart_0_1_0_database_keeps_its_orders_in_event_1(database, stack_env):
+def test_a_chart_0_1_0_database_keeps_its_orders_in_event_1(database, own_redis):
     """create_all never added 0.2.0's columns to 0.1.0's tables: the services failed on
     them. The migration adds them, keeps every row (in event 1, the generation each
     product is then at) and every instant (stored with a zone, now as UTC)."""
@@ -199,7 +212,7 @@ def test_a_chart_0_1_0_database_keeps_its_orders_in_event_1(database, stack_env)
     assert row.ordered_at == ordered.astimezone(UTC)
     # The migrated orders are the current event's: a reset without --discard-orders
     # refuses to delete them.
-    env = {**stack_env, "HOTDEAL_DATABASE_URL": database}
+    env = {"HOTDEAL_REDIS_URL": own_redis, "HOTDEAL_DATABASE_URL": database}
     refused = ops(env, "reset", "--product", str(PRODUCT), "--stock", "5", check=False)
     assert refused.returncode == 1 and "holds 1 orders" in refused.stderr
 
@@ -272,7 +285,7 @@ def test_a_newer_revision_or_missing_rights_stop_init_db_with_a_reason(database)
     assert refused.returncode == 2 and "may not create" in refused.stderr, refused.stderr
 
 
-def test_migrated_chart_0_1_0_orders_reconcile_clean(database, stack_env):
+def test_migrated_chart_0_1_0_orders_reconcile_clean(database, own_redis):
     """0.1.0's rows have no take numbers: reconcile took them all for one take "sold
     twice" (a helper's find)."""
     engine = create_engine(database)
@@ -299,7 +312,7 @@ def test_migrated_chart_0_1_0_orders_reconcile_clean(database, stack_env):
             )
     engine.dispose()
     init_db(database)
-    env = {**stack_env, "HOTDEAL_DATABASE_URL": database}
+    env = {"HOTDEAL_REDIS_URL": own_redis, "HOTDEAL_DATABASE_URL": database}
     ops(env, "repair", "--product", str(PRODUCT))
     done = ops(env, "reconcile", "--product", str(PRODUCT), check=False)
     report = json.loads(done.stdout)

@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         metavar="REVISION",
         help="with --sql: the revision the database is at (0001: chart 0.1.0, 0002: "
-        "0.2.0, 0003: 0.3.0)",
+        "0.2.0, 0003: reservations)",
     )
 
     rst = command("reset", cmd_reset)

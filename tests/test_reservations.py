@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import requests
 from sqlalchemy import create_engine, select
 
@@ -26,7 +27,7 @@ from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.writer import OrderWriter
 from hotdeal_order_redis.writer_metrics import read_persisted
 
-from .events import restart_from, snapshot, wait_until
+from .events import SERVERS, restart_from, snapshot, wait_until
 from .helpers import reconcile
 
 PAYMENTS = auth.bearer("payments", scope=auth.ACT_FOR)  # the payment callback's service
@@ -138,10 +139,12 @@ def test_a_buyer_cancels_its_own_hold_and_no_one_elses(event):
     assert paid.status_code == 409 and paid.json()["error"] == "cancelled"
 
 
-def test_a_payment_and_the_deadline_at_the_same_instant_have_one_winner(event):
+@pytest.mark.parametrize("binary", list(SERVERS.values()), ids=list(SERVERS))
+def test_a_payment_and_the_deadline_at_the_same_instant_have_one_winner(event, binary):
     """Each hold is confirmed or expired, never both: the confirms race the sweeps of
-    two pods and a writer right at the deadline."""
-    ev = event()
+    two pods and a writer right at the deadline, on each Redis the chart and managed
+    services run (hold.lua, its durability wait, the sweeps' scripts)."""
+    ev = event(binary=binary)
     reserve(ev, 2, stock=40)
     svcs = [ev.service(), ev.service()]
     ev.writer()

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
 from functools import cache
-from importlib.resources import files
 from typing import Any
 
 from hotdeal import fence, metrics
 from hotdeal.model import keys
 from hotdeal.model.states import HoldState
 from hotdeal.redis_client import Client
-from hotdeal_order_redis.stock import Settled, hold_keys
+from hotdeal_order_redis.stock import HOLD_SCRIPT, Settled, hold_keys
 
 log = logging.getLogger(__name__)
-# Holds released per script run: a run of 50 took ~2 ms of Redis's time on a loaded
-# 2-core machine (make bench-holds; 200 took 11 ms), so a take waits at most that.
+# Holds released per script run: a run of 50 took at most 4.8 ms of Redis's time with
+# a sale going on, on 2 cores (make bench-holds; 200 took 11-14 ms), so a take waits
+# at most that behind it.
 EXPIRE_BATCH = 50
 # How often each sweeper looks; with several pods the lag is at most about this.
 EXPIRE_EVERY_S = 0.25
@@ -48,9 +48,7 @@ class Expirer:
     def __init__(self, client: Client, service: str) -> None:
         self.client = client
         self.service = service
-        self._script = client.register_script(
-            files("hotdeal_order_redis").joinpath("hold.lua").read_text()
-        )
+        self._script = client.register_script(HOLD_SCRIPT)
         self._lag = metrics.HOLD_EXPIRY_LAG.labels(service)
         init_metrics(service)
 
@@ -81,19 +79,16 @@ class Expirer:
         return released
 
 
-def start_expirer(
-    client: Client, service: str, every_s: float = EXPIRE_EVERY_S
-) -> Callable[[], None]:
-    """The sweep on a thread of its own; returns a function that stops it."""
+def start_expirer(client: Client, service: str, every_s: float = EXPIRE_EVERY_S) -> None:
+    """The sweep on a thread of its own, for the life of the process."""
     expirer = Expirer(client, service)
-    stop = threading.Event()
 
     def run() -> None:
-        while not stop.wait(every_s):
+        while True:
+            time.sleep(every_s)
             try:
                 expirer.sweep()
             except Exception as exc:  # a Redis away: the next round tries again
                 log.warning("hold expiry sweep failed: %s", exc.__class__.__name__)
 
     threading.Thread(target=run, name="hold-expirer", daemon=True).start()
-    return stop.set

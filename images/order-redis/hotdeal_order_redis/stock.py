@@ -49,6 +49,10 @@ def _script(name: str) -> str:
     return files(__package__).joinpath(name).read_text()
 
 
+# Settles holds (hotdeal_order_redis.holds sweeps with it too).
+HOLD_SCRIPT = _script("hold.lua")
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     order_id: str
@@ -147,7 +151,7 @@ class RedisStock:
         self._take = client.register_script(_script("take_stock.lua"))
         self._inline = InlineTakes(client)
         self._lookup = client.register_script(_script("lookup.lua"))
-        self._hold = client.register_script(_script("hold.lua"))
+        self._hold = client.register_script(HOLD_SCRIPT)
         self._plan: durability.WaitPlan | None = None
         self._plan_checked = 0.0
         self._plan_lock = threading.Lock()

@@ -1261,3 +1261,12 @@ def test_every_order_redis_pod_signs_the_room_with_one_secret_kept_across_upgrad
         "--pass-ttl",
         "120",
     ]
+    auto = helm(
+        "helm4", "template", "ev", str(CHART), "-n", "games",
+        "--set", "event.waitingRoom.autoTargetMs=250", "--show-only", "templates/ops.yaml",
+    ).stdout  # fmt: skip
+    (job,) = [
+        d for d in yaml.safe_load_all(auto) if d and d["metadata"]["name"] == "ev-hotdeal-room"
+    ]
+    args = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--auto-target-ms", "250"]

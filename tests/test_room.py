@@ -5,6 +5,9 @@ Redis and PostgreSQL; `hotdeal-ops room` switches the room as an operator does."
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -450,3 +453,120 @@ def test_the_line_follows_when_the_front_read_each_join(event, tmp_path):
         timeout=10,
     )
     assert ev.client().zrange(keys.room_line(1), -1, -1) == ["direct"]
+
+
+def test_a_line_that_stands_still_estimates_no_wait(event):
+    """A helper's find: a paused product, or one whose last units are all held for
+    payment, estimated waits as if admission ran; the line stands still until selling
+    resumes or a hold is released, which no rate foretells."""
+    ev = event(stock=1)
+    ev.writer()
+    ops(ev.env, "reset", "--discard-orders", "--stock", "1", "--payment-window", "60")
+    pod = ev.service()
+    room_on(ev, "--rate", "0")
+    first, second = (join(pod, b).json()["ticket"] for b in ("h1", "h2"))
+    room_on(ev, "--rate", "1")
+    pass_1 = admitted(pod, "h1", first)
+    room_on(ev, "--rate", "0.01")  # h2 waits
+    assert poll(pod, "h2", second).json()["estimated_wait_s"] > 0
+    hold = buy(pod, "h1", pass_1)
+    assert (hold.status_code, hold.json()["state"]) == (201, "reserved"), hold.text
+    held = poll(pod, "h2", second)
+    body = held.json()
+    assert (body["state"], body["position"], body["stalled"]) == ("waiting", 1, "held"), body
+    assert "estimated_wait_s" not in body and int(held.headers["Retry-After"]) >= 1
+    ev.client().hset(keys.books(1), "paused", "a test's pause")
+    body = poll(pod, "h2", second).json()
+    assert (body["state"], body["stalled"]) == ("waiting", "paused"), body
+    ev.client().hdel(keys.books(1), "paused")
+    cancel = requests.post(  # the buyer gives the hold up: its unit is for sale again
+        f"{pod.url}/v1/orders/{hold.json()['order_id']}/cancel",
+        headers=as_buyer("h1"),
+        timeout=10,
+    )
+    assert cancel.json()["state"] == "cancelled", cancel.text
+    body = poll(pod, "h2", second).json()
+    assert body["state"] == "waiting" and "stalled" not in body, body
+    assert body["estimated_wait_s"] > 0
+
+
+def _workers(svc: Service) -> list[int]:
+    listed = subprocess.run(
+        ["pgrep", "-P", str(svc.proc.proc.pid)], capture_output=True, text=True, check=True
+    )
+    return [int(pid) for pid in listed.stdout.split()]
+
+
+def test_the_automatic_rate_follows_how_long_orders_wait_in_the_service(event, tmp_path):
+    """`--auto-target-ms`: the rate grows while the room's orders are served in time,
+    and is cut once they wait (the fault: the order workers stop while orders pile up
+    behind the front, which stamps when it read each)."""
+    from hotdeal_local.front import front
+
+    ev = event(stock=100)
+    ev.writer()
+    pod = ev.service(HOTDEAL_ROOM_FRONT_ARRIVAL="true")
+    state = room_on(ev, "--rate", "2", "--auto-target-ms", "300")
+    assert (state["rate"], state["admit_per_s"], state["auto_target_ms"]) == ("auto", 2, 300)
+    tickets = {f"a{n}": join(pod, f"a{n}").json()["ticket"] for n in range(60)}
+
+    def grown() -> float | None:  # the last in line polls: the room's script runs
+        poll(pod, "a59", tickets["a59"])
+        rate = room_on(ev)["admit_per_s"]
+        return rate if rate >= 2 * 1.25**2 else None
+
+    wait_until(grown, "the rate grown twice", timeout=20, every=0.1)
+
+    room_on(ev, "--rate", "100", "--auto-target-ms", "300")  # from 100, a fresh count
+    passes = {b: admitted(pod, b, tickets[b]) for b in list(tickets)[:30]}
+    before = room_on(ev)["admit_per_s"]
+    port = free_port()
+    nginx = front(port, int(pod.url.rsplit(":", 1)[1]), tmp_path).start()
+    workers = _workers(pod)
+    results: list[int] = []
+
+    def order_through_front(buyer: str) -> None:
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/v1/orders",
+            json={"product_id": 1, "user_id": buyer, "quantity": 1},
+            headers={**as_buyer(buyer), "Hotdeal-Pass": passes[buyer]},
+            timeout=30,
+        )
+        results.append(answer.status_code)
+
+    try:
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        threads = [threading.Thread(target=order_through_front, args=(b,)) for b in passes]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)  # the orders wait behind the front
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join()
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        nginx.stop()
+    assert results == [201] * 30
+    time.sleep(1.1)
+    poll(pod, "a59", tickets["a59"])  # the next second's first request: cut by 30%
+    assert room_on(ev)["admit_per_s"] == pytest.approx(before * 0.7)
+
+    fixed = room_on(ev, "--rate", "5")  # a rate alone: the operator's again
+    assert (fixed["rate"], fixed["admit_per_s"]) == ("fixed", 5) and "auto_target_ms" not in fixed
+    refused = ops(ev.env, "room", "--auto-target-ms", "0", check=False)
+    assert refused.returncode == 2 and "auto-target-ms" in refused.stderr
+
+
+def test_a_place_is_admitted_when_the_script_says_so_not_a_rounding_earlier(sale):
+    """Found by reading: the frontier went to the service with 14 digits, so a place
+    the script held waiting could be told "admitted" a poll early."""
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "0")
+    tickets = [join(pod_a, f"r{n}").json()["ticket"] for n in range(3)]
+    ev.client().hset(keys.room(1), "frontier", "2.9999999999999996")
+    states = [poll(pod_a, f"r{n}", t).json()["state"] for n, t in enumerate(tickets)]
+    assert states == ["admitted", "admitted", "waiting"]
+    assert ev.client().hget(keys.room(1), "frontier") == "2.9999999999999996"

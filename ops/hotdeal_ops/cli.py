@@ -68,6 +68,13 @@ def _rate(raw: str) -> float:
     return value
 
 
+def _auto_target(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= room.MAX_AUTO_TARGET_MS:
+        raise argparse.ArgumentTypeError(f"1 to {room.MAX_AUTO_TARGET_MS} ms")
+    return value
+
+
 def _pass_ttl(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= room.MAX_PASS_TTL_S:
@@ -257,7 +264,7 @@ def cmd_room(ctx: Context, args: argparse.Namespace) -> int:
     if args.off:
         _emit(room.close(ctx.redis, args.product))
         return EXIT_OK
-    if args.mode is None and args.rate is None and args.pass_ttl is None:
+    if all(value is None for value in (args.mode, args.rate, args.pass_ttl, args.auto_target_ms)):
         _emit(room.status(ctx.redis, args.product))
         return EXIT_OK
     try:
@@ -268,6 +275,7 @@ def cmd_room(ctx: Context, args: argparse.Namespace) -> int:
                 mode=args.mode,
                 rate=args.rate,
                 pass_ttl_s=args.pass_ttl,
+                auto_target_ms=args.auto_target_ms,
             )
         )
     except (LookupError, ValueError) as exc:
@@ -425,7 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
         "placed at random (default fifo)",
     )
     rm.add_argument(
-        "--rate", type=_rate, default=None, help="places admitted per second (default 100)"
+        "--rate",
+        type=_rate,
+        default=None,
+        help="places admitted per second (default 100); alone, it ends an automatic rate",
+    )
+    rm.add_argument(
+        "--auto-target-ms",
+        type=_auto_target,
+        default=None,
+        help="let the rate follow the order service (from --rate or the current one): it "
+        "grows while the room's orders wait in the service less than this, and cuts back "
+        "once more than 5%% wait longer",
     )
     rm.add_argument(
         "--pass-ttl", type=_pass_ttl, default=None, help="seconds a pass lives (default 120)"

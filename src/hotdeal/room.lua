@@ -20,20 +20,33 @@
 -- Each room has an id, new whenever the room is switched on: tickets and passes carry
 -- it, so those of a room switched off (or of an earlier event) open nothing.
 --
+-- An automatic rate (field `auto`: a target in ms, 0 = the operator's rate) follows what
+-- the order service is measured to serve: the take script counts the room's sales
+-- (`served`) and those that waited in the service longer than the target (`slow`). Each
+-- second, with the first request after it: more than 5% slow (of at least 20) cuts the
+-- rate by 30%; otherwise, while the line is longer than those admitted and the sale is
+-- open, it grows by 25% (a doubling in ~3 s). The growth stops at AUTO_MAX, and at
+-- nothing else, because an idle service answers in time at any rate.
+--
 -- KEYS: 1 room (hash), 2 line (sorted set), 3 books, 4 admitted (hash buyer -> ms)
 -- ARGV: 1 "join" | "poll" | "configure"
 --   join, poll: 2 buyer, 3 a random score below FIRST_COME (join), 4 the ticket's room
 --               id (poll) or when the front read the join, in microseconds ("" unknown)
---   configure:  2 mode, 3 rate, 4 pass ttl s ("" each: unchanged), 5 a new room id
+--   configure:  2 mode, 3 rate, 4 pass ttl s, 6 auto target ms ("" each: unchanged; a
+--               rate alone ends the automatic one), 5 a new room id
 -- Returns:
 --   {"unknown"}                            no books: not a product (or Redis came back empty)
 --   {"closed"}                             no room for this event (order directly)
 --   {"sold_out"}                           nothing left to sell, and nothing held
 --   {"no_place"}                           poll: no place in this room (another room's ticket)
---   {"place", rank, frontier, rate, opens_at_ms, now_ms, room id, first_admission,
---    pass_ttl_s}
+--   {"place", rank, admitted, rate, opens_at_ms, now_ms, room id, first_admission,
+--    pass_ttl_s, stalled}   admitted: the whole places admitted; stalled: "" while
+--    admission can move, "paused" (selling is paused) or "held" (every unit left is
+--    held for payment)
 --   configure: {"configured", room id} or {"refused", why}
 local FIRST_COME = 1099511627776 -- 2^40
+local AUTO_MIN_SAMPLE, AUTO_SLOW_SHARE, AUTO_CUT, AUTO_GROW = 20, 0.05, 0.7, 1.25
+local AUTO_MIN, AUTO_MAX = 1, 100000
 local function number(raw, default)
   local n = tonumber(raw or "")
   if n == nil or n ~= n or n < 0 or n == math.huge then -- absent, nan, negative, inf
@@ -43,7 +56,7 @@ local function number(raw, default)
 end
 
 local room = redis.call("HMGET", KEYS[1], "generation", "mode", "rate", "frontier", "at",
-  "pass_ttl", "id")
+  "pass_ttl", "id", "auto", "auto_at", "served", "slow")
 local b = redis.call("HMGET", KEYS[3], "generation", "quantity", "opens_at", "paused", "held")
 if not b[1] then
   return {"unknown"}
@@ -57,27 +70,49 @@ local opens = number(b[3], 0)
 local rate = number(room[3], 0)
 local frontier = number(room[4], 0)
 local at = number(room[5], now)
+local selling = stock > 0 and not b[4]
+
+-- Each second, the automatic rate for the next (see above).
+local function steer(places)
+  local target = number(room[8], 0)
+  local since = number(room[9], 0)
+  if target <= 0 or now - since < 1000 then
+    return
+  end
+  local served, slow = number(room[10], 0), number(room[11], 0)
+  if served >= AUTO_MIN_SAMPLE and slow > served * AUTO_SLOW_SHARE then
+    rate = math.max(AUTO_MIN, rate * AUTO_CUT)
+  elseif selling and now >= opens and places > frontier then
+    rate = math.min(AUTO_MAX, math.max(AUTO_MIN, rate * AUTO_GROW))
+  end
+  redis.call("HSET", KEYS[1], "rate", string.format("%.17g", rate), "auto_at", now,
+    "served", 0, "slow", 0)
+end
 
 -- Bring the frontier up to date (`force`: now, whatever the last update).
 local function advance(force)
   if not force and now - at < 100 then
     return
   end
-  if stock > 0 and not b[4] and now >= opens then
+  local places = redis.call("ZCARD", KEYS[2])
+  if selling and now >= opens then
     local from = math.max(at, opens)
     if now > from then
-      frontier = math.min(frontier + rate * (now - from) / 1000, redis.call("ZCARD", KEYS[2]))
+      frontier = math.min(frontier + rate * (now - from) / 1000, places)
     end
   end
-  redis.call("HSET", KEYS[1], "frontier", tostring(frontier), "at", now)
+  -- %.17g: the stored frontier is the one this script compared ranks with.
+  redis.call("HSET", KEYS[1], "frontier", string.format("%.17g", frontier), "at", now)
+  steer(places)
 end
 
 if ARGV[1] == "configure" then
   if not on then
     redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
     redis.call("HSET", KEYS[1], "generation", b[1], "mode", "fifo", "rate", 100,
-      "pass_ttl", 120, "frontier", 0, "at", now, "arrivals", 0, "id", ARGV[5])
+      "pass_ttl", 120, "frontier", 0, "at", now, "arrivals", 0, "id", ARGV[5], "auto", 0)
     room[7] = ARGV[5]
+    room[8] = nil
   else
     -- Places already given were scored for the mode they were given in: a line drawn
     -- at random after some came first would put those behind every draw.
@@ -90,6 +125,11 @@ if ARGV[1] == "configure" then
     if ARGV[i + 1] ~= "" then
       redis.call("HSET", KEYS[1], field, ARGV[i + 1])
     end
+  end
+  if ARGV[6] ~= "" or ARGV[3] ~= "" then
+    -- An automatic rate starts from the current one, with a fresh count.
+    redis.call("HSET", KEYS[1], "auto", ARGV[6] ~= "" and ARGV[6] or 0, "auto_at", now,
+      "served", 0, "slow", 0)
   end
   return {"configured", room[7]}
 end
@@ -105,6 +145,12 @@ advance(false)
 -- and stands still (a release reopens the sale, and admission goes on).
 if stock <= 0 and number(b[5], 0) <= 0 then
   return {"sold_out"}
+end
+local stalled = ""
+if b[4] then
+  stalled = "paused"
+elseif stock <= 0 then
+  stalled = "held"
 end
 
 local buyer = ARGV[2]
@@ -129,9 +175,10 @@ if not rank then
   redis.call("ZADD", KEYS[2], score, buyer)
   rank = redis.call("ZRANK", KEYS[2], buyer)
 end
+local admitted = math.floor(frontier)
 local first = 0
-if rank < math.floor(frontier) then
+if rank < admitted then
   first = redis.call("HSETNX", KEYS[4], buyer, now)
 end
-return {"place", rank, tostring(frontier), tostring(rate), opens, now, room[7], first,
-  number(room[6], 120)}
+return {"place", rank, admitted, tostring(rate), opens, now, room[7], first,
+  number(room[6], 120), stalled}

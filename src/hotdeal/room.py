@@ -11,7 +11,13 @@ sells that product only to an order carrying one (`Hotdeal-Pass`). One place per
 Tickets and passes are JWTs signed with HS256 (PyJWT) under the room's secret
 (HOTDEAL_ROOM_SECRET), shared by every pod; each carries the room's id, new whenever
 the room is switched on (so with every event too): those of an earlier room open
-nothing. The room's state lives in Redis beside the books (hotdeal.model.keys): a
+nothing.
+
+The rate is the operator's, or automatic (`auto_target_ms`): it follows what the order
+service is measured to serve, growing while the room's orders wait in the service less
+than the target and cutting back once more than 5% wait longer (room.lua).
+
+The room's state lives in Redis beside the books (hotdeal.model.keys): a
 reset, or a Redis that came back empty, ends it (the product then sells without a room
 until the operator switches it on again: never more than the stock, but without the
 line).
@@ -44,6 +50,8 @@ MAX_PASS_TTL_S = 86_400
 MAX_RATE = 1_000_000.0
 MIN_RATE = 0.01  # below (but 0): a wait of years
 MAX_WAIT_S = 86_400  # an estimate beyond a day says "not today", not a number
+MAX_AUTO_TARGET_MS = 60_000  # the front's stamp is trusted up to a minute (queue.py)
+STALLED = ("paused", "held")  # why admission stands still (room.lua)
 MAX_CACHED = 100_000
 _SCRIPT = files(__package__).joinpath("room.lua").read_text()
 
@@ -149,13 +157,15 @@ class Signer:
 @dataclass(frozen=True, slots=True)
 class Place:
     """What a join or a poll found. `state`: "waiting", "admitted", "sold_out",
-    "closed" (no room: order directly) or "unknown" (no books)."""
+    "closed" (no room: order directly) or "unknown" (no books). `stalled`: why
+    admission stands still ("" while it moves); then no wait is estimated."""
 
     state: str
     product: int
     room: str = ""
     position: int = 0  # 1 = next in line (waiting only)
-    estimated_wait_s: int = 0
+    estimated_wait_s: int | None = None
+    stalled: str = ""
     retry_after_s: int = 0
     opens_at_ms: int = 0
     first_admission: bool = False
@@ -211,9 +221,8 @@ class Line:
                 "no_place",
                 "the ticket has no place in this product's room (of an earlier room or event?)",
             )
-        rank, frontier, rate, opens_ms, now_ms, room, first, ttl = reply[1:]
-        admitted = math.floor(float(frontier))
-        if int(rank) < admitted:
+        rank, admitted, rate, opens_ms, now_ms, room, first, ttl, stalled = reply[1:]
+        if int(rank) < int(admitted):
             return Place(
                 "admitted",
                 product,
@@ -222,17 +231,20 @@ class Line:
                 now_ms=int(now_ms),
                 pass_ttl_s=min(max(int(ttl), 1), MAX_PASS_TTL_S),
             )
-        position = int(rank) - admitted + 1
+        position = int(rank) - int(admitted) + 1
         until_open_s = max(0, int(opens_ms) - int(now_ms)) / 1000
         per_s = float(rate)
         wait_s = until_open_s + (position / per_s if per_s >= MIN_RATE else MAX_WAIT_S)
         wait_s = min(wait_s, MAX_WAIT_S)
+        # Stalled, the line moves when selling resumes or a hold is released, which no
+        # rate foretells: no estimate, and polls as often as if it moved.
         return Place(
             "waiting",
             product,
             room,
             position=position,
-            estimated_wait_s=math.ceil(wait_s),
+            estimated_wait_s=None if stalled else math.ceil(wait_s),
+            stalled=stalled,
             retry_after_s=_retry_after(wait_s),
             opens_at_ms=int(opens_ms),
             now_ms=int(now_ms),
@@ -249,23 +261,28 @@ def configure(
     mode: str | None = None,
     rate: float | None = None,
     pass_ttl_s: int | None = None,
+    auto_target_ms: int | None = None,
 ) -> dict[str, Any]:
     """Switch the room on for the product's current event (a new room: an empty line,
     a new id), or change its rate, mode or pass lifetime mid-event (the line and who was
-    admitted stay; a new rate applies from now). One script: no transaction for the
-    buyers' joins to break."""
+    admitted stay; a new rate applies from now). `auto_target_ms`: the rate follows the
+    order service from `rate` (or the current one) on; a `rate` alone fixes it again.
+    One script: no transaction for the buyers' joins to break."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode: one of {', '.join(MODES)}")
     if rate is not None and not (rate == 0 or MIN_RATE <= rate <= MAX_RATE):
         raise ValueError(f"rate: 0, or {MIN_RATE:g} to {MAX_RATE:g} places a second")
     if pass_ttl_s is not None and not 1 <= pass_ttl_s <= MAX_PASS_TTL_S:
         raise ValueError(f"pass lifetime: 1 to {MAX_PASS_TTL_S} seconds")
+    if auto_target_ms is not None and not 1 <= auto_target_ms <= MAX_AUTO_TARGET_MS:
+        raise ValueError(f"automatic rate's target: 1 to {MAX_AUTO_TARGET_MS} ms")
     args = [
         "configure",
         mode or "",
         "" if rate is None else repr(float(rate)),
         "" if pass_ttl_s is None else str(pass_ttl_s),
         secrets.token_hex(8),
+        "" if auto_target_ms is None else str(auto_target_ms),
     ]
     reply = client.register_script(_SCRIPT)(keys=_keys(product), args=args)
     if reply[0] == "unknown":
@@ -290,6 +307,7 @@ class RoomState:
     pass_ttl_s: int = DEFAULT_PASS_TTL_S
     places: int = 0
     admitted: int = 0
+    auto_target_ms: int = 0  # 0: the operator's rate
 
     @property
     def waiting(self) -> int:
@@ -300,13 +318,13 @@ def read_states(client: Client, products: list[int]) -> list[RoomState]:
     """Each product's room as it stands (for the metrics and the operator)."""
     pipe = client.pipeline(transaction=False)
     for pid in products:
-        pipe.hmget(keys.room(pid), "generation", "mode", "rate", "pass_ttl", "frontier")
+        pipe.hmget(keys.room(pid), "generation", "mode", "rate", "pass_ttl", "frontier", "auto")
         pipe.hget(keys.books(pid), keys.GENERATION)
         pipe.zcard(keys.room_line(pid))
     replies = pipe.execute()
     states = []
     for n, pid in enumerate(products):
-        (generation, mode, rate, pass_ttl, frontier), books_generation, places = replies[
+        (generation, mode, rate, pass_ttl, frontier, auto), books_generation, places = replies[
             3 * n : 3 * n + 3
         ]
         if generation is None or generation != books_generation:
@@ -321,6 +339,7 @@ def read_states(client: Client, products: list[int]) -> list[RoomState]:
                 pass_ttl_s=int(_number(pass_ttl, DEFAULT_PASS_TTL_S)),
                 places=int(places),
                 admitted=min(math.floor(_number(frontier)), int(places)),
+                auto_target_ms=int(_number(auto)),
             )
         )
     return states
@@ -343,9 +362,12 @@ def status(client: Client, product: int) -> dict[str, Any]:
         answer.update(
             mode=state.mode,
             admit_per_s=state.rate,
+            rate="auto" if state.auto_target_ms else "fixed",
             pass_ttl_s=state.pass_ttl_s,
             places=state.places,
             admitted=state.admitted,
             waiting=state.waiting,
         )
+        if state.auto_target_ms:
+            answer["auto_target_ms"] = state.auto_target_ms
     return answer

@@ -52,9 +52,10 @@ class OrderCall:
     request only once the backend answered for that product (so clients can't mint
     metric series), and its outcome when that is not plain "ok"."""
 
-    __slots__ = ("candidate", "product", "result")
+    __slots__ = ("candidate", "product", "result", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, started: float = 0.0) -> None:
+        self.started = started  # perf_counter when the worker took the request
         self.candidate: int | None = None
         self.product = "none"
         self.result: str | None = None
@@ -201,7 +202,7 @@ class OrderRoutes:
         def register(view: View) -> View:
             def counted(**kwargs: Any) -> ResponseReturnValue:
                 started = time.perf_counter()
-                call = OrderCall()
+                call = OrderCall(started)
                 answer: ResponseReturnValue
                 try:
                     answer = view(call, **kwargs)

@@ -141,9 +141,14 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
         order = order_from_request(call, settings.max_per_order, caller)
         room_pass, refused = passes.check(order)
+        waited_ms = passes.waited_ms(call.started) if room_pass else 0
         try:
             taken = stock.take(
-                order, limit=settings.per_user_limit, idempotency_key=key, room_pass=room_pass
+                order,
+                limit=settings.per_user_limit,
+                idempotency_key=key,
+                room_pass=room_pass,
+                waited_ms=waited_ms,
             )
         except Exception as exc:
             passes.settle(room_pass, refused, exc)

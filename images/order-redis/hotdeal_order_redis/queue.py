@@ -9,6 +9,7 @@ POST /v1/orders  Hotdeal-Pass: <pass>     required while the product's room is o
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,18 +27,32 @@ from hotdeal.web import caller_of_request, json_body
 TICKET_HEADER = "Hotdeal-Ticket"
 PASS_HEADER = "Hotdeal-Pass"
 ARRIVED_HEADER = "X-Hotdeal-Arrived"  # set by the front (charts/hotdeal/files/front.conf)
+MAX_FRONT_WAIT_MS = 60_000
 
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
+def front_arrival(trusted: bool) -> float | None:
+    """When the front read this request, epoch seconds (None: not trusted, or not a
+    time)."""
+    if not trusted:
+        return None
+    try:
+        arrived = float(request.headers.get(ARRIVED_HEADER, ""))
+    except ValueError:
+        return None
+    return arrived if math.isfinite(arrived) else None
+
+
 class Passes:
     """An order's pass, checked before its take; the take script decides whether the
     room wants one (it knows whether the room is on, atomically with the sale)."""
 
-    def __init__(self, signer: Signer | None, service: str) -> None:
+    def __init__(self, signer: Signer | None, service: str, trust_front: bool = False) -> None:
         self.signer = signer
+        self.trust_front = trust_front
         self._results = {
             r: metrics.ROOM_PASSES.labels(service, r)
             for r in ("issued", "used", "expired", "refused")
@@ -60,6 +75,17 @@ class Passes:
                 "invalid_pass", "other_product", "the pass is for another product"
             )
         return claims.room, None
+
+    def waited_ms(self, started: float) -> int:
+        """How long an order has waited in the service (the room's automatic rate): since
+        the front read it, queues before the worker included, else since the worker took
+        it (perf_counter `started`)."""
+        arrived = front_arrival(self.trust_front)
+        if arrived is not None:
+            waited = int((time.time() - arrived) * 1000)
+            if 0 <= waited <= MAX_FRONT_WAIT_MS:  # else a front whose clock is off
+                return waited
+        return int((time.perf_counter() - started) * 1000)
 
     def settle(self, room_pass: str, refused: RoomRefused | None, exc: Exception | None) -> None:
         """Count the pass by what the take made of it; a take that wanted a pass and got
@@ -99,16 +125,9 @@ def init_queue(
             )
         return signer
 
-    def front_arrival() -> int | None:
-        """When the front read this join, in epoch microseconds (None: not trusted, or
-        not a time)."""
-        if not settings.room_front_arrival:
-            return None
-        try:
-            arrived = float(request.headers.get(ARRIVED_HEADER, ""))
-        except ValueError:
-            return None
-        return int(arrived * 1_000_000) if math.isfinite(arrived) else None
+    def arrived_us() -> int | None:
+        arrived = front_arrival(settings.room_front_arrival)
+        return None if arrived is None else int(arrived * 1_000_000)
 
     def answer(place: Place, buyer: str, ticket: str | None = None) -> Response:
         if place.state == "unknown":
@@ -121,7 +140,11 @@ def init_queue(
         if ticket is not None:
             body["ticket"] = ticket
         if place.state == "waiting":
-            body.update(position=place.position, estimated_wait_s=place.estimated_wait_s)
+            body["position"] = place.position
+            if place.stalled:
+                body["stalled"] = place.stalled
+            else:
+                body["estimated_wait_s"] = place.estimated_wait_s
             if place.opens_at_ms > place.now_ms:
                 body["opens_at"] = _iso(place.opens_at_ms)
         if place.state == "admitted":
@@ -140,7 +163,7 @@ def init_queue(
         caller = caller_of_request(verifier)
         product, buyer = parse_queue(json_body(), caller)
         room_signer = need_signer()  # before a place is taken that no ticket could name
-        place = line.join(product, buyer, front_arrival())
+        place = line.join(product, buyer, arrived_us())
         ticket = None
         if place.state in ("waiting", "admitted"):  # sold out: no place was taken
             ticket = room_signer.ticket(buyer, product, place.room)
@@ -169,4 +192,4 @@ def init_queue(
 
 def passes_from_settings(settings: Settings, service: str) -> Passes:
     secret = settings.room_secret
-    return Passes(Signer(secret) if secret else None, service)
+    return Passes(Signer(secret) if secret else None, service, settings.room_front_arrival)

@@ -308,9 +308,15 @@ class RedisStock:
         raise errors.unavailable()
 
     def _run_take(
-        self, names: list[str], args: list[Any], plan: durability.WaitPlan, room_pass: str
+        self,
+        names: list[str],
+        args: list[Any],
+        plan: durability.WaitPlan,
+        room_pass: str,
+        waited_ms: int,
     ) -> list[Any]:
-        reply, durable = self._run_script(self._take, names, args, plan, (self._marked, room_pass))
+        after = (self._marked, room_pass, waited_ms)
+        reply, durable = self._run_script(self._take, names, args, plan, after)
         # A replay wrote a mark after the original take: its wait covers that take.
         if reply[0] in ("ok", "replay") and not durable:
             raise errors.outcome_unknown()
@@ -328,11 +334,14 @@ class RedisStock:
         idempotency_key: str | None,
         list_under_buyer: bool = True,
         room_pass: str = "",
+        waited_ms: int = 0,
         again: bool = True,
     ) -> Taken:
         """`room_pass`: the room id of the order's verified waiting-room pass ("" without
-        one). `again`: whether a take that had to settle something first (validate the
-        books, give back a take that never committed) may run once more."""
+        one); `waited_ms`: how long the order waited in the service before the take (the
+        room's automatic rate). `again`: whether a take that had to settle something
+        first (validate the books, give back a take that never committed) may run once
+        more."""
         pid, user = order.product_id, order.user_id
         idem_key = (
             keys.idempotency(pid, user, idempotency_key)
@@ -362,7 +371,7 @@ class RedisStock:
             seen_seq,
             "1" if list_under_buyer else "0",
         ]
-        status, *rest = self._run_take(names, args, plan, room_pass)
+        status, *rest = self._run_take(names, args, plan, room_pass, waited_ms)
         if status == "ok":
             remaining, order_id, at_ms, epoch, seq, generation, expires = rest
             self._seen.raise_to(pid, int(epoch), int(seq))
@@ -388,7 +397,8 @@ class RedisStock:
         # Settled first (a pending take given back, the books validated): once more.
         return self.take(
             order, limit=limit, idempotency_key=idempotency_key,
-            list_under_buyer=list_under_buyer, room_pass=room_pass, again=False,
+            list_under_buyer=list_under_buyer, room_pass=room_pass, waited_ms=waited_ms,
+            again=False,
         )  # fmt: skip
 
     def known_sold_out(self, order: OrderRequest, idempotency_key: str | None) -> bool:

@@ -91,7 +91,8 @@ def _rooms(client: Client, service: str, products: list[int]) -> Iterable[Metric
     )
     rate = GaugeMetricFamily(
         "hotdeal_room_admit_rate",
-        "The room's admission rate, places per second (hotdeal-ops room --rate).",
+        "The room's admission rate, places per second (hotdeal-ops room --rate; automatic "
+        "with --auto-target-ms).",
         labels=labels,
     )
     for state in room.read_states(client, products):

@@ -15,7 +15,8 @@
 --       9/10 the highest (epoch, seq) this client has answered 201 for (the fence),
 --       11 "1" to list the order under the buyer (not for the workshop's shared buyer),
 --       12 the run_id of the server this connection reached, 13 "1" if KEYS[7] is real,
---       14 the room id of the order's verified pass ("" without one)
+--       14 the room id of the order's verified pass ("" without one), 15 how long the
+--       order waited in the service before this take, ms (the room's automatic rate)
 -- Returns {status, ...}:
 --   {"ok", remaining, order_id, ordered_at_ms, epoch, seq, generation, expires_ms}
 --       expires_ms: the hold's deadline under reservations, "" for an outright sale
@@ -81,8 +82,9 @@ end
 
 -- The waiting room: while it is on for this event, only an order with a pass of this
 -- room is sold (a replay, above, sells nothing and needs none).
-local room = redis.call("HMGET", KEYS[9], "generation", "id")
-if room[1] and room[1] == b[4] and ARGV[14] ~= room[2] then
+local room = redis.call("HMGET", KEYS[9], "generation", "id", "auto")
+local in_room = room[1] and room[1] == b[4]
+if in_room and ARGV[14] ~= room[2] then
   return {"pass_required"}
 end
 
@@ -152,5 +154,13 @@ if idem ~= "" then
     "ordered_at", now_ms, "state", ARGV[6] == "inline" and "pending" or "done",
     "epoch", epoch)
   redis.call("EXPIRE", KEYS[6], tonumber(ARGV[7]))
+end
+-- The room's automatic rate counts its sales, and those that waited too long (room.lua).
+local target = in_room and tonumber(room[3] or "") or 0
+if target > 0 then
+  redis.call("HINCRBY", KEYS[9], "served", 1)
+  if (tonumber(ARGV[15]) or 0) > target then
+    redis.call("HINCRBY", KEYS[9], "slow", 1)
+  end
 end
 return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4], tostring(expires)}

@@ -570,3 +570,65 @@ def test_a_place_is_admitted_when_the_script_says_so_not_a_rounding_earlier(sale
     states = [poll(pod_a, f"r{n}", t).json()["state"] for n, t in enumerate(tickets)]
     assert states == ["admitted", "admitted", "waiting"]
     assert ev.client().hget(keys.room(1), "frontier") == "2.9999999999999996"
+
+
+def test_the_automatic_rate_is_cut_on_evidence_never_raised_by_a_cut_nor_lowered_by_growth(sale):
+    """A helper's finds: fewer than 20 sales a second, all slow, grew the rate; a cut
+    from below 1 a second raised it, and turned --rate 0 (doors shut) into 1 a second.
+    Each second's counts are set by hand here, then a poll steers."""
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "0")
+    tickets = {f"s{n}": join(pod_a, f"s{n}").json()["ticket"] for n in range(50)}
+    client = ev.client()
+
+    def steered(rate: float, served: int, slow: int) -> float:
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        client.hset(
+            keys.room(1),
+            mapping={"auto": 300, "rate": repr(rate), "frontier": 0, "at": now_ms - 150,
+                     "auto_at": now_ms - 1500, "served": served, "slow": slow},
+        )  # fmt: skip
+        poll(pod_a, "s49", tickets["s49"])
+        return float(client.hget(keys.room(1), "rate"))
+
+    assert steered(10, served=10, slow=10) == pytest.approx(7)  # few, all slow: cut
+    assert steered(10, served=40, slow=2) == pytest.approx(12.5)  # 5%: in time, grows
+    assert steered(10, served=2, slow=2) == 10  # two slow: not enough to cut, nor grow
+    assert steered(0.5, served=25, slow=25) == 0.5  # a cut never raises
+    assert steered(1.2, served=25, slow=25) == 1  # nor goes below 1 a second
+    assert steered(0, served=0, slow=0) == 0  # the doors shut stay shut
+    assert steered(500_000, served=0, slow=0) == 500_000  # growth never lowers
+
+
+def test_odd_room_fields_neither_stop_the_line_nor_misplace_anyone(sale):
+    """A helper's finds: a last update that is no time (or ahead of Redis's clock) held
+    the frontier for good; a frontier past 2^63 came back as a negative integer."""
+    ev, pod_a, _ = sale
+    room_on(ev, "--rate", "0")
+    tickets = [join(pod_a, f"o{n}").json()["ticket"] for n in range(3)]
+    client = ev.client()
+    room_on(ev, "--rate", "1000")
+    for bad in ("abc", "-5", "nan", "9999999999999999"):
+        client.hset(keys.room(1), mapping={"at": bad, "frontier": 0})
+        poll(pod_a, "o2", tickets[2])  # rewrites `at`
+        wait_until(lambda: poll(pod_a, "o2", tickets[2]).json()["state"] == "admitted", bad)
+    ev.client().hset(keys.books(1), "paused", "a test's pause")  # the frontier stands still
+    client.hset(keys.room(1), "frontier", "1e19")
+    states = [poll(pod_a, f"o{n}", t).json()["state"] for n, t in enumerate(tickets)]
+    assert states == ["admitted"] * 3
+
+
+def test_a_wait_longer_than_the_front_is_trusted_for_counts_as_slow():
+    """A helper's find: a front stamp over a minute old was taken for a clock that is
+    off, and the order counted as served in time."""
+    from flask import Flask
+
+    from hotdeal_order_redis.queue import ARRIVED_HEADER, MAX_FRONT_WAIT_MS, Passes
+
+    passes = Passes(None, "order-redis", trust_front=True)
+    app = Flask(__name__)
+    for ago, waited in ((61.0, MAX_FRONT_WAIT_MS), (5.0, 5000), (-30.0, 0)):
+        stamp = {ARRIVED_HEADER: f"{time.time() - ago:.3f}"}
+        with app.test_request_context(headers=stamp):
+            assert passes.waited_ms(time.perf_counter()) == pytest.approx(waited, abs=200)

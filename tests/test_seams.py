@@ -894,3 +894,28 @@ def test_reset_waits_for_a_legacy_transaction_holding_the_row_lock(
             assert (report["legacy"]["remaining"], report["legacy"]["sold"]) == (9, 1)
     finally:
         svc.proc.stop()
+
+
+def test_a_script_that_stops_after_a_write_never_says_nothing_was_sold(event):
+    """A helper's find, and its class: Redis keeps what a script wrote before an error
+    inside it, and every script error was answered 503 `unavailable` ("nothing was
+    sold"). The fault: a hand-edited books field the take writes after the sale's first
+    write (reservations: `held`)."""
+    ev = event(stock=5)
+    ev.writer()
+    ops(ev.env, "reset", "--discard-orders", "--stock", "5", "--payment-window", "60")
+    svc = ev.service()
+    client = ev.client()
+    client.hset(keys.books(1), "held", "not a number")
+    answer = order(svc, "m1", "k-m1")
+    assert (answer.status_code, answer.json()["error"]) == (503, "outcome_unknown"), answer.text
+    assert ev.books()["quantity"] == "4"  # it did sell: the answer says it may have
+    # A refusal of the first write (a full Redis) is still "nothing was sold".
+    client.hset(keys.books(1), "held", "1")
+    client.config_set("maxmemory", max(int(client.info("memory")["used_memory"]) - 100_000, 1))
+    try:
+        full = order(svc, "m2", "k-m2")
+    finally:
+        client.config_set("maxmemory", 0)
+    assert (full.status_code, full.json()["error"]) == (503, "unavailable"), full.text
+    assert ev.books()["quantity"] == "4"

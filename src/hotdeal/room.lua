@@ -23,10 +23,10 @@
 -- An automatic rate (field `auto`: a target in ms, 0 = the operator's rate) follows what
 -- the order service is measured to serve: the take script counts the room's sales
 -- (`served`) and those that waited in the service longer than the target (`slow`). Each
--- second, with the first request after it: more than 5% slow (of at least 20) cuts the
--- rate by 30%; otherwise, while the line is longer than those admitted and the sale is
--- open, it grows by 25% (a doubling in ~3 s). The growth stops at AUTO_MAX, and at
--- nothing else, because an idle service answers in time at any rate.
+-- second, with the first request after it: more than 5% slow (and at least 3) cuts the
+-- rate by 30%, never below 1 a second; a few slow ones hold it; none (or under 5%) grow
+-- it by 25% (a doubling in ~3 s) while the line is longer than those admitted and the
+-- sale is open, up to AUTO_MAX. A rate of 0 (the doors shut) stays 0.
 --
 -- KEYS: 1 room (hash), 2 line (sorted set), 3 books, 4 admitted (hash buyer -> ms)
 -- ARGV: 1 "join" | "poll" | "configure"
@@ -45,7 +45,7 @@
 --    held for payment)
 --   configure: {"configured", room id} or {"refused", why}
 local FIRST_COME = 1099511627776 -- 2^40
-local AUTO_MIN_SAMPLE, AUTO_SLOW_SHARE, AUTO_CUT, AUTO_GROW = 20, 0.05, 0.7, 1.25
+local AUTO_MIN_SLOW, AUTO_SLOW_SHARE, AUTO_CUT, AUTO_GROW = 3, 0.05, 0.7, 1.25
 local AUTO_MIN, AUTO_MAX = 1, 100000
 local function number(raw, default)
   local n = tonumber(raw or "")
@@ -69,7 +69,13 @@ local stock = number(b[2], 0)
 local opens = number(b[3], 0)
 local rate = number(room[3], 0)
 local frontier = number(room[4], 0)
-local at = number(room[5], now)
+-- A last update that is no time, or later than now (a hand edit; a failover to a server
+-- whose clock is behind), would hold the frontier until then: it is now.
+local at = number(room[5], -1)
+local at_unknown = at < 0 or at > now
+if at_unknown then
+  at = now
+end
 local selling = stock > 0 and not b[4]
 
 -- Each second, the automatic rate for the next (see above).
@@ -80,10 +86,11 @@ local function steer(places)
     return
   end
   local served, slow = number(room[10], 0), number(room[11], 0)
-  if served >= AUTO_MIN_SAMPLE and slow > served * AUTO_SLOW_SHARE then
-    rate = math.max(AUTO_MIN, rate * AUTO_CUT)
-  elseif selling and now >= opens and places > frontier then
-    rate = math.min(AUTO_MAX, math.max(AUTO_MIN, rate * AUTO_GROW))
+  local late = slow > served * AUTO_SLOW_SHARE
+  if late and slow >= AUTO_MIN_SLOW then
+    rate = math.max(rate * AUTO_CUT, math.min(rate, AUTO_MIN)) -- a cut never raises it
+  elseif not late and selling and now >= opens and places > frontier then
+    rate = math.min(math.max(rate, AUTO_MAX), rate * AUTO_GROW) -- nor a growth lowers it
   end
   redis.call("HSET", KEYS[1], "rate", string.format("%.17g", rate), "auto_at", now,
     "served", 0, "slow", 0)
@@ -140,7 +147,7 @@ end
 if ARGV[1] == "poll" and ARGV[4] ~= room[7] then
   return {"no_place"} -- another room's ticket, sold out or not
 end
-advance(false)
+advance(at_unknown)
 -- Units held for payment are not lost yet: while any are, the line keeps its places
 -- and stands still (a release reopens the sale, and admission goes on).
 if stock <= 0 and number(b[5], 0) <= 0 then
@@ -175,7 +182,8 @@ if not rank then
   redis.call("ZADD", KEYS[2], score, buyer)
   rank = redis.call("ZRANK", KEYS[2], buyer)
 end
-local admitted = math.floor(frontier)
+-- Never past the line (a hand-edited frontier of 1e19 would not fit Redis's integer).
+local admitted = math.floor(math.min(frontier, redis.call("ZCARD", KEYS[2])))
 local first = 0
 if rank < admitted then
   first = redis.call("HSETNX", KEYS[4], buyer, now)

@@ -288,6 +288,7 @@ def bench_spike(args: argparse.Namespace) -> int:
         stock=args.stock,
         rate=args.rate,
         workdir=args.workdir / "bench-spike",
+        auto_target_ms=args.auto_target_ms,
     )
     print(
         f"\n{args.buyers} buyers over {args.seconds:g} s around the opening, stock "
@@ -413,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     p_spike.add_argument("--seconds", type=float, default=10.0)
     p_spike.add_argument("--stock", type=int, default=2_000)
     p_spike.add_argument("--rate", type=float, default=400.0)
+    p_spike.add_argument(
+        "--auto-target-ms", type=int, default=0, help="also run the room's automatic rate"
+    )
     p_spike.add_argument("--out", default="results/spike.json")
     p_spike.add_argument("--workdir", type=Path, default=REPO / ".local")
     p_slow = sub.add_parser(

@@ -170,13 +170,22 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def one_run(
-    stack: LocalStack, *, room: bool, buyers: int, seconds: float, stock: int, rate: float
+    stack: LocalStack,
+    *,
+    room: bool,
+    buyers: int,
+    seconds: float,
+    stock: int,
+    rate: float,
+    auto_target_ms: int = 0,
 ) -> dict[str, Any]:
+    """`auto_target_ms`: the room's automatic rate, from `rate` (0: fixed at `rate`)."""
     opens = datetime.now(UTC) + timedelta(seconds=3 + seconds / 2)
     ops(stack.env, "reset", "--discard-orders", "--stock", str(stock), "--opens-at",
         opens.isoformat())  # fmt: skip
     if room:
-        ops(stack.env, "room", "--product", str(PRODUCT), "--rate", str(rate))
+        auto = ["--auto-target-ms", str(auto_target_ms)] if auto_target_ms else []
+        ops(stack.env, "room", "--product", str(PRODUCT), "--rate", str(rate), *auto)
     port = free_port()
     proc = stack.start_service("order-redis", port, front=True)
     crowd = [Buyer(f"spike-{n}", 3 + seconds * n / buyers) for n in range(buyers)]
@@ -185,6 +194,7 @@ def one_run(
         start = asyncio.run(_crowd(f"http://127.0.0.1:{port}", crowd, tokens, room))
         client = redis.Redis.from_url(stack.env["HOTDEAL_REDIS_URL"], decode_responses=True)
         line = client.zrange(keys.room_line(PRODUCT), 0, -1) if room else []
+        rate_end = float(client.hget(keys.room(PRODUCT), "rate") or 0) if room else 0.0
     finally:
         stack.stop_process(proc)
     done = ops(stack.env, "reconcile", "--product", str(PRODUCT), "--wait", check=False)
@@ -207,27 +217,43 @@ def one_run(
     if room:
         arrival = [b.name for b in sorted(crowd, key=lambda b: b.sent)]
         pairs, far = _out_of_order(arrival, line)
-        result.update(out_of_order_pairs=round(pairs, 5), placed_far=round(far, 5))
+        result.update(
+            out_of_order_pairs=round(pairs, 5), placed_far=round(far, 5), rate_end=rate_end
+        )
     return result
 
 
 def run_spike(
-    *, rounds: int, buyers: int, seconds: float, stock: int, rate: float, workdir: Path
+    *,
+    rounds: int,
+    buyers: int,
+    seconds: float,
+    stock: int,
+    rate: float,
+    workdir: Path,
+    auto_target_ms: int = 0,
 ) -> dict[str, Any]:
+    """Room off and on at `rate`, and with `auto_target_ms` the room's automatic rate
+    from `rate` too, in rounds that rotate which goes first."""
     workdir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir=workdir)
-    runs: dict[str, list[dict[str, Any]]] = {"room off": [], "room on": []}
+    variants = {"room off": (False, 0), "room on": (True, 0)}
+    if auto_target_ms:
+        variants["room auto"] = (True, auto_target_ms)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with running(stack):
         stack.start_stores()
         ops(stack.env, "reset", "--discard-orders", "--stock", str(stock))
         writer = stack.start_writer()
+        names = list(variants)
         for round_no in range(1, rounds + 1):
-            order = (False, True) if round_no % 2 else (True, False)
-            for room in order:
-                name = "room on" if room else "room off"
+            shift = (round_no - 1) % len(names)
+            for name in names[shift:] + names[:shift]:
+                room, target = variants[name]
                 run = one_run(
-                    stack, room=room, buyers=buyers, seconds=seconds, stock=stock, rate=rate
-                )
+                    stack, room=room, buyers=buyers, seconds=seconds, stock=stock, rate=rate,
+                    auto_target_ms=target,
+                )  # fmt: skip
                 runs[name].append(run)
                 print(f"  round {round_no} {name}: {run}", flush=True)
         stack.stop_process(writer)
@@ -246,4 +272,5 @@ def run_spike(
         "seconds": seconds,
         "stock": stock,
         "rate": rate,
+        "auto_target_ms": auto_target_ms,
     }

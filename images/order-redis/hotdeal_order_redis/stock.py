@@ -77,6 +77,23 @@ class Settled:
     changed: bool
 
 
+# Writes a server refuses for the whole script (a replica, a failed save, too few
+# replicas) or only for its first write (a full Redis: once a script has written, Redis
+# lets it finish): a script stopped by one of these wrote nothing.
+WRITE_REFUSALS = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
+
+
+def stopped_midway(reply: Exception) -> bool:
+    """Whether a script's error came from inside the script once it ran (a Lua error, a
+    command's error), where earlier writes stay, rather than a refusal of the script or
+    of its first write. (redis-py strips the code of the errors it has a class for.)"""
+    if isinstance(reply, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+        return False
+    text = str(reply)
+    ran = "user_script" in text or "Error running script" in text
+    return ran and not text.startswith(WRITE_REFUSALS)
+
+
 def take_script_keys(pid: int, idem_key: str, instance_key: str) -> list[str]:
     """take_stock.lua's KEYS, in its order."""
     return [
@@ -301,8 +318,14 @@ class RedisStock:
                     refresh_topology(self.client)
                     continue
             if isinstance(reply, Exception):
+                first_line = str(reply).split("\n")[0][:200]
+                if stopped_midway(reply):
+                    # The script ran and stopped on an error: Redis keeps what it wrote
+                    # before, so it may have sold.
+                    log.error("script failed while it ran: %s", first_line)
+                    raise errors.outcome_unknown()
                 # Refused before it ran (LOADING, READONLY, OOM, ...): nothing was done.
-                log.warning("script refused by Redis: %s", str(reply).split("\n")[0][:200])
+                log.warning("script refused by Redis: %s", first_line)
                 raise errors.unavailable()
             return reply, plan.satisfied(replies[1:])
         raise errors.unavailable()

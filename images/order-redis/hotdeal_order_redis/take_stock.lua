@@ -82,7 +82,7 @@ end
 
 -- The waiting room: while it is on for this event, only an order with a pass of this
 -- room is sold (a replay, above, sells nothing and needs none).
-local room = redis.call("HMGET", KEYS[9], "generation", "id", "auto")
+local room = redis.call("HMGET", KEYS[9], "generation", "id", "auto", "served", "slow")
 local in_room = room[1] and room[1] == b[4]
 if in_room and ARGV[14] ~= room[2] then
   return {"pass_required"}
@@ -156,11 +156,16 @@ if idem ~= "" then
   redis.call("EXPIRE", KEYS[6], tonumber(ARGV[7]))
 end
 -- The room's automatic rate counts its sales, and those that waited too long (room.lua).
+-- HSET of numbers read leniently: nothing here can fail after the sale's writes.
 local target = in_room and tonumber(room[3] or "") or 0
 if target > 0 then
-  redis.call("HINCRBY", KEYS[9], "served", 1)
+  local function count(raw)
+    local n = tonumber(raw or "") or 0
+    return (n >= 0 and n < 1e9) and math.floor(n) + 1 or 1
+  end
+  redis.call("HSET", KEYS[9], "served", count(room[4]))
   if (tonumber(ARGV[15]) or 0) > target then
-    redis.call("HINCRBY", KEYS[9], "slow", 1)
+    redis.call("HSET", KEYS[9], "slow", count(room[5]))
   end
 end
 return {"ok", remaining, order_id, tostring(now_ms), epoch, seq, b[4], tostring(expires)}

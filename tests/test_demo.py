@@ -109,8 +109,10 @@ def test_redis_capacity_tool_measures_the_take_script(tmp_path):
     assert len(runs) == 3 and all(r["takes_per_second"] > 0 for r in runs)
     assert all(r["redis_cpu_us_per_take"] > 0 for r in runs)
     # Every take sold: the tool sends the take as the service does (it once sent too
-    # few keys and arguments, and measured the script's refusal).
-    assert [r["sold"] for r in runs if r["script"].startswith("take")] == [2000, 2000]
+    # few keys and arguments, and measured the script's refusal). Two random buyers of
+    # the API shape may be one (a gate run drew one in 10^8): the limit refuses it.
+    workshop, api = (r["sold"] for r in runs if r["script"].startswith("take"))
+    assert workshop == 2000 and api >= 1990
 
 
 def test_demo_says_clearly_when_a_port_is_taken(tmp_path):

@@ -572,6 +572,7 @@ def test_a_place_is_admitted_when_the_script_says_so_not_a_rounding_earlier(sale
     assert ev.client().hget(keys.room(1), "frontier") == "2.9999999999999996"
 
 
+@pytest.mark.parametrize("sale", list(SERVERS.values()), ids=list(SERVERS), indirect=True)
 def test_the_automatic_rate_is_cut_on_evidence_never_raised_by_a_cut_nor_lowered_by_growth(sale):
     """A helper's finds: fewer than 20 sales a second, all slow, grew the rate; a cut
     from below 1 a second raised it, and turned --rate 0 (doors shut) into 1 a second.

@@ -896,12 +896,13 @@ def test_reset_waits_for_a_legacy_transaction_holding_the_row_lock(
         svc.proc.stop()
 
 
-def test_a_script_that_stops_after_a_write_never_says_nothing_was_sold(event):
+@pytest.mark.parametrize("binary", list(SERVERS.values()), ids=list(SERVERS))
+def test_a_script_that_stops_after_a_write_never_says_nothing_was_sold(event, binary):
     """A helper's find, and its class: Redis keeps what a script wrote before an error
     inside it, and every script error was answered 503 `unavailable` ("nothing was
     sold"). The fault: a hand-edited books field the take writes after the sale's first
-    write (reservations: `held`)."""
-    ev = event(stock=5)
+    write (reservations: `held`). Each server words its errors its own way."""
+    ev = event(stock=5, binary=binary)
     ev.writer()
     ops(ev.env, "reset", "--discard-orders", "--stock", "5", "--payment-window", "60")
     svc = ev.service()

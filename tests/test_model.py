@@ -52,3 +52,15 @@ def test_the_take_scripts_records_are_the_models(event):
     rebuilt = {k: str(v) for k, v in sale.idempotency_record(remaining=3).items()}
     assert rebuilt.items() <= record.items()  # the take's record also carries its epoch
     assert client.hget(keys.buyer_orders(1), "buyer-1") == taken.order_id
+
+
+def test_the_scripts_pause_reasons_are_the_fences():
+    """The writer repairs books paused for a reason it knows (hotdeal.fence.REPAIRABLE):
+    the scripts' reasons start with those prefixes, written out in Lua."""
+    from hotdeal import fence
+
+    scripts = files("hotdeal_order_redis")
+    for name in ("take_stock.lua", "hold.lua"):
+        text = scripts.joinpath(name).read_text()
+        reasons = re.findall(r'(?:local reason = |"paused", )"([a-z]+: )', text)
+        assert reasons and set(reasons) <= set(fence.REPAIRABLE), (name, reasons)

@@ -369,3 +369,36 @@ def test_a_limit_refusal_names_only_the_orders_that_count(event):
     assert refused["error"] == "limit_exceeded" and refused["orders"] == [second], refused
     listed = svc.get("/v1/orders?product_id=1&user_id=l0").json()["orders"]
     assert {o["order_id"]: o["state"] for o in listed} == {first: "cancelled", second: "reserved"}
+
+
+def test_a_settle_stopped_part_way_pauses_for_a_repair_and_never_answers_reserved(event):
+    """A second helper's find: a cancel that stopped on an error after its first writes
+    (the fault: the buyers' hash hand-edited to a string) answered outcome_unknown, as
+    it should, but its retry then answered 200 "reserved", and a confirm 409 "it was
+    cancelled"; the unit stayed held for good. Now the retry pauses selling, and the
+    writer's repair rebuilds the hold from the database, which settles it then."""
+    ev = event()
+    reserve(ev, window_s=60, stock=5)
+    ev.writer()
+    svc = ev.service()
+    client = ev.client()
+    taken = hold(svc, "m1", "k-m1")
+    assert taken.status_code == 201, taken.text
+    order_id = taken.json()["order_id"]
+    wait_until(lambda: stored_states(ev).get(order_id) == "reserved", "the hold stored")
+    buyers = client.hgetall(keys.buyers(1))
+    client.delete(keys.buyers(1))
+    client.set(keys.buyers(1), "not a hash")
+    stopped = settle(svc, order_id, "cancel")
+    assert (stopped.status_code, stopped.json()["error"]) == (503, "outcome_unknown")
+    client.delete(keys.buyers(1))
+    client.hset(keys.buyers(1), mapping=buyers)
+    retried = [settle(svc, order_id, op) for op in ("cancel", "confirm")]
+    assert [(r.status_code, r.json()["error"]) for r in retried] == [(503, "paused")] * 2
+
+    def cancelled() -> bool:
+        return settle(svc, order_id, "cancel").json().get("state") == "cancelled"
+
+    wait_until(cancelled, "the repaired hold cancelled", timeout=30)
+    settled_everywhere(ev)
+    assert ev.books()["quantity"] == "5" and stored_states(ev)[order_id] == "cancelled"

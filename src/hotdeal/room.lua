@@ -82,7 +82,8 @@ local selling = stock > 0 and not b[4]
 local function steer(places)
   local target = number(room[8], 0)
   local since = number(room[9], 0)
-  if target <= 0 or now - since < 1000 then
+  -- (A start later than now, like `at` above, is no start: steer now.)
+  if target <= 0 or (now - since < 1000 and since <= now) then
     return
   end
   local served, slow = number(room[10], 0), number(room[11], 0)

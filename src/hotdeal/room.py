@@ -50,7 +50,8 @@ MAX_PASS_TTL_S = 86_400
 MAX_RATE = 1_000_000.0
 MIN_RATE = 0.01  # below (but 0): a wait of years
 MAX_WAIT_S = 86_400  # an estimate beyond a day says "not today", not a number
-MAX_AUTO_TARGET_MS = 60_000  # the front's stamp is trusted up to a minute (queue.py)
+MAX_WAITED_MS = 60_000  # an order's wait as the automatic rate counts it, at most
+MAX_AUTO_TARGET_MS = MAX_WAITED_MS // 2  # below it: the longest wait is always slow
 MAX_CACHED = 100_000
 _SCRIPT = files(__package__).joinpath("room.lua").read_text()
 

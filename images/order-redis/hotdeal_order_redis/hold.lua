@@ -22,7 +22,8 @@
 -- Returns:
 --   {"confirmed", epoch, seq} | {"cancelled", epoch, seq} | {"expired", epoch, seq}
 --       (epoch, seq: the change's, or "0" "0" when it was settled before: a replay)
---   {"not_reserved"} an outright sale; {"unknown"} no such order; {"paused", reason};
+--   {"not_reserved"} an outright sale; {"unknown"} no such order; {"paused", reason}
+--   (also for a hold a settle left half-done, which it pauses for a repair);
 --   {"unvalidated"}; expire: {"expired_batch", released, max lag ms, next deadline}
 local b = redis.call("HMGET", KEYS[1], "seq", "epoch", "generation", "paused", "validated")
 if not b[3] then
@@ -138,6 +139,14 @@ end
 local state = words(record)[4]
 if not state then
   return {"not_reserved"}
+end
+if state == "reserved" then
+  -- Reserved, yet not among the holds: a settle stopped part-way (an error after its
+  -- first writes; Redis keeps them). Its unit would stay held for good and no answer
+  -- would be true: selling pauses until a repair rebuilds the holds from the database.
+  local reason = "broken: hold " .. id .. " was left half-settled" -- hotdeal.fence.BROKEN
+  redis.call("HSET", KEYS[1], "paused", reason)
+  return {"paused", reason}
 end
 redis.call("SET", KEYS[7], "1")
 return {state, "0", "0"}

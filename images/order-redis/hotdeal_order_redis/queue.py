@@ -20,14 +20,13 @@ from hotdeal.config import Settings
 from hotdeal.errors import ApiError
 from hotdeal.identity import Trusting, Verifier
 from hotdeal.redis_client import Client
-from hotdeal.room import PASS, TICKET, Line, Place, RoomRefused, Signer
+from hotdeal.room import MAX_WAITED_MS, PASS, TICKET, Line, Place, RoomRefused, Signer
 from hotdeal.validation import OrderRequest, parse_queue
 from hotdeal.web import caller_of_request, json_body
 
 TICKET_HEADER = "Hotdeal-Ticket"
 PASS_HEADER = "Hotdeal-Pass"
 ARRIVED_HEADER = "X-Hotdeal-Arrived"  # set by the front (charts/hotdeal/files/front.conf)
-MAX_FRONT_WAIT_MS = 60_000
 
 
 def _iso(ms: int) -> str:
@@ -84,7 +83,7 @@ class Passes:
         if arrived is not None:
             waited = int((time.time() - arrived) * 1000)
             if waited >= 0:  # else a front whose clock is ahead: the worker's own time
-                return min(waited, MAX_FRONT_WAIT_MS)  # a minute: slow whatever the target
+                return min(waited, MAX_WAITED_MS)  # slow whatever the target
         return int((time.perf_counter() - started) * 1000)
 
     def settle(self, room_pass: str, refused: RoomRefused | None, exc: Exception | None) -> None:

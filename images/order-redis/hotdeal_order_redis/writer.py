@@ -489,7 +489,7 @@ class OrderWriter:
             writer_metrics.PAUSED_SEEN.inc()
             if (
                 self.auto_repair
-                and reason.startswith(fence.ROLLBACK)
+                and reason.startswith(fence.REPAIRABLE)
                 and not self.client.xlen(stream)
             ):
                 try:

@@ -3,14 +3,15 @@ product label only the backend can vouch for, whatever way its view ends."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import redis
-from flask import Flask, Response
+from flask import Flask
 from prometheus_client import REGISTRY
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from hotdeal import errors
-from hotdeal.web import OrderCall, OrderRoutes, init_errors, workshop_answer
+from hotdeal.web import Answer, Incoming, OrderCall, OrderRoutes, init_errors, workshop_answer
 
 SERVICE = "test-routes"
 
@@ -27,35 +28,39 @@ def client():
     routes = OrderRoutes(SERVICE)
 
     def failing(exc: Exception):
-        def view(call: OrderCall) -> Response:
+        def view(call: OrderCall, incoming: Incoming) -> Answer:
             call.candidate = 7
             raise exc
 
         return view
 
     @routes.get("/ok")
-    def ok(call: OrderCall) -> tuple[Response, int]:
+    def ok(call: OrderCall, incoming: Incoming) -> Answer:
         call.candidate = 7
         call.product_known()
-        return Response("1"), 201
+        return Answer(201, b"1", "text/plain")
 
     @routes.get("/sold-out")
-    def sold_out(call: OrderCall) -> Response:
+    def sold_out(call: OrderCall, incoming: Incoming) -> Answer:
         call.candidate = 7
         return workshop_answer(call, lambda: _raise(errors.sold_out(0)))
+
+    @routes.post("/body")
+    def body(call: OrderCall, incoming: Incoming) -> Answer:
+        call.candidate = 7
+        return Answer.json(201, incoming.json())
 
     cases = {
         "/unknown": errors.unknown_product(7),
         "/paused": errors.paused("rollback"),
         "/redis-down": redis.ConnectionError("refused"),
         "/bug": RuntimeError("boom"),
-        "/too-large": RequestEntityTooLarge(),
     }
     for path, exc in cases.items():
         view = failing(exc)
         view.__name__ = path.strip("/").replace("-", "_")
         routes.get(path)(view)
-    app.register_blueprint(routes.blueprint)
+    routes.init_app(app)
     return app.test_client()
 
 
@@ -73,7 +78,6 @@ def _raise(exc: Exception) -> None:
         ("/paused", 503, "7", "paused"),
         ("/redis-down", 503, "none", "unavailable"),
         ("/bug", 500, "none", "error"),
-        ("/too-large", 413, "none", "rejected"),
     ],
 )
 def test_each_way_an_order_ends_is_counted_once(client, path, status, product, result):
@@ -85,11 +89,57 @@ def test_each_way_an_order_ends_is_counted_once(client, path, status, product, r
     assert _count(product, result) == before + 1
 
 
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error"),
+    [
+        (b'{"a": 1}', {"Content-Type": "application/json"}, 201, None),
+        (b'{"a": 1}', {"Content-Type": "application/merge-patch+json"}, 201, None),
+        (b'{"a": 1}', {"Content-Type": "text/plain"}, 400, "invalid_request"),
+        (b'{"a": ', {"Content-Type": "application/json"}, 400, "invalid_request"),
+        (b"[" * 100_000, {"Content-Type": "application/json"}, 413, "request_entity_too_large"),
+        (b"", {"Content-Type": "application/json"}, 400, "invalid_request"),
+    ],
+)
+def test_the_order_routes_read_a_body_as_flask_did(client, body, headers, status, error):
+    """The order routes read the WSGI environ themselves: a body that is not JSON is a
+    400, one over 4 KiB a 413 before it is read, and each is counted once."""
+    before = _count("none", "rejected")
+    answer = client.post("/body", data=body, headers=headers)
+    assert answer.status_code == status and answer.is_json, answer.data
+    if error:
+        assert answer.get_json()["error"] == error
+        assert _count("none", "rejected") == before + 1
+
+
+def test_a_chunked_body_over_the_bound_is_a_413(client):
+    """No Content-Length (chunked, as gunicorn passes it): read up to the bound only."""
+    answer = client.post(
+        "/body",
+        input_stream=io.BytesIO(b'{"a": "' + b"x" * 5000 + b'"}'),
+        headers={"Content-Type": "application/json"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert (answer.status_code, answer.get_json()["error"]) == (413, "request_entity_too_large")
+
+
+def test_flask_still_knows_the_order_routes(client):
+    """Served before Flask, the routes are Flask's rules too: a HEAD is served (and
+    counted) like a GET, OPTIONS and a 405's Allow list them."""
+    before = _count("7", "ok")
+    assert client.head("/ok").status_code == 201
+    assert _count("7", "ok") == before + 1
+    assert "POST" in client.options("/body").headers["Allow"]
+    refused = client.put("/body")
+    assert refused.status_code == 405 and "POST" in refused.headers["Allow"]
+    assert refused.get_json()["error"] == "method_not_allowed"
+
+
 def test_one_table_of_outcomes_holds_the_code_the_document_and_the_metric_together():
     """hotdeal.errors.OUTCOMES is the one place that says what an error code means: every
     answer the code builds uses its status, the OpenAPI document lists exactly its codes
     (the 500 "error" no promise allows aside), and the metric's results, the README and
     the alert rules and dashboard name only its results."""
+    import json
     import re
     from pathlib import Path
 
@@ -108,8 +158,8 @@ def test_one_table_of_outcomes_holds_the_code_the_document_and_the_metric_togeth
         assert errors.OUTCOMES[code].status == int(status), (code, status)
     for exc in (http.NotFound(), http.MethodNotAllowed(["POST"]), http.RequestEntityTooLarge()):
         with Flask(__name__).app_context():
-            response, status, _ = error_answer(exc)
-        assert errors.OUTCOMES[response.get_json()["error"]].status == status
+            answer, _ = error_answer(exc)
+        assert errors.OUTCOMES[json.loads(answer.body)["error"]].status == answer.status
 
     with Flask(__name__).app_context():
         spec = openapi_document("order-redis", __import__("hotdeal.config").config.Settings())

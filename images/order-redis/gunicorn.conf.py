@@ -11,17 +11,17 @@ os.cpu_count() sees the node, not the container's CPU limit: in Kubernetes the c
 HOTDEAL_WORKERS from the pod's CPU request.
 
 Where a request's CPU goes (py-spy and cProfile on a worker under ab -c 150, 2 cores;
-`make bench` prints the CPU columns): gunicorn and Flask ~300 us for a route that does
-nothing; one EVALSHA through redis-py's Script call ~200 us more (the "flask+script"
-ceiling). order-redis's worker now costs the same as that ceiling, with the whole take
-in it. What it took, each measured:
+`make bench` prints the CPU columns): gunicorn ~140 us for a plain WSGI route that does
+nothing, Flask ~100 us more; one EVALSHA through redis-py's Script call ~170 us more (the
+"wsgi+script" ceiling), ~240 us behind Flask. So the order routes run without Flask
+(hotdeal.web.OrderRoutes): order-redis's worker costs ~360 us a take, against ~510 when
+it was a Flask route. What else it took, each measured:
 - the take goes out on the worker's own connection, packed by hiredis (redis-py's pool,
   encoder and connect() wrapper cost ~45 us; hotdeal_order_redis.stock);
 - no syscall a take can do without: the fence marks are read and raised without a lock
   (hotdeal_order_redis.seen), order ids come from a block of random bytes
   (hotdeal.history), no getpid() per take;
-- one wrapper per order route instead of before/after_request hooks and flask.g, and the
-  metric children kept (hotdeal.web).
+- the metric children kept (hotdeal.web).
 Code that costs ~2 us in a loop costs 5-10 us here: a worker runs each request with
 cold caches after waiting on Redis, so fewer bytecodes and syscalls pay more than the
 loop suggests. The rest of the gap to the ceiling is not in the worker: Redis runs the

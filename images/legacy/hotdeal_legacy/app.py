@@ -15,6 +15,8 @@ from hotdeal.identity import verifier_from_settings
 from hotdeal.schema import hotdeal_list
 from hotdeal.validation import OrderRequest, parse_order_id, parse_product_id, parse_user_id
 from hotdeal.web import (
+    Answer,
+    Incoming,
     OrderCall,
     OrderRoutes,
     Reader,
@@ -77,24 +79,25 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     if settings.workshop_routes:
 
         @routes.get("/order")
-        def workshop_order(call: OrderCall) -> Response:
-            order = workshop_order_of(caller_of_request(verifier))
+        def workshop_order(call: OrderCall, incoming: Incoming) -> Answer:
+            order = workshop_order_of(verifier.caller(incoming.header("Authorization")))
             call.candidate = order.product_id
             return workshop_answer(call, lambda: place(call, order).remaining)
 
     @routes.post("/v1/orders")
-    def create_order(call: OrderCall) -> tuple[Response, int]:
-        caller = caller_of_request(verifier)
-        order = order_from_request(call, settings.max_per_order, caller)
+    def create_order(call: OrderCall, incoming: Incoming) -> Answer:
+        caller = verifier.caller(incoming.header("Authorization"))
+        order = order_from_request(call, incoming, settings.max_per_order, caller)
         placed = place(call, order)
-        return jsonify(
-            order_id=placed.order_id,
-            product_id=order.product_id,
-            quantity=order.quantity,
-            remaining=placed.remaining,
-        ), 201
+        document = {
+            "order_id": placed.order_id,
+            "product_id": order.product_id,
+            "quantity": order.quantity,
+            "remaining": placed.remaining,
+        }
+        return Answer.json(201, document)
 
-    app.register_blueprint(routes.blueprint)
+    routes.init_app(app)
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:

@@ -9,7 +9,7 @@ import time
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import Engine
 
-from hotdeal import durability
+from hotdeal import durability, errors
 from hotdeal.config import Settings
 from hotdeal.db import engine_from_settings, table_reachable
 from hotdeal.errors import NotReady, already_confirmed, released, unknown_order
@@ -27,6 +27,8 @@ from hotdeal.validation import (
     parse_user_id,
 )
 from hotdeal.web import (
+    Answer,
+    Incoming,
     OrderCall,
     OrderRoutes,
     Reader,
@@ -40,12 +42,17 @@ from hotdeal.web import (
     workshop_order_of,
 )
 from hotdeal_order_redis import holds
-from hotdeal_order_redis.queue import init_queue, passes_from_settings
-from hotdeal_order_redis.sold_out import SoldOutShortcut
+from hotdeal_order_redis.queue import (
+    ARRIVED_HEADER,
+    PASS_HEADER,
+    init_queue,
+    passes_from_settings,
+)
 from hotdeal_order_redis.stock import RedisStock
 from hotdeal_order_redis.stock_metrics import read_stock
 
 SERVICE = "order-redis"
+REPLAYED = (("Idempotent-Replayed", "true"),)
 log = logging.getLogger(__name__)
 
 
@@ -124,11 +131,13 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
     if settings.workshop_routes:
 
         @orders.get("/order-redis")
-        def workshop_order(call: OrderCall) -> Response:
-            order = workshop_order_of(caller_of_request(verifier))
+        def workshop_order(call: OrderCall, incoming: Incoming) -> Answer:
+            order = workshop_order_of(verifier.caller(incoming.header("Authorization")))
             call.candidate = order.product_id
 
             def take() -> int:
+                if stock.known_sold_out(order, None):
+                    raise errors.sold_out(0)
                 taken = stock.take(order, limit=0, idempotency_key=None, list_under_buyer=False)
                 sold(SERVICE, order)
                 return taken.remaining
@@ -136,12 +145,18 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             return workshop_answer(call, take)
 
     @orders.post("/v1/orders")
-    def create_order(call: OrderCall) -> tuple[Response, int]:
-        caller = caller_of_request(verifier)
-        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        order = order_from_request(call, settings.max_per_order, caller)
-        room_pass, refused = passes.check(order)
-        waited_ms = passes.waited_ms(call.started) if room_pass else 0
+    def create_order(call: OrderCall, incoming: Incoming) -> Answer:
+        caller = verifier.caller(incoming.header("Authorization"))
+        key = parse_idempotency_key(incoming.header("Idempotency-Key"))
+        order = order_from_request(call, incoming, settings.max_per_order, caller)
+        # After the last unit every order ends here, from this worker's memory
+        # (hotdeal_order_redis.sold_out), before a pass is read.
+        if stock.known_sold_out(order, key):
+            raise errors.sold_out(0)
+        room_pass, refused = passes.check(order, incoming.header(PASS_HEADER))
+        waited_ms = 0
+        if room_pass:
+            waited_ms = passes.waited_ms(call.started, incoming.header(ARRIVED_HEADER))
         try:
             taken = stock.take(
                 order,
@@ -155,30 +170,20 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
             raise
         passes.settle(room_pass, refused, None)
         call.product_known()
-        hold = {}
+        document = {
+            "order_id": taken.order_id,
+            "product_id": order.product_id,
+            "quantity": order.quantity,
+            "remaining": taken.remaining,
+        }
         if taken.state is not None:
-            hold = {"state": taken.state, "expires_at": iso_ms(taken.expires_ms)}
-        response = jsonify(
-            order_id=taken.order_id,
-            product_id=order.product_id,
-            quantity=order.quantity,
-            remaining=taken.remaining,
-            **hold,
-        )
+            document.update(state=taken.state, expires_at=iso_ms(taken.expires_ms))
         if taken.replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        else:
-            sold(SERVICE, order)
-        return response, 201
+            return Answer.json(201, document, REPLAYED)
+        sold(SERVICE, order)
+        return Answer.json(201, document)
 
-    app.register_blueprint(orders.blueprint)
-    app.wsgi_app = SoldOutShortcut(  # type: ignore[method-assign]
-        app.wsgi_app,
-        stock=stock,
-        verifier=verifier,
-        max_per_order=settings.max_per_order,
-        routes=orders,
-    )
+    orders.init_app(app)
 
     @app.get("/v1/orders/<order_id>")
     def get_order(order_id: str) -> Response:

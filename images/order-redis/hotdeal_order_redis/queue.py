@@ -33,13 +33,13 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-def front_arrival(trusted: bool) -> float | None:
-    """When the front read this request, epoch seconds (None: not trusted, or not a
-    time)."""
-    if not trusted:
+def front_arrival(header: str | None, trusted: bool) -> float | None:
+    """When the front read this request (its ARRIVED_HEADER), epoch seconds (None: not
+    trusted, or not a time)."""
+    if not trusted or header is None:
         return None
     try:
-        arrived = float(request.headers.get(ARRIVED_HEADER, ""))
+        arrived = float(header)
     except ValueError:
         return None
     return arrived if math.isfinite(arrived) else None
@@ -60,9 +60,9 @@ class Passes:
     def issued(self) -> None:
         self._results["issued"].inc()
 
-    def check(self, order: OrderRequest) -> tuple[str, RoomRefused | None]:
-        """(the room id of a good pass or "", why a pass that was sent is not good)."""
-        token = request.headers.get(PASS_HEADER)
+    def check(self, order: OrderRequest, token: str | None) -> tuple[str, RoomRefused | None]:
+        """(the room id of a good pass or "", why a pass `token` that was sent is not
+        good)."""
         if token is None or self.signer is None:
             return "", None
         try:
@@ -75,11 +75,11 @@ class Passes:
             )
         return claims.room, None
 
-    def waited_ms(self, started: float) -> int:
+    def waited_ms(self, started: float, arrived_header: str | None) -> int:
         """How long an order has waited in the service (the room's automatic rate): since
         the front read it, queues before the worker included, else since the worker took
         it (perf_counter `started`)."""
-        arrived = front_arrival(self.trust_front)
+        arrived = front_arrival(arrived_header, self.trust_front)
         if arrived is not None:
             waited = int((time.time() - arrived) * 1000)
             if waited >= 0:  # else a front whose clock is ahead: the worker's own time
@@ -125,7 +125,7 @@ def init_queue(
         return signer
 
     def arrived_us() -> int | None:
-        arrived = front_arrival(settings.room_front_arrival)
+        arrived = front_arrival(request.headers.get(ARRIVED_HEADER), settings.room_front_arrival)
         return None if arrived is None else int(arrived * 1_000_000)
 
     def answer(place: Place, buyer: str, ticket: str | None = None) -> Response:

@@ -371,8 +371,6 @@ class RedisStock:
             if idempotency_key
             else keys.idempotency_placeholder(pid)
         )
-        if self.known_sold_out(order, idempotency_key):
-            raise errors.sold_out(0)
         try:
             plan = self.durability_plan()
         except durability.DurabilityError:
@@ -427,22 +425,14 @@ class RedisStock:
     def known_sold_out(self, order: OrderRequest, idempotency_key: str | None) -> bool:
         """This worker knows the product is sold out (hotdeal_order_redis.sold_out) and
         the order can't be the retry of a sale: it has no Idempotency-Key, or one never
-        used. Raises `unavailable` if Redis can't say which."""
+        used. Raises `unavailable` if Redis can't say which. The routes ask before the
+        take (and before anything else costs)."""
         if not self._sold_out.known(order.product_id):
             return False
         if idempotency_key is None:
             return True
         key = keys.idempotency(order.product_id, order.user_id, idempotency_key)
         return not self._key_exists(key)
-
-    @property
-    def any_sold_out(self) -> bool:
-        return self._sold_out.any()
-
-    def marked(self, product_id: int) -> bool:
-        """This worker knows the product is sold out (a keyed order may still be owed a
-        replay: known_sold_out says)."""
-        return self._sold_out.known(product_id)
 
     def _key_exists(self, key: str) -> bool:
         """Whether an Idempotency-Key was used before (its take may be owed a replay):

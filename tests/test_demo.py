@@ -93,7 +93,7 @@ def test_demo_runs_end_to_end(tmp_path):
     for column in ceilings["columns"].values():
         assert column["requests_per_second"] > 0 and column["failed"] == 0
     assert ceilings["columns"]["order-redis"]["cpu_us_writer"] > 0
-    assert ceilings["order_redis_vs_script"] > 0 and "order-redis / flask+script" in done.stdout
+    assert ceilings["order_redis_vs_script"] > 0 and "order-redis / routes+script" in done.stdout
     assert any("flask+script" in c["check"] for c in result["speed_bar"])
 
 

@@ -258,12 +258,14 @@ def speed_bar(result: dict[str, Any]) -> list[dict[str, Any]]:
         )
     ceilings = result.get("ceilings")
     if ceilings:
-        ratio = ceilings["order_redis_vs_script"]
+        # The whole durable take, with its writer, against a Flask route that only runs
+        # a two-line script (what the order route cost before it ran without Flask).
+        ratio = ceilings["order_redis_vs_flask_script"]
         checks.append(
             {
-                "check": "order-redis >= 0.85 of flask+script (median of rounds)",
+                "check": "order-redis >= flask+script (median of rounds)",
                 "value": ratio,
-                "ok": ratio >= 0.85,
+                "ok": ratio >= 1,
             }
         )
         writer = ceilings["columns"]["order-redis"].get("cpu_us_writer")
@@ -298,9 +300,12 @@ WARM_UP = 1000
 CEILING_COLUMNS = (
     Column("flask", "hotdeal_local.ceiling:bare_app()", "/ceiling", "always", {}),
     Column("flask+script", "hotdeal_local.ceiling:script_app()", "/ceiling", "always", {}),
+    Column("routes", "hotdeal_local.ceiling:routes_app()", "/ceiling", "always", {}),
+    Column("routes+script", "hotdeal_local.ceiling:routes_script_app()", "/ceiling",
+           "always", {}),
     Column("order-redis", None, "/order-redis", "always", {}),
-    Column("flask+script (everysec)", "hotdeal_local.ceiling:script_app()", "/ceiling",
-           "everysec", {}),
+    Column("routes+script (everysec)", "hotdeal_local.ceiling:routes_script_app()",
+           "/ceiling", "everysec", {}),
     Column("order-redis-none", None, "/order-redis", "everysec",
            {"HOTDEAL_REDIS_DURABILITY": "none"}),
 )  # fmt: skip
@@ -393,9 +398,9 @@ def summarize_ceilings(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any
     return {
         "rounds": len(next(iter(runs.values()))),
         "columns": columns,
-        "order_redis_vs_script": ratio("order-redis", "flask+script"),
-        "order_redis_vs_flask": ratio("order-redis", "flask"),
-        "none_vs_script_everysec": ratio("order-redis-none", "flask+script (everysec)"),
+        "order_redis_vs_script": ratio("order-redis", "routes+script"),
+        "order_redis_vs_flask_script": ratio("order-redis", "flask+script"),
+        "none_vs_script_everysec": ratio("order-redis-none", "routes+script (everysec)"),
         "runs": runs,
     }
 

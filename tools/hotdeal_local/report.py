@@ -66,9 +66,9 @@ def ceiling_lines(result: dict[str, Any]) -> list[str]:
         )
         lines.append(f"  {name:<26}{col['requests_per_second']:9.0f}{cpu}")
     lines.append(
-        f"  order-redis / flask+script: {c['order_redis_vs_script']:.2f}; "
-        f"/ flask: {c['order_redis_vs_flask']:.2f}; "
-        f"order-redis-none / flask+script (everysec): {c['none_vs_script_everysec']:.2f}"
+        f"  order-redis / routes+script: {c['order_redis_vs_script']:.2f}; "
+        f"/ flask+script: {c['order_redis_vs_flask_script']:.2f}; "
+        f"order-redis-none / routes+script (everysec): {c['none_vs_script_everysec']:.2f}"
     )
     lines.append("")
     return lines

@@ -4,10 +4,12 @@ writers as processes, and the means to break it (AOF copies, restarts)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -121,6 +123,37 @@ def restart_from(ev: Event, copy: Path) -> None:
     shutil.rmtree(ev.redis.workdir)
     shutil.copytree(copy, ev.redis.workdir)
     ev.redis.start()
+
+
+@contextlib.contextmanager
+def busy_redis(ev: Event) -> Iterator[None]:
+    """Redis running a script that never ends: it answers BUSY to everything else until
+    the script is killed (on leaving)."""
+    ev.client().config_set("busy-reply-threshold", 100)
+
+    def spin() -> None:
+        with contextlib.suppress(redis.ResponseError):  # killed: "script killed by user"
+            ev.client().eval("while true do end", 0)
+
+    def busy() -> bool:
+        try:
+            ev.client().ping()
+        except redis.exceptions.BusyLoadingError:
+            return False
+        except redis.ResponseError as exc:
+            return "busy" in str(exc).lower()
+        return False
+
+    stuck = threading.Thread(target=spin)
+    stuck.start()
+    try:
+        wait_until(busy, "Redis busy")
+        yield
+    finally:
+        while busy():
+            with contextlib.suppress(redis.ResponseError):
+                ev.client().script_kill()
+        stuck.join()
 
 
 def wait_until(

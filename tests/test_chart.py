@@ -1270,3 +1270,28 @@ def test_every_order_redis_pod_signs_the_room_with_one_secret_kept_across_upgrad
     ]
     args = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-2:] == ["--auto-target-ms", "250"]
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize(
+    ("order_redis", "workers"),
+    [
+        ({}, "4"),  # 4 sync workers for the 1 CPU requested
+        ({"orderWrite": "inline"}, "2"),  # gthread, 32 threads and connections each
+        ({"resources": {"requests": {"cpu": "2500m"}}}, "10"),
+        ({"resources": {"requests": {"cpu": "1.5"}}, "orderWrite": "inline"}, "3"),
+        ({"resources": {"requests": {"cpu": "100m"}}}, "1"),
+        ({"workers": 7}, "7"),
+    ],
+)
+def test_order_redis_workers_follow_the_cpu_request_and_the_write_mode(
+    binary, tmp_path, order_redis, workers
+):
+    """A helper's find: a fixed `workers: 4` doubled inline mode's database sessions
+    (helm 3 also takes a 0 from values for true: the template compares numbers)."""
+    values = tmp_path / "v.yaml"
+    values.write_text(yaml.safe_dump({"orderRedis": order_redis}))
+    out = helm(binary, "template", "ev", str(CHART), "-f", str(values)).stdout
+    spec = pod_specs([d for d in yaml.safe_load_all(out) if d])["ev-hotdeal-order-redis"]
+    (app,) = [c for c in spec["spec"]["containers"] if c["name"] == "order-redis"]
+    assert {e["name"]: e.get("value") for e in app["env"]}["HOTDEAL_WORKERS"] == workers

@@ -3,17 +3,14 @@ script; they never hide a replay that is owed, and a unit that comes back is sol
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 
 import pytest
-import redis
 
 from hotdeal_local.servers import ops
 from hotdeal_order_redis.sold_out import SoldOutMarks
 
-from .events import SERVERS, order, wait_until
+from .events import SERVERS, busy_redis, order, wait_until
 from .helpers import reconcile, statuses
 
 # Long enough that no recheck happens by accident within a test.
@@ -161,34 +158,8 @@ def test_a_busy_redis_is_a_503_for_a_keyed_order_and_refusals_count_once(event):
     assert anonymous.status_code == 401
     page = svc.admin("/metrics").text
     assert 'hotdeal_auth_refused_total{reason="missing",service="order-redis"} 1.0' in page
-    # A script that never ends: Redis answers BUSY to everything else until it is killed.
-    client = ev.client()
-    client.config_set("busy-reply-threshold", 100)
-
-    def spin() -> None:
-        with contextlib.suppress(redis.ResponseError):  # killed: "script killed by user"
-            ev.client().eval("while true do end", 0)
-
-    stuck = threading.Thread(target=spin)
-    stuck.start()
-    try:
-        wait_until(lambda: _busy(ev), "Redis busy")
+    with busy_redis(ev):
         keyed = order(svc, "a", key="k-a")
         assert (keyed.status_code, keyed.json()["error"]) == (503, "unavailable"), keyed.text
-    finally:
-        while _busy(ev):
-            with contextlib.suppress(redis.ResponseError):
-                ev.client().script_kill()
-        stuck.join()
     replay = order(svc, "a", key="k-a")
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
-
-
-def _busy(ev) -> bool:
-    try:
-        ev.client().ping()
-    except redis.exceptions.BusyLoadingError:
-        return False
-    except redis.ResponseError as exc:
-        return "busy" in str(exc).lower()
-    return False

@@ -318,8 +318,24 @@ def is_refusing(exc: BaseException) -> bool:
     return bool(REFUSING_SQLSTATE.match(sqlstate) or ORACLE_REFUSING.search(str(exc.orig)))
 
 
+# Redis refusals by their code (redis-py has a class for only some, and strips the code
+# of those): a refusal of the whole command, or of a script's first write (once a script
+# has written, Redis lets it finish), so nothing was done. Busy running a script, a
+# replica cut off from its primary, a full Redis, a replica, a failed save, too few
+# replicas.
+REDIS_REFUSALS = frozenset(("BUSY", "MASTERDOWN", "OOM", "READONLY", "MISCONF", "NOREPLICAS"))
+
+
+def redis_refused(exc: BaseException) -> bool:
+    """Redis refused the command (see REDIS_REFUSALS): nothing was done."""
+    return isinstance(exc, redis.exceptions.ResponseError) and (
+        isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError)
+        or str(exc).split(" ", 1)[0] in REDIS_REFUSALS
+    )
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, UNAVAILABLE) or redis_refused(exc):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         return (

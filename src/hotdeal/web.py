@@ -26,7 +26,7 @@ import yaml
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from hotdeal import metrics
 from hotdeal.config import Settings
@@ -269,7 +269,7 @@ class OrderRoutes:
     EVALSHA served ~2,700 req/s where the same in plain WSGI served ~3,800 (2 cores,
     `make bench`'s ceilings). Each view's request is timed and counted by outcome and
     product, failures included (answered as init_errors would). Flask keeps the rules
-    too, so OPTIONS, HEAD and a 405's Allow header know them. Health, metrics and
+    too, so OPTIONS and a 405's Allow header know them. Health, metrics and
     lookups are Flask routes; they are not orders."""
 
     def __init__(self, service: str) -> None:
@@ -312,7 +312,7 @@ class OrderRoutes:
 
     def init_app(self, app: Flask) -> None:
         for (method, rule), view in self._views.items():
-            app.add_url_rule(rule, view.__name__, self._flask_view(view), methods=[method])
+            app.add_url_rule(rule, view.__name__, self._flask_view(view, method), methods=[method])
         flask_app: WsgiApp = app.wsgi_app
         views = self._views
 
@@ -324,9 +324,17 @@ class OrderRoutes:
 
         app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
-    def _flask_view(self, view: View) -> Callable[[], Response]:
-        """The rule's view in Flask: what reaches it there (a HEAD) is served alike."""
-        return lambda: self.serve(view, request.environ).response()
+    def _flask_view(self, view: View, method: str) -> Callable[[], Response]:
+        """The rule's view in Flask, for what reaches it there (a path Flask normalises,
+        as `//v1/orders`). Not a HEAD of a GET route: the workshop's GETs sell, and a HEAD
+        must be safe (RFC 9110 9.2.1), so it gets a 405."""
+
+        def flask_view() -> Response:
+            if request.method != method:
+                raise MethodNotAllowed(valid_methods=[method])
+            return self.serve(view, request.environ).response()
+
+        return flask_view
 
 
 def init_errors(app: Flask) -> None:

@@ -399,3 +399,23 @@ volumes:
 - name: tokens
   emptyDir: {medium: Memory, sizeLimit: 64Mi}
 {{- end -}}
+
+{{/* order-redis's gunicorn workers: orderRedis.workers, or from the CPU request (whole
+     CPUs or millicores): 4 sync workers a CPU in write-behind mode, 2 gthread workers in
+     inline mode (each runs 32 threads with a database connection each); at least 1. */}}
+{{- define "hotdeal.orderRedisWorkers" -}}
+{{- $v := .Values.orderRedis -}}
+{{- if gt (int $v.workers) 0 -}}
+{{- $v.workers -}}
+{{- else -}}
+{{- $cpu := toString (dig "requests" "cpu" "1" ($v.resources | default dict)) -}}
+{{- $milli := 0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $milli = trimSuffix "m" $cpu | atoi -}}
+{{- else -}}
+{{- $milli = mulf (float64 $cpu) 1000 | int -}}
+{{- end -}}
+{{- $perCpu := ternary 2 4 (eq $v.orderWrite "inline") -}}
+{{- max 1 (div (mul $perCpu $milli) 1000) -}}
+{{- end -}}
+{{- end -}}

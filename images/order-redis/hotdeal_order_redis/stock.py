@@ -77,21 +77,14 @@ class Settled:
     changed: bool
 
 
-# Writes a server refuses for the whole script (a replica, a failed save, too few
-# replicas) or only for its first write (a full Redis: once a script has written, Redis
-# lets it finish): a script stopped by one of these wrote nothing.
-WRITE_REFUSALS = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
-
-
 def stopped_midway(reply: Exception) -> bool:
     """Whether a script's error came from inside the script once it ran (a Lua error, a
     command's error), where earlier writes stay, rather than a refusal of the script or
     of its first write. (redis-py strips the code of the errors it has a class for.)"""
-    if isinstance(reply, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+    if errors.redis_refused(reply):
         return False
     text = str(reply)
-    ran = "user_script" in text or "Error running script" in text
-    return ran and not text.startswith(WRITE_REFUSALS)
+    return "user_script" in text or "Error running script" in text
 
 
 def take_script_keys(pid: int, idem_key: str, instance_key: str) -> list[str]:

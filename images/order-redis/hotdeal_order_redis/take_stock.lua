@@ -80,6 +80,12 @@ if idem ~= "" then
   end
 end
 
+-- Not enough left: sold out, whatever the pass (a buyer needs no room to learn it).
+local stock = tonumber(b[1])
+if stock < qty then
+  return {"sold_out", stock, b[10] or "0"}
+end
+
 -- The waiting room: while it is on for this event, only an order with a pass of this
 -- room is sold (a replay, above, sells nothing and needs none).
 local room = redis.call("HMGET", KEYS[9], "generation", "id", "auto", "served", "slow")
@@ -110,11 +116,6 @@ if limit > 0 then
     end
     return {"limit_exceeded", bought, table.concat(counted, " ")}
   end
-end
-
-local stock = tonumber(b[1])
-if stock < qty then
-  return {"sold_out", stock, b[10] or "0"}
 end
 
 local remaining = stock - qty

@@ -127,7 +127,7 @@ bench-spike: deps venv
 # Several seeds with the default durability (replica: the only mode that survives a
 # failover), then `none` once, which must fail (the checker proves it can see a loss).
 CHAOS_SEEDS ?= 1 2 3
-CHAOS_ARGS ?= --rounds 28 --round-seconds 5
+CHAOS_ARGS ?= --rounds 32 --round-seconds 5
 chaos: deps venv
 	@set -e; for seed in $(CHAOS_SEEDS); do \
 	  $(BIN)/hotdeal-local chaos --seed $$seed $(CHAOS_ARGS) --out results/chaos-$$seed.json; \

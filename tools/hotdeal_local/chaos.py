@@ -12,7 +12,8 @@ Redis kill -9 and restart, failover to a lagging replica, a long replica lag und
 retries then a failover, writer kill -9, PostgreSQL restart, reset while the writer
 drains, a poisoned order, Redis restored from an older AOF copy (after the writers
 drained: what the database holds must never sell again, whichever pod takes the next
-order), Redis restarted empty, Redis full (maxmemory), the database refusing every
+order), Redis restarted empty, Redis full (maxmemory), Redis busy running a script
+(BUSY to every command, lookups checked too), the database refusing every
 write for seconds (read-only), a lost COMMIT reply in inline mode, slow clients on one
 pod's front (its workers must go on answering), a small event sold out under keyed
 retries, then units back in the next (they must sell), an event of holds (reservations)
@@ -36,6 +37,7 @@ reset) it checks:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import random
@@ -84,6 +86,7 @@ FAULTS = (
     "redis_restore_older",
     "redis_restart_empty",
     "redis_full",
+    "redis_busy",
     "database_read_only",
     "lost_commit",
     "replica_lag",
@@ -470,6 +473,51 @@ class Chaos:
         client.config_set("maxmemory", int(client.info("memory")["used_memory"]))
         time.sleep(2.0)
         client.config_set("maxmemory", 0)
+
+    def fault_redis_busy(self) -> None:
+        """Redis runs a script that never ends for 1.5 s, and answers BUSY to everything
+        else: every answer meanwhile is a documented 503, the lookups' and the waiting
+        room's too (a helper's find: a BUSY became a 500 on the room's join)."""
+        client = self.redis()
+        client.config_set("busy-reply-threshold", 100)
+
+        def spin() -> None:
+            with contextlib.suppress(redis.RedisError):  # killed: "script killed by user"
+                self.redis().eval("while true do end", 0)
+
+        stuck = threading.Thread(target=spin, daemon=True)
+        stuck.start()
+        with self.lock:
+            sold = [a for a in self.answers if a.status == 201 and a.order_id]
+        buyer, order_id = (sold[-1].user, sold[-1].order_id) if sold else ("nobody", "none")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            for url in self.urls:
+                for method, path in (
+                    ("GET", f"/v1/orders/{order_id}"),
+                    ("GET", "/v1/orders?product_id=1"),
+                    ("POST", "/v1/queue"),  # the waiting room's join
+                ):
+                    try:
+                        r = requests.request(
+                            method,
+                            url + path,
+                            json={"product_id": 1} if method == "POST" else None,
+                            headers=auth.bearer(buyer),
+                            timeout=3,
+                        )
+                    except requests.RequestException:
+                        self._violation(f"{method} {path} hung or failed while Redis was busy")
+                        continue
+                    if r.status_code >= 500 and (
+                        r.status_code != 503 or r.json().get("error") != "unavailable"
+                    ):
+                        self._violation(f"{method} {path}: {r.status_code} while Redis was busy")
+        while stuck.is_alive():
+            with contextlib.suppress(redis.RedisError):
+                client.script_kill()
+            stuck.join(0.2)
 
     def _pg_sql(self, *statements: str) -> None:
         engine = make_engine(self.env["HOTDEAL_DATABASE_URL"], pool_size=1)

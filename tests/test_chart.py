@@ -1282,6 +1282,8 @@ def test_every_order_redis_pod_signs_the_room_with_one_secret_kept_across_upgrad
         ({"resources": {"requests": {"cpu": "1.5"}}, "orderWrite": "inline"}, "3"),
         ({"resources": {"requests": {"cpu": "100m"}}}, "1"),
         ({"workers": 7}, "7"),
+        # No request: Kubernetes requests the limit (a helper's find: 4 for a 4-CPU limit).
+        ({"resources": {"requests": None, "limits": {"cpu": "4"}}}, "16"),
     ],
 )
 def test_order_redis_workers_follow_the_cpu_request_and_the_write_mode(
@@ -1295,3 +1297,13 @@ def test_order_redis_workers_follow_the_cpu_request_and_the_write_mode(
     spec = pod_specs([d for d in yaml.safe_load_all(out) if d])["ev-hotdeal-order-redis"]
     (app,) = [c for c in spec["spec"]["containers"] if c["name"] == "order-redis"]
     assert {e["name"]: e.get("value") for e in app["env"]}["HOTDEAL_WORKERS"] == workers
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_a_cpu_request_the_chart_cannot_read_fails_with_a_message(binary, tmp_path):
+    """A valid quantity in a spelling the template doesn't parse ("1e3m", "2k") would
+    have been read as 1 worker: the render fails and says to set orderRedis.workers."""
+    values = tmp_path / "v.yaml"
+    values.write_text(yaml.safe_dump({"orderRedis": {"resources": {"requests": {"cpu": "1e3m"}}}}))
+    done = helm(binary, "template", "ev", str(CHART), "-f", str(values), check=False)
+    assert done.returncode != 0 and "set orderRedis.workers" in done.stderr

@@ -29,7 +29,16 @@ from hotdeal_local.servers import PostgresServer, RedisServer, ops
 from hotdeal_order_redis import stock as stock_module
 from hotdeal_order_redis.stock import RedisStock
 
-from .events import SERVERS, Event, answer_of, order, restart_from, snapshot, wait_until
+from .events import (
+    SERVERS,
+    Event,
+    answer_of,
+    busy_redis,
+    order,
+    restart_from,
+    snapshot,
+    wait_until,
+)
 from .helpers import reconcile, start_service, statuses, workdir
 
 
@@ -425,6 +434,40 @@ def test_inline_mode_never_gives_back_a_take_whose_commit_may_have_landed(event,
     code, report = reconcile(ev.env)
     assert code == 0, report["violations"]
     assert report["redis"]["persisted_total"] == 3
+
+
+@pytest.mark.parametrize("fault", ["busy", "killed"])
+def test_a_committed_inline_order_whose_settle_redis_refuses_is_a_sale(event, lost_commit, fault):
+    """A helper's find: the COMMIT's reply is lost, the service finds the row (sold),
+    and settling it in Redis is refused (BUSY) or Redis is gone: the buyer was told
+    503 unavailable, "nothing was sold", for an order the database holds."""
+    proxy, url = lost_commit
+    ev = event(
+        stock=3,
+        HOTDEAL_ORDER_WRITE="inline",
+        HOTDEAL_DATABASE_URL=url,
+        HOTDEAL_PER_USER_LIMIT="0",
+        HOTDEAL_HOLD_MS="2500",
+    )
+    svc = ev.service()
+    proxy.cut_after = b"COMMIT"
+    answer = {}
+    buyer = threading.Thread(target=lambda: answer.update(r=order(svc, "c1", "kc", timeout=30)))
+    buyer.start()
+    time.sleep(1.0)  # the take ran; its transaction sleeps HOLD_MS before the COMMIT
+    if fault == "busy":
+        with busy_redis(ev):
+            buyer.join()
+    else:
+        ev.redis.stop(signal.SIGKILL)
+        buyer.join()
+        ev.redis.start()
+    proxy.cut_after = None
+    assert proxy.cuts == 1
+    first = answer["r"]
+    assert first.status_code == 201 or first.json()["error"] == "outcome_unknown", first.text
+    retry = order(svc, "c1", key="kc")
+    assert retry.status_code == 201, retry.text
 
 
 def _inline_stock(ev: Event):

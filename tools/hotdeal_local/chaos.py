@@ -479,6 +479,7 @@ class Chaos:
         else: every answer meanwhile is a documented 503, the lookups' and the waiting
         room's too (a helper's find: a BUSY became a 500 on the room's join)."""
         client = self.redis()
+        threshold = client.config_get("busy-reply-threshold")["busy-reply-threshold"]
         client.config_set("busy-reply-threshold", 100)
 
         def spin() -> None:
@@ -491,8 +492,15 @@ class Chaos:
             sold = [a for a in self.answers if a.status == 201 and a.order_id]
         buyer, order_id = (sold[-1].user, sold[-1].order_id) if sold else ("nobody", "none")
         deadline = time.monotonic() + 1.5
+        busy = False
         while time.monotonic() < deadline:
             time.sleep(0.2)
+            try:
+                self.redis().ping()
+            except redis.ResponseError as exc:
+                busy = busy or str(exc).startswith("BUSY")
+            except redis.RedisError:
+                pass
             for url in self.urls:
                 for method, path in (
                     ("GET", f"/v1/orders/{order_id}"),
@@ -518,6 +526,9 @@ class Chaos:
             with contextlib.suppress(redis.RedisError):
                 client.script_kill()
             stuck.join(0.2)
+        client.config_set("busy-reply-threshold", threshold)
+        if not busy:  # then this round tested nothing it names
+            self._violation("Redis never answered BUSY in the redis_busy round")
 
     def _pg_sql(self, *statements: str) -> None:
         engine = make_engine(self.env["HOTDEAL_DATABASE_URL"], pool_size=1)

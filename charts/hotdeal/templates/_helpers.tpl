@@ -400,20 +400,26 @@ volumes:
   emptyDir: {medium: Memory, sizeLimit: 64Mi}
 {{- end -}}
 
-{{/* order-redis's gunicorn workers: orderRedis.workers, or from the CPU request (whole
-     CPUs or millicores): 4 sync workers a CPU in write-behind mode, 2 gthread workers in
-     inline mode (each runs 32 threads with a database connection each); at least 1. */}}
+{{/* order-redis's gunicorn workers: orderRedis.workers, or from the CPU request (as
+     Kubernetes reads it: the limit when no request is set; whole or decimal CPUs, or
+     millicores): 4 sync workers a CPU in write-behind mode, 2 gthread workers in inline
+     mode (each runs 32 threads with a database connection each); at least 1. Another
+     spelling fails the render: set orderRedis.workers. */}}
 {{- define "hotdeal.orderRedisWorkers" -}}
 {{- $v := .Values.orderRedis -}}
 {{- if gt (int $v.workers) 0 -}}
 {{- $v.workers -}}
 {{- else -}}
-{{- $cpu := toString (dig "requests" "cpu" "1" ($v.resources | default dict)) -}}
+{{- $resources := $v.resources | default dict -}}
+{{- $cpu := dig "requests" "cpu" "" $resources | toString -}}
+{{- if not $cpu -}}{{- $cpu = dig "limits" "cpu" "1" $resources | toString -}}{{- end -}}
 {{- $milli := 0 -}}
-{{- if hasSuffix "m" $cpu -}}
+{{- if regexMatch "^[0-9]+m$" $cpu -}}
 {{- $milli = trimSuffix "m" $cpu | atoi -}}
-{{- else -}}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?$" $cpu -}}
 {{- $milli = mulf (float64 $cpu) 1000 | int -}}
+{{- else -}}
+{{- fail (printf "orderRedis.resources CPU %q: set orderRedis.workers (this chart reads whole or decimal CPUs and millicores)" $cpu) -}}
 {{- end -}}
 {{- $perCpu := ternary 2 4 (eq $v.orderWrite "inline") -}}
 {{- max 1 (div (mul $perCpu $milli) 1000) -}}

@@ -496,7 +496,7 @@ class RedisStock:
             with contextlib.suppress(Exception):
                 fate = committed(self.engine, taken.order_id)
             if fate is True:
-                self._inline.done(take)
+                self._settle_done(take)  # sold: a refused settle must not say otherwise
                 return
             if fate is False:
                 self._inline.give_back(take)
@@ -512,13 +512,17 @@ class RedisStock:
             # (A give-back lost to Redis is the sweep's, which voids the id first.)
             self._inline.give_back(take)
             raise
+        self._settle_done(take)
+
+    def _settle_done(self, take: InlineTake) -> None:
+        """Sold: the row is committed. Settling may be tried again (it counts once); if
+        Redis stays away or refuses, a replay or the sweep settles it, and the answer is
+        still the sale's (a helper's find: a BUSY here answered 503 "nothing sold")."""
         for attempt in (1, 2):
             try:
                 self._inline.done(take)
                 return
             except redis.RedisError as exc:
-                # Sold: the row is committed. Settling may be tried again (it counts
-                # once); if Redis stays away, a replay or the sweep settles it.
                 if attempt == 2:
                     log.warning("order committed, not settled yet: %s", exc.__class__.__name__)
 

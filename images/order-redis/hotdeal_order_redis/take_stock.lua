@@ -80,9 +80,10 @@ if idem ~= "" then
   end
 end
 
--- Not enough left: sold out, whatever the pass (a buyer needs no room to learn it).
+-- Nothing left: sold out, whatever the pass (a buyer needs no room to learn it). Only
+-- then: with units left, a buyer without a pass learns nothing of how many.
 local stock = tonumber(b[1])
-if stock < qty then
+if stock <= 0 then
   return {"sold_out", stock, b[10] or "0"}
 end
 
@@ -116,6 +117,10 @@ if limit > 0 then
     end
     return {"limit_exceeded", bought, table.concat(counted, " ")}
   end
+end
+
+if stock < qty then
+  return {"sold_out", stock, b[10] or "0"}
 end
 
 local remaining = stock - qty

@@ -316,9 +316,13 @@ class OrderWriter:
                 pipe.eval(SYNC_MARK, 1, key, self.consumer)
             for command in plan.commands:
                 pipe.execute_command(*command)
-            replies = pipe.execute(raise_on_error=False)[len(streams) :]
-            if not plan.satisfied(replies):
-                raise durability.DurabilityError(f"durability wait timed out: {replies!r}")
+            replies = pipe.execute(raise_on_error=False)
+            marks, waits = replies[: len(streams)], replies[len(streams) :]
+            # A mark Redis refused (MISCONF, NOREPLICAS) is not a write the wait covers:
+            # it would vouch only for this connection's older writes (a helper's find).
+            refused = [m for m in marks if isinstance(m, Exception)]
+            if refused or not plan.satisfied(waits):
+                raise durability.DurabilityError(f"durability wait failed: {replies!r}")
 
     # -- writing -------------------------------------------------------------------
     def _insert(self, batch: list[Entry]) -> int:

@@ -378,6 +378,7 @@ def test_a_full_redis_or_a_hand_edited_room_answers_503_never_500(sale):
         assert ops(ev.env, "room", *args, check=False).returncode == 2, args
 
 
+@pytest.mark.parametrize("sale", list(SERVERS.values()), ids=list(SERVERS), indirect=True)
 def test_a_busy_redis_answers_503_on_every_route_never_500(sale):
     """A helper's find: Redis busy with a script (BUSY, a refusal redis-py has no class
     for) turned a join into a 500. Every route that asks Redis answers 503."""

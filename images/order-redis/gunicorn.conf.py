@@ -6,8 +6,9 @@ Worker model, chosen by measurement on 2 cores (ab -c 150, write-behind mode):
   so processes (real parallelism) beat threads (gthread 2x4 measured ~1,900 req/s vs
   ~2,400 for 4 sync workers), and the extra workers run while others wait on the fsync
   or on the client closing the socket: `make bench-workers` measured 4 per core at 1.13x
-  the takes of 2 per core, behind the front and under slow clients alike, with sold-out
-  answers at 0.96x (the noise of its rounds).
+  the takes of 2 per core, behind the front and under slow clients alike; sold-out
+  answers, with no wait to overlap, pay the extra processes a little (0.96x in that run,
+  0.82-1.13 in others; docs/performance.md).
 - inline mode: **gthread, 32 threads**: every request sleeps HOTDEAL_HOLD_MS inside a
   database transaction, so a worker must overlap many of them.
 os.cpu_count() sees the node, not the container's CPU limit: in Kubernetes the chart sets
@@ -16,7 +17,7 @@ HOTDEAL_WORKERS from the pod's CPU request.
 Where a request's CPU goes (py-spy and cProfile on a worker under ab -c 150, 2 cores;
 `make bench` prints the CPU columns): gunicorn ~140 us for a plain WSGI route that does
 nothing, Flask ~100 us more; one EVALSHA through redis-py's Script call ~170 us more (the
-"wsgi+script" ceiling), ~240 us behind Flask. So the order routes run without Flask
+"routes+script" ceiling), ~240 us behind Flask. So the order routes run without Flask
 (hotdeal.web.OrderRoutes): order-redis's worker costs ~360 us a take, against ~510 when
 it was a Flask route. What else it took, each measured:
 - the take goes out on the worker's own connection, packed by hiredis (redis-py's pool,

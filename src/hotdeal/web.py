@@ -185,7 +185,8 @@ class Incoming:
         stream = environ["wsgi.input"]
         length = environ.get("CONTENT_LENGTH")
         if length:
-            size = int(length) if length.isdigit() else -1
+            # ASCII digits only: isdigit() alone takes a superscript, and int() fails.
+            size = int(length) if length.isascii() and length.isdigit() else -1
             if size < 0:
                 raise ApiError(400, "invalid_request", "Content-Length is not a number")
             if size > MAX_BODY_BYTES:

@@ -3,7 +3,10 @@ product label only the backend can vouch for, whatever way its view ends."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
+import socket
 
 import pytest
 import redis
@@ -11,7 +14,10 @@ from flask import Flask
 from prometheus_client import REGISTRY
 
 from hotdeal import errors
+from hotdeal.tcp import one_segment
 from hotdeal.web import Answer, Incoming, OrderCall, OrderRoutes, init_errors, workshop_answer
+
+from .helpers import as_buyer
 
 SERVICE = "test-routes"
 
@@ -200,3 +206,70 @@ def test_one_table_of_outcomes_holds_the_code_the_document_and_the_metric_togeth
     assert len(named) >= 3
     for match in named:
         assert set(match.split("|")) <= results, match
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+    return client, served
+
+
+def test_an_answer_is_corked_until_its_body_has_been_written():
+    """Headers and body leave as one segment (TCP_CORK), released as soon as the server
+    has written the body and asks for more: before gunicorn writes its access log or
+    closes the connection, so nothing waits for the kernel's 200 ms limit."""
+    client, served = _tcp_pair()
+    with client, served:
+        body = one_segment({"gunicorn.socket": served, "wsgi.multithread": False}, [b"{}"])
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
+        chunks = iter(body)
+        assert next(chunks) == b"{}"
+        served.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
+        assert next(chunks, None) is None
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+        client.settimeout(10)
+        assert client.recv(100).endswith(b"{}")
+        body.close()  # as the server does afterwards: nothing left to release
+
+
+def test_a_body_closed_unread_releases_the_cork():
+    """A client gone before the body was written: close() (PEP 3333) releases it."""
+    client, served = _tcp_pair()
+    with client, served:
+        body = one_segment({"gunicorn.socket": served}, [b"{}"])
+        body.close()
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+    body.close()
+
+
+def test_an_answer_elsewhere_is_sent_as_it_is():
+    """Threads (the release would wait for the interpreter lock), no socket (a test
+    client, another server) or a Unix socket: nothing to cork."""
+    assert one_segment({}, [b"{}"]) == [b"{}"]
+    client, served = _tcp_pair()
+    with client, served:
+        body = [b"{}"]
+        assert one_segment({"gunicorn.socket": served, "wsgi.multithread": True}, body) is body
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+    left, right = socket.socketpair()
+    with left, right:
+        body = [b"{}"]
+        assert one_segment({"gunicorn.socket": left}, body) is body
+
+
+def test_kept_alive_connections_get_every_answer(legacy):
+    """legacy's gthread workers keep connections alive: each answer on one connection
+    arrives whole."""
+    host, port = legacy.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/orders", body=b"{", headers=as_buyer("tester"))
+            answer = conn.getresponse()
+            assert answer.status == 400, answer.read()
+            assert json.loads(answer.read())["error"]
+            assert answer.getheader("Connection") != "close"
+    finally:
+        conn.close()

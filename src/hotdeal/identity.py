@@ -363,7 +363,12 @@ class Verifier:
 
     def warm_up(self) -> None:
         """Fetch the keys before the first buyer waits for them (a failure is not fatal:
-        readiness says so, and the next request tries again)."""
+        readiness says so, and the next request tries again), and verify one token
+        signed with a throwaway key: cryptography loads its OpenSSL backend on the first
+        verification (~6 ms, measured), which every forked worker would otherwise pay
+        on its first order."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwt.decode(jwt.encode({}, key, "ES256"), key.public_key(), algorithms=["ES256"])
         if isinstance(self.keys, JwksKeys):
             self.keys.refresh()
 

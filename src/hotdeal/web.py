@@ -33,6 +33,7 @@ from hotdeal.config import Settings
 from hotdeal.durability import DurabilityError
 from hotdeal.errors import OUTCOMES, ApiError, Degraded, NotReady, is_unavailable, unavailable
 from hotdeal.identity import Caller, Trusting, Verifier
+from hotdeal.tcp import one_segment
 from hotdeal.validation import OrderRequest, parse_order
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class OrderRoutes:
             view = views.get((environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")))
             if view is None:
                 return flask_app(environ, start_response)
-            return self.serve(view, environ).send(start_response)
+            return one_segment(environ, self.serve(view, environ).send(start_response))
 
         app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 

@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, *, pool_size: int | None = None
 
     app = Flask(__name__)
     app.extensions["hotdeal_engine"] = engine
+    app.extensions["hotdeal_worker_start"] = [stock.open_connections]
     verifier = verifier_from_settings(settings, SERVICE)
     verifier.warm_up()
 

@@ -1,0 +1,77 @@
+"""A worker is ready for the sale's first second: what its first order used to pay for
+(a Redis connection, the server's run_id, the package metadata redis-py read for every
+new connection) is done as the worker starts, or once in the master."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import redis
+from flask import Flask
+
+from hotdeal.config import ServerSettings, Settings
+from hotdeal.redis_client import make_redis
+from hotdeal.validation import OrderRequest
+from hotdeal_local.servers import free_port
+from hotdeal_order_redis.stock import RedisStock
+
+
+def _clients(client: redis.Redis) -> int:
+    return len(client.client_list())
+
+
+def test_the_first_take_uses_the_connection_opened_at_start(event):
+    ev = event(stock=5)
+    admin = ev.client()
+    stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"]), write="stream")
+    stock.warm_up()  # in the master: scripts, durability (the pool's connection)
+    before = _clients(admin)
+    stock.open_connections()  # in each worker
+    assert _clients(admin) == before + 1
+    assert stock.take(OrderRequest(1, "buyer-1", 1), limit=0, idempotency_key=None).remaining == 4
+    assert _clients(admin) == before + 1  # no new connection, no INFO on the take
+
+
+def test_a_redis_that_is_down_at_start_is_not_fatal():
+    """Best effort: /readyz says Redis is down; the first take connects (or answers 503)."""
+    stock = RedisStock(make_redis(f"redis://127.0.0.1:{free_port()}/0"), write="stream")
+    stock.open_connections()
+
+
+def test_new_connections_do_not_read_the_package_metadata(monkeypatch, redis_server):
+    """redis-py reads its version from the installed package's metadata for each new
+    connection unless told it (0.5-6 ms of CPU each, measured)."""
+
+    def refuse(name: str) -> str:
+        raise AssertionError(f"package metadata read for {name}")
+
+    monkeypatch.setattr("importlib.metadata.version", refuse)
+    client = make_redis(redis_server.url)
+    assert client.ping()
+    info = client.connection_pool.connection_kwargs["driver_info"]
+    assert info.lib_version == redis.__version__
+
+
+def test_each_sync_worker_runs_the_apps_start_hooks(monkeypatch, tmp_path):
+    """After gunicorn set the worker's signal handlers (post_worker_init, not post_fork:
+    a SIGTERM while Redis is slow to answer must still stop it), and only in sync
+    workers: a gthread worker's requests run on threads with connections of their own."""
+    # Imported here, with a directory of its own: the module points
+    # PROMETHEUS_MULTIPROC_DIR at one (for the gunicorn master it runs in), and every
+    # service this process starts later would share it.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
+    from hotdeal import gunicorn_setup
+
+    started: list[str] = []
+    app = Flask(__name__)
+    app.extensions["hotdeal_worker_start"] = [lambda: started.append("redis")]
+    for kind in (SyncWorker, ThreadWorker):
+        worker = kind.__new__(kind)
+        worker.app = SimpleNamespace(callable=app)
+        gunicorn_setup.post_worker_init(worker)
+    assert started == ["redis"]
+    hooks = gunicorn_setup.common(ServerSettings.from_env(), Settings.from_env())
+    assert hooks["post_worker_init"] is gunicorn_setup.post_worker_init

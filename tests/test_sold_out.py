@@ -27,7 +27,7 @@ class Clock:
 
 def test_a_mark_lasts_the_recheck_period_and_only_when_nothing_is_left():
     clock = Clock()
-    marks = SoldOutMarks(250, clock)
+    marks = SoldOutMarks(250, clock, spread=lambda: 0.0)
     marks.learn(1, 1)  # one unit left: an order for one can still be sold
     assert not marks.known(1)
     marks.learn(1, 0)
@@ -39,6 +39,22 @@ def test_a_mark_lasts_the_recheck_period_and_only_when_nothing_is_left():
     off = SoldOutMarks(0, clock)
     off.learn(1, 0)
     assert not off.known(1)
+
+
+def test_workers_that_learn_together_recheck_apart():
+    """A mark lasts a random half to all of the period, never more: warm workers learn
+    sold out in the same millisecond, and in step they would all refuse a returned unit
+    until the same moment."""
+    clock = Clock()
+    lasted = []
+    for spread in (0.0, 0.5, 0.999):
+        marks = SoldOutMarks(250, clock, spread=lambda s=spread: s)
+        marks.learn(1, 0)
+        start = clock.now
+        while marks.known(1):
+            clock.now += 0.001
+        lasted.append(round(clock.now - start, 3))
+    assert lasted[0] > lasted[1] > lasted[2] >= 0.125 and lasted[0] <= 0.251
 
 
 def test_sold_out_answers_need_no_redis_but_a_keyed_order_asks(event):

@@ -86,11 +86,16 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _extension(worker: Any, name: str, default: Any = None) -> Any:
+    """What the preloaded Flask app keeps under `name` in its extensions."""
+    app = getattr(worker.app, "callable", None)
+    return getattr(app, "extensions", {}).get(name, default)
+
+
 def post_fork(server: Any, worker: Any) -> None:
     # Connections opened before the fork must not be shared between workers. redis-py
     # resets its pool by itself when it sees a new pid; SQLAlchemy's pool must be told.
-    app = getattr(worker.app, "callable", None)  # the preloaded Flask app
-    engine = getattr(app, "extensions", {}).get("hotdeal_engine")
+    engine = _extension(worker, "hotdeal_engine")
     if engine is not None:
         engine.dispose(close=False)
 
@@ -102,8 +107,7 @@ def post_worker_init(worker: Any) -> None:
     gthread workers serve on threads of their own, which open their own connections."""
     if not isinstance(worker, SyncWorker):
         return
-    app = getattr(worker.app, "callable", None)
-    for start in getattr(app, "extensions", {}).get("hotdeal_worker_start", ()):
+    for start in _extension(worker, "hotdeal_worker_start", ()):
         start()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import redis
 from flask import Flask
 
@@ -15,13 +16,18 @@ from hotdeal.validation import OrderRequest
 from hotdeal_local.servers import free_port
 from hotdeal_order_redis.stock import RedisStock
 
+from .events import SERVERS
+
 
 def _clients(client: redis.Redis) -> int:
     return len(client.client_list())
 
 
-def test_the_first_take_uses_the_connection_opened_at_start(event):
-    ev = event(stock=5)
+@pytest.mark.parametrize("binary", SERVERS.values(), ids=SERVERS.keys())
+def test_the_first_take_uses_the_connection_opened_at_start(event, binary):
+    """On each server the chart or a managed service runs; the version redis-py reports
+    (CLIENT SETINFO, which 7.0 refuses and redis-py ignores) is the one given."""
+    ev = event(stock=5, binary=binary)
     admin = ev.client()
     stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"]), write="stream")
     stock.warm_up()  # in the master: scripts, durability (the pool's connection)
@@ -30,6 +36,8 @@ def test_the_first_take_uses_the_connection_opened_at_start(event):
     assert _clients(admin) == before + 1
     assert stock.take(OrderRequest(1, "buyer-1", 1), limit=0, idempotency_key=None).remaining == 4
     assert _clients(admin) == before + 1  # no new connection, no INFO on the take
+    if binary:
+        assert redis.__version__ in {c.get("lib-ver") for c in admin.client_list()}
 
 
 def test_a_redis_that_is_down_at_start_is_not_fatal():

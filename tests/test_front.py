@@ -18,6 +18,7 @@ import requests
 from hotdeal import errors
 from hotdeal.config import Settings
 from hotdeal.web import MAX_BODY_BYTES, openapi_document
+from hotdeal_local.demo import DESIGNS
 from hotdeal_local.front import CONF, READ_TIMEOUT_S, front
 from hotdeal_local.servers import REPO, free_port, gunicorn
 from hotdeal_local.slowclients import slow_clients
@@ -38,6 +39,13 @@ def test_front_limits_and_answers_are_the_services_own() -> None:
     doc = openapi_document("order-redis", Settings(auth="off"))
     enum = set(doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
     assert codes and codes <= enum, codes - enum
+    # An error after an order reached the service never says nothing was sold: every
+    # route that sells (the workshop's GETs for ab too) maps to outcome_unknown.
+    selling = re.search(r'"~(\^\(POST [^"]+)"\s+\'\{"error":"outcome_unknown"', text)
+    assert selling, "the front's map of the answers that may have sold"
+    for request in ["POST /v1/orders", *{f"GET {d.path}" for d in DESIGNS.values()}]:
+        assert re.match(selling.group(1), request), request
+    assert not re.match(selling.group(1), "GET /v1/orders")
     # The front outwaits each service's longest request (a legacy buyer queued on the
     # hot row for 36 s got outcome_unknown, and legacy has no Idempotency-Key to retry
     # with: the retry bought a second unit).
@@ -151,8 +159,13 @@ def test_front_errors_are_json_and_claim_nothing_sold_only_when_nothing_was(
         # The front can't know whether a POST reached a worker before it died.
         assert r.status_code == 503 and r.json()["error"] == "outcome_unknown"
         assert r.headers["Retry-After"] == "1"
-        r = svc.get("/v1/orders?product_id=1&user_id=CANARYFRONT")
-        assert r.status_code == 503 and r.json()["error"] == "unavailable"
+        # The workshop's GET routes sell as a POST does (ab's, in `make up` and here).
+        for path in ("/order-redis", "/order-redis?x=1", "/order", "/order%2Dredis"):
+            r = svc.get(path)
+            assert r.status_code == 503 and r.json()["error"] == "outcome_unknown", path
+        for path in ("/v1/orders?product_id=1&user_id=CANARYFRONT", "/orders", "/order-redis/x"):
+            r = svc.get(path)
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", path
     # nginx's error lines quote the request line: the front logs none of them.
     assert not [p.name for p in logs.iterdir() if p.is_file() and b"CANARY" in p.read_bytes()]
     code, report = reconcile(stack_env)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
@@ -386,36 +385,3 @@ def test_logs_never_carry_an_orders_values(stack_env, reset, tmp_path):
     assert len(texts) >= 4 and all(texts.values())  # every process logged something
     leaked = {name for name, text in texts.items() if "CANARY" in text}
     assert not leaked, {name: texts[name][-2000:] for name in leaked}
-
-
-@pytest.mark.parametrize("name", ["legacy", "order-redis"])
-def test_clients_that_keep_their_socket_open_hold_no_worker(stack_env, logs, name):
-    """gunicorn 27 lingers after every answer until the client closes, up to 2 s, in a
-    sync worker (order-redis) and on a gthread worker's event loop (legacy): twenty
-    clients that read their answer and keep the socket open held a one-worker service
-    for ~40 s. Nothing they sent is left unread, so each is closed at once
-    (hotdeal.tcp), and the next buyer is served while they all still hold on."""
-    with service_running(name, stack_env, logs, HOTDEAL_WORKERS="1") as svc:
-        address = svc.url.removeprefix("http://").split(":")
-        deadline = time.monotonic() + 10
-        held: list[socket.socket] = []
-        try:
-            for _ in range(20):
-                sock = socket.create_connection((address[0], int(address[1])), timeout=10)
-                held.append(sock)
-                sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                answer = b""
-                while True:
-                    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                    chunk = sock.recv(4096)  # a timeout here: the worker is held
-                    if not chunk:
-                        break
-                    answer += chunk
-                assert answer.startswith(b"HTTP/1.0 200"), answer
-            reply = requests.get(
-                f"{svc.url}/healthz", timeout=max(deadline - time.monotonic(), 0.001)
-            )
-            assert reply.status_code == 200
-        finally:
-            for sock in held:
-                sock.close()

@@ -14,7 +14,7 @@ from flask import Flask
 from prometheus_client import REGISTRY
 
 from hotdeal import errors
-from hotdeal.tcp import linger_only_on_unread, one_segment, unread_bytes
+from hotdeal.tcp import one_segment
 from hotdeal.web import Answer, Incoming, OrderCall, OrderRoutes, init_errors, workshop_answer
 
 from .helpers import as_buyer
@@ -273,58 +273,3 @@ def test_kept_alive_connections_get_every_answer(legacy):
             assert answer.getheader("Connection") != "close"
     finally:
         conn.close()
-
-
-class _Lingering:
-    """Stands in for gunicorn.util.close_graceful: records the sockets it was given."""
-
-    def __init__(self) -> None:
-        self.given: list[socket.socket] = []
-
-    def __call__(self, sock: socket.socket) -> None:
-        self.given.append(sock)
-        sock.settimeout(10)
-        while (unread_bytes(sock) or 0) > 0:  # drained, so the close resets nothing
-            sock.recv(4096)
-        sock.close()
-
-
-@pytest.mark.parametrize(
-    ("request_bytes", "read", "lingers"),
-    [
-        # Read whole: the answer and the FIN reach the client, nobody waits for its close.
-        (b"GET / HTTP/1.0\r\n\r\n", 18, False),
-        # Read in part (a body refused unread, a pipelined request): closing now would
-        # reset the connection and could destroy the answer in the client's buffers.
-        (b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello", 10, True),
-    ],
-)
-def test_only_a_connection_with_unread_bytes_gets_gunicorns_lingering_close(
-    request_bytes, read, lingers
-):
-    lingering = _Lingering()
-    close = linger_only_on_unread(lingering)
-    client, served = _tcp_pair()
-    with client:
-        client.sendall(request_bytes)
-        client.settimeout(10)
-        assert served.recv(read) == request_bytes[:read]
-        served.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        close(served)
-        assert served.fileno() == -1
-        assert lingering.given == ([served] if lingers else [])
-        received = b""
-        while chunk := client.recv(100):
-            received += chunk
-        assert received.endswith(b"\r\n\r\n{}")
-
-
-def test_sockets_whose_unread_bytes_cant_be_counted_linger_as_gunicorn_does():
-    lingering = _Lingering()
-    close = linger_only_on_unread(lingering)
-    left, right = socket.socketpair()
-    with right:
-        assert unread_bytes(left) is None
-        close(left)
-        assert lingering.given == [left]
-    assert linger_only_on_unread(close) is close  # installed once, however often asked

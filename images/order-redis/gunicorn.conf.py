@@ -5,8 +5,7 @@ Worker model, chosen by measurement on 2 cores (ab -c 150, write-behind mode):
   plus one Redis round trip that, with durability fsync, waits ~0.2 ms for Redis's disk,
   so processes (real parallelism) beat threads (gthread 2x4 measured ~1,900 req/s vs
   ~2,400 for 4 sync workers), and the extra workers run while others wait on the fsync
-  (that bench had them also wait for each client to close its socket, which they no
-  longer do: hotdeal.tcp): `make bench-workers` measured 4 per core at 1.13x
+  or on the client closing the socket: `make bench-workers` measured 4 per core at 1.13x
   the takes of 2 per core, behind the front and under slow clients alike; sold-out
   answers, with no wait to overlap, pay the extra processes a little (0.96x in that run,
   0.82-1.13 in others; docs/performance.md).

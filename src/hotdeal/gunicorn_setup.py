@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gunicorn import util as gunicorn_util
 from gunicorn.workers.sync import SyncWorker
 
-from hotdeal import tcp
 from hotdeal.config import ServerSettings, Settings
 from hotdeal.process import die_with_parent
 
@@ -38,9 +36,6 @@ def on_starting(server: Any) -> None:
     # Samples of a previous run in the same directory would be summed into this one's.
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
-    # Before any worker forks: a client that keeps its socket open after its answer
-    # must not hold a worker (hotdeal.tcp). gunicorn has no setting for it.
-    gunicorn_util.close_graceful = tcp.linger_only_on_unread(gunicorn_util.close_graceful)
 
 
 def admin_starter(service: str, factory: str, bind: str) -> Callable[[Any], None]:

@@ -74,7 +74,7 @@ from hotdeal_local.servers import (
     ops,
     writer,
 )
-from hotdeal_local.slowclients import slow_clients
+from hotdeal_local.slowclients import holding_clients, slow_clients
 
 FAULTS = (
     "redis_kill9",
@@ -566,12 +566,13 @@ class Chaos:
         self.fault_redis_failover()
 
     def fault_slow_clients(self) -> None:
-        """40 clients send a request's headers a byte at a time to pod a or b, and every
-        buyer orders from that pod meanwhile: its two sync workers must go on answering
-        (the front holds the slow sockets, not the workers)."""
+        """40 clients send a request's headers a byte at a time to pod a or b, 20 more
+        read their answers there and keep the sockets open, and every buyer orders from
+        that pod meanwhile: its two sync workers must go on answering (the front holds
+        the slow sockets, not the workers)."""
         victim = self.rng.randrange(2)
         port = int(self.urls[victim].rsplit(":", 1)[1])
-        with slow_clients(port, 40):
+        with slow_clients(port, 40), holding_clients(port, 20):
             self.route = victim
             with self.lock:
                 before = sum(1 for a in self.answers if a.status is not None)

@@ -1,6 +1,7 @@
-"""Slow clients (a request's headers a byte at a time, as slowloris sends them) and
-`make bench-slow-clients`: what they do to a sale with and without the front, and what
-the front costs when nobody is slow."""
+"""Slow clients (a request's headers a byte at a time, as slowloris sends them; clients
+that keep their socket open after the answer) and `make bench-slow-clients`: what they
+do to a sale with and without the front, and what the front costs when nobody is
+slow."""
 
 from __future__ import annotations
 
@@ -48,6 +49,44 @@ def slow_clients(port: int, n: int, *, every_s: float = 0.2) -> Iterator[None]:
         t.start()
     started.wait()
     stop.wait(2 * every_s)  # a few bytes each: every request is under way
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+@contextlib.contextmanager
+def holding_clients(port: int, n: int, *, hold_s: float = 2.5) -> Iterator[None]:
+    """`n` clients on 127.0.0.1:`port`, each asking for /healthz, reading the whole answer
+    and then keeping the socket open for `hold_s` before it asks again. Straight at
+    gunicorn 27 each holds a worker meanwhile, up to 2 s: its lingering close (RFC 9112
+    9.6) waits for the client to close. Every first request has been sent when the
+    block begins."""
+    stop = threading.Event()
+    started = threading.Barrier(n + 1)
+
+    def hold() -> None:
+        first = True
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                s.settimeout(30)
+                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                if first:
+                    first = False
+                    started.wait()
+                while s.recv(4096):  # the whole answer, up to the server's FIN
+                    pass
+                stop.wait(hold_s)
+            if first:  # could not even connect: count it as started, keep trying
+                first = False
+                started.wait()
+
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    started.wait()
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ import contextlib
 import socket
 import statistics
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +20,33 @@ from hotdeal_local.stack import LocalStack, running
 HEAD = b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
+Client = Callable[[threading.Event, Callable[[], None]], None]
+
+
 @contextlib.contextmanager
-def slow_clients(port: int, n: int, *, every_s: float = 0.2) -> Iterator[None]:
-    """`n` sockets on 127.0.0.1:`port`, each sending a POST's headers a byte every
-    `every_s` and never finishing; a socket the server closes is opened again (the
-    attack lasts). The sockets have all started when the block begins."""
+def _attack(n: int, client: Client, settle_s: float = 0.0) -> Iterator[None]:
+    """`n` threads each running `client(stop, started)` until the block ends; a client
+    calls `started()` once its first request is under way (or could not connect), and
+    the block begins when all have, `settle_s` later."""
     stop = threading.Event()
-    started = threading.Barrier(n + 1)
+    barrier = threading.Barrier(n + 1)
 
-    def dribble() -> None:
-        first = True
-        while not stop.is_set():
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
-                for i, byte in enumerate(HEAD):
-                    s.send(bytes([byte]))
-                    if first and i == 0:
-                        first = False
-                        started.wait()
-                    if stop.wait(every_s):
-                        return
-            if first:  # could not even connect: count it as started, keep trying
-                first = False
-                started.wait()
-            stop.wait(every_s)
+    def run() -> None:
+        waiting = [True]
 
-    threads = [threading.Thread(target=dribble, daemon=True) for _ in range(n)]
+        def started() -> None:
+            if waiting[0]:
+                waiting[0] = False
+                barrier.wait()
+
+        client(stop, started)
+        started()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(n)]
     for t in threads:
         t.start()
-    started.wait()
-    stop.wait(2 * every_s)  # a few bytes each: every request is under way
+    barrier.wait()
+    stop.wait(settle_s)
     try:
         yield
     finally:
@@ -57,42 +55,49 @@ def slow_clients(port: int, n: int, *, every_s: float = 0.2) -> Iterator[None]:
             t.join(5)
 
 
-@contextlib.contextmanager
-def holding_clients(port: int, n: int, *, hold_s: float = 2.5) -> Iterator[None]:
+def slow_clients(
+    port: int, n: int, *, every_s: float = 0.2
+) -> contextlib.AbstractContextManager[None]:
+    """`n` sockets on 127.0.0.1:`port`, each sending a POST's headers a byte every
+    `every_s` and never finishing; a socket the server closes is opened again (the
+    attack lasts). The sockets have all started when the block begins."""
+
+    def dribble(stop: threading.Event, started: Callable[[], None]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                for byte in HEAD:
+                    s.send(bytes([byte]))
+                    started()
+                    if stop.wait(every_s):
+                        return
+            started()  # could not even connect: count it as started, keep trying
+            stop.wait(every_s)
+
+    # A few bytes each before the block begins: every request is under way.
+    return _attack(n, dribble, settle_s=2 * every_s)
+
+
+def holding_clients(
+    port: int, n: int, *, hold_s: float = 2.5
+) -> contextlib.AbstractContextManager[None]:
     """`n` clients on 127.0.0.1:`port`, each asking for /healthz, reading the whole answer
     and then keeping the socket open for `hold_s` before it asks again. Straight at
     gunicorn 27 each holds a worker meanwhile, up to 2 s: its lingering close (RFC 9112
     9.6) waits for the client to close. Every first request has been sent when the
     block begins."""
-    stop = threading.Event()
-    started = threading.Barrier(n + 1)
 
-    def hold() -> None:
-        first = True
+    def hold(stop: threading.Event, started: Callable[[], None]) -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
                 s.settimeout(30)
                 s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                if first:
-                    first = False
-                    started.wait()
+                started()
                 while s.recv(4096):  # the whole answer, up to the server's FIN
                     pass
                 stop.wait(hold_s)
-            if first:  # could not even connect: count it as started, keep trying
-                first = False
-                started.wait()
+            started()
 
-    threads = [threading.Thread(target=hold, daemon=True) for _ in range(n)]
-    for t in threads:
-        t.start()
-    started.wait()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(5)
+    return _attack(n, hold)
 
 
 # (name, front in place, slow clients during the run)

@@ -29,8 +29,31 @@ class Missing(RuntimeError):
     """A prerequisite program is not installed; the message says how to get it."""
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing holds, below the kernel's ephemeral range: a port from that range
+    can be taken by any outgoing connection (the suite makes thousands, and keeps
+    store connections open) between this check and the server's bind, and gunicorn
+    then gives up ("Can't connect", exit 1: the likely cause of a legacy that exited 1
+    at its start once in `make test`, 2026-12-03)."""
+    low = _ephemeral_low()
+    pick = secrets.SystemRandom()  # not `random`: a test may seed it in every process alike
+    for _ in range(200):
+        port = pick.randrange(max(low - 12_000, 10_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a range this crowded: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -37,25 +37,33 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def free_port() -> int:
+# Redis Cluster's bus listens this far above a node's port.
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, bus_offset: int = 0) -> int:
     """A port nothing holds, below the kernel's ephemeral range: a port from that range
     can be taken by any outgoing connection (the suite makes thousands, and keeps
-    store connections open) between this check and the server's bind, and gunicorn
-    then gives up ("Can't connect", exit 1: the likely cause of a legacy that exited 1
-    at its start once in `make test`, 2026-12-03)."""
-    low = _ephemeral_low()
+    store connections open) between this check and the server's bind, and the server
+    then gives up (gunicorn's "Can't connect", exit 1: the likely cause of a legacy that
+    exited 1 at its start once in `make test`, 2026-12-03). With `bus_offset`, the port
+    that far above it is free and below the range too (a cluster node's bus port)."""
+    top = _ephemeral_low() - bus_offset
     pick = secrets.SystemRandom()  # not `random`: a test may seed it in every process alike
     for _ in range(200):
-        port = pick.randrange(max(low - 12_000, 10_000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = pick.randrange(max(top - 12_000, 2_000), top)
+        if _bindable(port) and (not bus_offset or _bindable(port + bus_offset)):
             return port
-    with socket.socket() as s:  # a range this crowded: the kernel's choice
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    raise RuntimeError(f"no free port below {top} after 200 tries")
 
 
 def port_taken(port: int) -> bool:
@@ -184,14 +192,6 @@ class RedisServer:
         self.start()
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535 and not port_taken(port + 10000):
-            return port
-
-
 class RedisClusterServers:
     """A Redis Cluster of `size` primaries on loopback (no replicas), made as an operator
     would: redis-server --cluster-enabled yes, then redis-cli --cluster create."""
@@ -208,7 +208,7 @@ class RedisClusterServers:
         self.nodes = [
             RedisServer(
                 workdir / f"node-{i}",
-                _cluster_port(),
+                free_port(bus_offset=CLUSTER_BUS_OFFSET),
                 appendfsync=appendfsync,
                 binary=binary,
                 password=password,

@@ -74,7 +74,7 @@ from hotdeal_local.servers import (
     ops,
     writer,
 )
-from hotdeal_local.slowclients import holding_clients, slow_clients
+from hotdeal_local.slowclients import half_closed_request, holding_clients, slow_clients
 
 FAULTS = (
     "redis_kill9",
@@ -349,6 +349,34 @@ class Chaos:
             self.answers.append(answer)
         return answer
 
+    def _half_closed_order(self, port: int) -> None:
+        """An order from a client that half-closes once it is sent (RFC 9112 9.6): the
+        front once dropped these unanswered, sold or not."""
+        event, user = self.event, f"u{self.rng.randrange(self.users)}"
+        key = uuid.UUID(int=self.rng.getrandbits(128)).hex
+        body = json.dumps({"product_id": 1, "user_id": user, "quantity": 1}).encode()
+        head = "POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += "".join(
+            f"{k}: {v}\r\n" for k, v in {**auth.bearer(user), "Idempotency-Key": key}.items()
+        )
+        try:
+            status, headers, raw = half_closed_request(port, head, body)
+        except (OSError, ValueError) as exc:
+            self._violation(f"a half-closed order got no answer: {exc}")
+            with self.lock:
+                self.answers.append(Answer(event, user, 1, key, None))
+            return
+        doc = (
+            json.loads(raw)
+            if headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
+        replayed = headers.get("idempotent-replayed") == "true"
+        with self.lock:
+            self.answers.append(
+                Answer(event, user, 1, key, status, doc.get("error"), doc.get("order_id"), replayed)
+            )
+
     def _violation(self, text: str) -> None:
         with self.lock:
             self.violations.append(text)
@@ -569,13 +597,16 @@ class Chaos:
         """40 clients send a request's headers a byte at a time to pod a or b, 20 more
         read their answers there and keep the sockets open, and every buyer orders from
         that pod meanwhile: its two sync workers must go on answering (the front holds
-        the slow sockets, not the workers)."""
+        the slow sockets, not the workers). A few buyers shut their sending side once
+        their order is out: each must get its answer."""
         victim = self.rng.randrange(2)
         port = int(self.urls[victim].rsplit(":", 1)[1])
         with slow_clients(port, 40), holding_clients(port, 20):
             self.route = victim
             with self.lock:
                 before = sum(1 for a in self.answers if a.status is not None)
+            for _ in range(3):
+                self._half_closed_order(port)
             time.sleep(max(self.round_s / 2, 1.5))
             with self.lock:
                 answered = sum(1 for a in self.answers if a.status is not None) - before

@@ -100,6 +100,28 @@ def holding_clients(
     return _attack(n, hold)
 
 
+def half_closed_request(
+    port: int, head: str, body: bytes = b"", *, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to 127.0.0.1:`port` (`head`: its request line and headers, without
+    Content-Length or the blank line) from a client that shuts its sending side once the
+    request is out, as RFC 9112 9.6 lets it, then reads the answer up to the server's
+    FIN. Returns (status, headers with lower-case names, body); raises ValueError when
+    no answer came."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    top, sep, rest = answer.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError(f"no answer to a half-closed request: {answer[:100]!r}")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    return int(status_line.split(" ")[1]), headers, rest
+
+
 # (name, front in place, slow clients during the run)
 COLUMNS = (
     ("direct", False, False),

@@ -4,6 +4,9 @@ new connection) is done as the worker starts, or once in the master."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -83,3 +86,74 @@ def test_each_sync_worker_runs_the_apps_start_hooks(monkeypatch, tmp_path):
     assert started == ["redis"]
     hooks = gunicorn_setup.common(ServerSettings.from_env(), Settings.from_env())
     assert hooks["post_worker_init"] is gunicorn_setup.post_worker_init
+
+
+def test_the_sync_worker_repeats_no_system_call_a_request_does_not_need(monkeypatch):
+    """hotdeal.sync_worker: gunicorn's sync worker, with its heartbeat touched at most
+    once a second and the listener's address read once (each was a system call on every
+    request). Both services' "sync" is this worker."""
+    from gunicorn.util import load_class
+    from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
+
+    from hotdeal import gunicorn_setup, sync_worker
+
+    assert issubclass(load_class(gunicorn_setup.worker_class("sync")), GunicornSyncWorker)
+    assert gunicorn_setup.worker_class("gthread") == "gthread"
+
+    worker = sync_worker.SyncWorker.__new__(sync_worker.SyncWorker)
+    touched: list[float] = []
+    worker.tmp = SimpleNamespace(notify=lambda: touched.append(now[0]))
+    now = [100.0]
+    monkeypatch.setattr(sync_worker.time, "monotonic", lambda: now[0])
+    for step in range(40):  # 40 requests over 1.95 s
+        now[0] = 100.0 + step * 0.05
+        worker.notify()
+    assert touched == [100.0, 101.0]
+
+    asked: list[int] = []
+
+    class Listener:
+        def getsockname(self) -> tuple[str, int]:
+            asked.append(1)
+            return ("127.0.0.1", 8080)
+
+        def fileno(self) -> int:
+            return 7
+
+    named = sync_worker._Named(Listener())
+    assert [named.getsockname() for _ in range(3)] == [("127.0.0.1", 8080)] * 3
+    assert named.fileno() == 7 and asked == [1]
+
+
+def test_metrics_of_forked_workers_go_to_files_of_their_own(tmp_path):
+    """prometheus_client learns the pid from hotdeal.process (kept at fork), not from a
+    getpid() per update: each forked worker still writes files under its own pid (two
+    workers sharing one would count max, not sum: test_observability sees that)."""
+    script = """
+import os, sys
+from hotdeal import gunicorn_setup, metrics
+from prometheus_client import values
+assert values.ValueClass is not values.MutexValue
+pids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        metrics.ORDERS.labels("order-redis", "1", "ok").inc()
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    assert os.waitpid(pid, 0)[1] == 0
+print(" ".join(map(str, pids)))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    pids = done.stdout.split()
+    assert sorted(p.name for p in tmp_path.glob("counter_*.db")) == sorted(
+        f"counter_{pid}.db" for pid in pids
+    )

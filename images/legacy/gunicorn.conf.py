@@ -12,7 +12,7 @@ from hotdeal.config import ServerSettings, Settings
 server_settings = ServerSettings.from_env()
 globals().update(gunicorn_setup.common(server_settings, Settings.from_env()))
 
-worker_class = server_settings.worker_class or "gthread"
+worker_class = gunicorn_setup.worker_class(server_settings.worker_class or "gthread")
 workers = server_settings.workers or 2
 threads = server_settings.threads or 32
 # One pooled database connection per thread: a thread never waits for the pool.

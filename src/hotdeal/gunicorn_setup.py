@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -30,6 +31,23 @@ def metrics_dir() -> Path:
 
 
 METRICS_DIR = metrics_dir()
+
+
+def _metrics_pid() -> None:
+    """prometheus_client's multi-process values ask os.getpid() on every update (to see
+    a fork): 4 system calls a take. Our pid, kept at fork, says the same. Only before
+    any of our metrics exists (each value class keeps its own open files), and only in
+    multi-process mode (a process that imported prometheus_client earlier keeps its
+    in-memory values: a test run)."""
+    from prometheus_client import values
+
+    from hotdeal import process
+
+    if "hotdeal.metrics" not in sys.modules and values.ValueClass is not values.MutexValue:
+        values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)
+
+
+_metrics_pid()
 
 
 def on_starting(server: Any) -> None:
@@ -109,6 +127,12 @@ def post_worker_init(worker: Any) -> None:
         return
     for start in _extension(worker, "hotdeal_worker_start", ()):
         start()
+
+
+def worker_class(kind: str) -> str:
+    """gunicorn's worker class for HOTDEAL_WORKER_CLASS: "sync" is gunicorn's sync worker
+    less the system calls a request doesn't need (hotdeal.sync_worker)."""
+    return "hotdeal.sync_worker.SyncWorker" if kind == "sync" else kind
 
 
 def common(server: ServerSettings, settings: Settings) -> dict[str, Any]:

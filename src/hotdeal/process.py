@@ -22,11 +22,13 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
 
 
 _forks = 0
+_pid = os.getpid()
 
 
 def _forked() -> None:
-    global _forks
+    global _forks, _pid
     _forks += 1
+    _pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -37,3 +39,8 @@ def forks() -> int:
     a process set up must be redone when this differs. Cheaper than os.getpid(), a
     syscall, on a path that runs per order."""
     return _forks
+
+
+def pid() -> int:
+    """This process's id, kept across forks: os.getpid() is a system call."""
+    return _pid

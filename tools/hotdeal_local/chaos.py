@@ -15,7 +15,8 @@ drained: what the database holds must never sell again, whichever pod takes the 
 order), Redis restarted empty, Redis full (maxmemory), Redis busy running a script
 (BUSY to every command, lookups checked too), the database refusing every
 write for seconds (read-only), a lost COMMIT reply in inline mode, slow clients on one
-pod's front (its workers must go on answering), a small event sold out under keyed
+pod's front (its workers must go on answering; buyers who half-close once their
+order is out must get their answers), a small event sold out under keyed
 retries, then units back in the next (they must sell), an event of holds (reservations)
 that a payer confirms or cancels, late too, with a failover between holds and their
 confirms and a writer killed while releases are stored. At the end (and before each

@@ -4,6 +4,7 @@ new connection) is done as the worker starts, or once in the master."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_each_sync_worker_runs_the_apps_start_hooks(monkeypatch, tmp_path):
 
 def test_the_sync_worker_repeats_no_system_call_a_request_does_not_need(monkeypatch):
     """hotdeal.sync_worker: gunicorn's sync worker, with its heartbeat touched at most
-    once a second and the listener's address read once (each was a system call on every
+    every 0.25 s and the listener's address read once (each was a system call on every
     request). Both services' "sync" is this worker."""
     from gunicorn.util import load_class
     from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
@@ -105,10 +106,12 @@ def test_the_sync_worker_repeats_no_system_call_a_request_does_not_need(monkeypa
     worker.tmp = SimpleNamespace(notify=lambda: touched.append(now[0]))
     now = [100.0]
     monkeypatch.setattr(sync_worker.time, "monotonic", lambda: now[0])
-    for step in range(40):  # 40 requests over 1.95 s
-        now[0] = 100.0 + step * 0.05
+    for step in range(40):  # 40 requests over 3.9 s
+        now[0] = 100.0 + step * 0.1
         worker.notify()
-    assert touched == [100.0, 101.0]
+    # Every 0.3 s: never more often than the throttle, never later than a request after.
+    assert touched[0] == 100.0 and len(touched) == 14
+    assert all(0.25 <= b - a < 0.35 for a, b in itertools.pairwise(touched))
 
     asked: list[int] = []
 

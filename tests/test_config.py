@@ -1,6 +1,6 @@
 import pytest
 
-from hotdeal.config import ConfigError, Settings, env
+from hotdeal.config import ConfigError, ServerSettings, Settings, env
 
 
 def test_file_variant_wins_and_is_stripped(tmp_path, monkeypatch):
@@ -63,3 +63,15 @@ def test_every_setting_is_documented_and_every_documented_one_exists():
     documented = set(re.findall(r"HOTDEAL_[A-Z0-9_]+", table))
     assert used - documented == set(), "undocumented settings"
     assert documented - used == set(), "documented settings no code reads"
+
+
+def test_a_sync_worker_is_not_given_threads(monkeypatch):
+    """gunicorn 27 quietly runs gthread instead of a sync worker given threads (a helper
+    saw legacy with HOTDEAL_WORKER_CLASS=sync log "Using worker: gthread")."""
+    monkeypatch.setenv("HOTDEAL_WORKER_CLASS", "sync")
+    assert ServerSettings.from_env().threads_for("sync", gthread=32) == 1
+    monkeypatch.setenv("HOTDEAL_THREADS", "8")
+    with pytest.raises(ConfigError, match="HOTDEAL_THREADS=8 needs HOTDEAL_WORKER_CLASS=gthread"):
+        ServerSettings.from_env()
+    monkeypatch.setenv("HOTDEAL_WORKER_CLASS", "gthread")
+    assert ServerSettings.from_env().threads_for("gthread", gthread=32) == 8

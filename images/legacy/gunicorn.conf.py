@@ -12,9 +12,10 @@ from hotdeal.config import ServerSettings, Settings
 server_settings = ServerSettings.from_env()
 globals().update(gunicorn_setup.common(server_settings, Settings.from_env()))
 
-worker_class = gunicorn_setup.worker_class(server_settings.worker_class or "gthread")
+kind = server_settings.worker_class or "gthread"
+worker_class = gunicorn_setup.worker_class(kind)
 workers = server_settings.workers or 2
-threads = server_settings.threads or 32
+threads = server_settings.threads_for(kind, gthread=32)
 # One pooled database connection per thread: a thread never waits for the pool.
 wsgi_app = f"hotdeal_legacy.app:create_app(pool_size={threads})"
 # A queue on the hot row can make a single request wait for many seconds.

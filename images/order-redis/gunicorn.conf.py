@@ -51,11 +51,10 @@ globals().update(gunicorn_setup.common(server_settings, settings))
 inline = settings.order_write == "inline"
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-worker_class = gunicorn_setup.worker_class(
-    server_settings.worker_class or ("gthread" if inline else "sync")
-)
+kind = server_settings.worker_class or ("gthread" if inline else "sync")
+worker_class = gunicorn_setup.worker_class(kind)
 workers = server_settings.workers or (2 if inline else 4) * cores
-threads = server_settings.threads or (32 if inline else 1)
+threads = server_settings.threads_for(kind, gthread=32 if inline else 1)
 # Inline mode: one pooled database connection per thread.
 wsgi_app = f"hotdeal_order_redis.app:create_app(pool_size={threads})"
 timeout = 30

@@ -189,6 +189,19 @@ class ServerSettings(_FromEnv):
     # /healthz, /readyz and /metrics outside the workers' queue (hotdeal.admin); "" = off.
     admin_bind: str = setting("HOTDEAL_ADMIN_BIND", "0.0.0.0:9000")
 
+    def __post_init__(self) -> None:
+        # gunicorn 27 runs gthread instead of any sync worker given threads, and says so
+        # only in its log.
+        if self.worker_class == "sync" and (self.threads or 1) > 1:
+            raise ConfigError(
+                f"HOTDEAL_THREADS={self.threads} needs HOTDEAL_WORKER_CLASS=gthread: a sync "
+                "worker serves one request at a time"
+            )
+
+    def threads_for(self, worker_class: str, gthread: int) -> int:
+        """HOTDEAL_THREADS, else `gthread` threads for a gthread worker and one for sync."""
+        return self.threads or (gthread if worker_class == "gthread" else 1)
+
 
 @dataclass(frozen=True)
 class LocalSettings(_FromEnv):

@@ -499,7 +499,9 @@ def test_a_line_that_stands_still_estimates_no_wait(event):
     first, second = (join(pod, b).json()["ticket"] for b in ("h1", "h2"))
     room_on(ev, "--rate", "1")
     pass_1 = admitted(pod, "h1", first)
-    room_on(ev, "--rate", "0.01")  # h2 waits
+    # h2 waits. In-process: the CLI's start took over the second that admits h2 on a
+    # slow machine (make test, 2026-12-03).
+    room.configure(ev.client(), 1, rate=0.01)
     assert poll(pod, "h2", second).json()["estimated_wait_s"] > 0
     hold = buy(pod, "h1", pass_1)
     assert (hold.status_code, hold.json()["state"]) == (201, "reserved"), hold.text

@@ -5,7 +5,6 @@ more than is known."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import signal
 import socket
@@ -22,7 +21,7 @@ from hotdeal.web import MAX_BODY_BYTES, openapi_document
 from hotdeal_local.demo import DESIGNS
 from hotdeal_local.front import CONF, READ_TIMEOUT_S, front
 from hotdeal_local.servers import REPO, free_port, gunicorn
-from hotdeal_local.slowclients import half_closed_request, holding_clients, slow_clients
+from hotdeal_local.slowclients import half_closed_order, holding_clients, slow_clients
 
 from .helpers import Service, as_buyer, buyers, reconcile, workdir
 
@@ -167,11 +166,9 @@ def test_a_client_that_shuts_its_sending_side_after_the_order_gets_the_answer(
     """A half-close after the request (RFC 9112 9.6 lets a client do it) is no goodbye:
     the front once dropped such an order with no answer (nginx's 499), sold or not."""
     reset(10)
-    body = json.dumps({"product_id": 1, "user_id": "halfclose", "quantity": 1}).encode()
-    head = "POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in as_buyer("halfclose").items())
+    order = {"product_id": 1, "user_id": "halfclose", "quantity": 1}
     with fronted(stack_env) as (svc, _, _):
-        status, _, answer = half_closed_request(port_of(svc), head, body)
+        status, _, answer = half_closed_order(port_of(svc), order, as_buyer("halfclose"))
     assert status == 201, answer
     code, report = reconcile(stack_env)
     assert code == 0 and report["redis"]["sold"] == 1, report

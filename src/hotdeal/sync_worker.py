@@ -50,7 +50,7 @@ class SyncWorker(GunicornSyncWorker):
     _named: dict[int, _Named]
 
     def init_process(self) -> None:
-        self._named = {}
+        self._named = {id(listener): _Named(listener) for listener in self.sockets}
         super().init_process()
 
     def notify(self) -> None:
@@ -66,7 +66,4 @@ class SyncWorker(GunicornSyncWorker):
         self.handle(listener, client, addr)
 
     def handle_request(self, listener: Any, req: Any, client: Any, addr: Any) -> None:
-        named = self._named.get(id(listener))
-        if named is None:
-            named = self._named[id(listener)] = _Named(listener)
-        super().handle_request(named, req, client, addr)
+        super().handle_request(self._named[id(listener)], req, client, addr)

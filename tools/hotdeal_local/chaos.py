@@ -75,7 +75,7 @@ from hotdeal_local.servers import (
     ops,
     writer,
 )
-from hotdeal_local.slowclients import half_closed_request, holding_clients, slow_clients
+from hotdeal_local.slowclients import half_closed_order, holding_clients, slow_clients
 
 FAULTS = (
     "redis_kill9",
@@ -355,13 +355,11 @@ class Chaos:
         front once dropped these unanswered, sold or not."""
         event, user = self.event, f"u{self.rng.randrange(self.users)}"
         key = uuid.UUID(int=self.rng.getrandbits(128)).hex
-        body = json.dumps({"product_id": 1, "user_id": user, "quantity": 1}).encode()
-        head = "POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        head += "".join(
-            f"{k}: {v}\r\n" for k, v in {**auth.bearer(user), "Idempotency-Key": key}.items()
-        )
+        order = {"product_id": 1, "user_id": user, "quantity": 1}
         try:
-            status, headers, raw = half_closed_request(port, head, body)
+            status, headers, raw = half_closed_order(
+                port, order, {**auth.bearer(user), "Idempotency-Key": key}
+            )
         except (OSError, ValueError) as exc:
             self._violation(f"a half-closed order got no answer: {exc}")
             with self.lock:

@@ -6,6 +6,7 @@ slow."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import statistics
 import threading
@@ -100,14 +101,16 @@ def holding_clients(
     return _attack(n, hold)
 
 
-def half_closed_request(
-    port: int, head: str, body: bytes = b"", *, timeout: float = 10
+def half_closed_order(
+    port: int, order: dict[str, Any], headers: dict[str, str], *, timeout: float = 10
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request to 127.0.0.1:`port` (`head`: its request line and headers, without
-    Content-Length or the blank line) from a client that shuts its sending side once the
-    request is out, as RFC 9112 9.6 lets it, then reads the answer up to the server's
-    FIN. Returns (status, headers with lower-case names, body); raises ValueError when
-    no answer came."""
+    """`POST /v1/orders` of `order` with `headers` to 127.0.0.1:`port`, from a client that
+    shuts its sending side once the request is out, as RFC 9112 9.6 lets it, then reads
+    the answer up to the server's FIN. Returns (status, headers with lower-case names,
+    body); raises ValueError when no answer came."""
+    body = json.dumps(order).encode()
+    head = "POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         s.shutdown(socket.SHUT_WR)
@@ -118,8 +121,8 @@ def half_closed_request(
     if not sep:
         raise ValueError(f"no answer to a half-closed request: {answer[:100]!r}")
     status_line, *lines = top.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
-    return int(status_line.split(" ")[1]), headers, rest
+    found = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    return int(status_line.split(" ")[1]), found, rest
 
 
 # (name, front in place, slow clients during the run)

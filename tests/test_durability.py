@@ -181,6 +181,49 @@ def test_a_take_whose_reply_is_lost_is_outcome_unknown_not_unavailable(event):
     assert refused.json()["orders"] == [mine[0]["order_id"]]
 
 
+def test_a_lost_reply_is_unknown_in_time_while_signals_interrupt_the_wait(event):
+    """The wait for a take's reply keeps one deadline across interruptions: a signal
+    (a profiler or debugger attaching, a log-rotation USR1, a terminal's WINCH) makes
+    the receive return EINTR and Python retry it. With the socket's timeout left to the
+    kernel (SO_RCVTIMEO), each retry waited a whole timeout again: signals every 50 ms
+    kept a stalled take waiting until the stall ended, and gunicorn killed the worker
+    at 30 s with an HTML 500 (a helper's find). Here the stall outlasts the signals'
+    storm, so a take that waits it out sells, and the test sees it."""
+    from hotdeal.errors import ApiError
+    from hotdeal.redis_client import make_redis
+    from hotdeal.validation import OrderRequest
+    from hotdeal_order_redis.stock import RedisStock
+
+    ev = event(stock=5)
+    stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"], timeout_s=0.3), write="stream")
+    stock.warm_up()
+    stock.open_connections()
+
+    def take(user: str) -> int:
+        return stock.take(OrderRequest(1, user, 1), limit=0, idempotency_key=None).remaining
+
+    assert take("buyer-1") == 4
+    main, stop = threading.get_ident(), threading.Event()
+
+    def storm() -> None:
+        while not stop.wait(0.05):
+            signal.pthread_kill(main, signal.SIGWINCH)
+
+    previous = signal.signal(signal.SIGWINCH, lambda *_: None)  # ignored ones don't interrupt
+    sender = threading.Thread(target=storm, daemon=True)
+    ev.client().execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+    sender.start()
+    try:
+        with pytest.raises(ApiError) as lost:
+            take("buyer-2")
+        assert lost.value.code == "outcome_unknown"
+    finally:
+        stop.set()
+        sender.join()
+        signal.signal(signal.SIGWINCH, previous)
+        ev.client().execute_command("CLIENT", "UNPAUSE")
+
+
 def test_redis_down_is_unavailable_and_sells_nothing(event):
     ev = event()
     svc = ev.service()

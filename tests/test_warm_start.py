@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
-import struct
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -17,7 +15,6 @@ import redis
 from flask import Flask
 
 from hotdeal.config import ServerSettings, Settings
-from hotdeal.errors import ApiError
 from hotdeal.redis_client import make_redis
 from hotdeal.validation import OrderRequest
 from hotdeal_local.servers import free_port
@@ -45,31 +42,6 @@ def test_the_first_take_uses_the_connection_opened_at_start(event, binary):
     assert _clients(admin) == before + 1  # no new connection, no INFO on the take
     if binary:
         assert redis.__version__ in {c.get("lib-ver") for c in admin.client_list()}
-
-
-def test_a_take_waits_for_its_reply_in_the_kernel_and_a_missing_one_is_still_unknown(event):
-    """The take's connection hands its timeout to the kernel (no poll() before each send
-    and receive); a reply that does not come within it is still `outcome_unknown`, not a
-    take that waits out the stall and sells."""
-    ev = event(stock=5)
-    stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"], timeout_s=0.3), write="stream")
-    stock.warm_up()
-    stock.open_connections()
-
-    def take(user: str) -> int:
-        return stock.take(OrderRequest(1, user, 1), limit=0, idempotency_key=None).remaining
-
-    assert take("buyer-1") == 4
-    (conn,) = stock._line.conns.values()
-    sock = conn._sock
-    assert sock.gettimeout() is None
-    timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("@ll"))
-    assert struct.unpack("@ll", timeval) == (0, 300_000)
-    ev.client().execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-    with pytest.raises(ApiError) as lost:
-        take("buyer-2")
-    assert lost.value.code == "outcome_unknown"
-    ev.client().execute_command("CLIENT", "UNPAUSE")
 
 
 def test_a_redis_that_is_down_at_start_is_not_fatal():

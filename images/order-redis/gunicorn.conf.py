@@ -26,9 +26,7 @@ it was a Flask route. What else it took, each measured:
   (hotdeal_order_redis.seen), order ids come from a block of random bytes
   (hotdeal.history), no getpid() per take, in our code or prometheus_client's
   (hotdeal.gunicorn_setup), and gunicorn's sync worker less what it repeats per
-  request (hotdeal.sync_worker), and the take's Redis socket waits with the kernel's
-  timeout, not Python's poll() (hotdeal.redis_client.kernel_timeouts): 25 -> 15 system
-  calls a take, strace;
+  request (hotdeal.sync_worker: 25 -> 17 system calls a take, strace);
 - the metric children kept (hotdeal.web);
 - the answer's headers and body leave as one TCP segment (hotdeal.tcp: 14.4 -> 12.3
   segments a take on loopback, counted in /proc/net/snmp), and gunicorn parses no peer

@@ -9,8 +9,6 @@ take and its durability wait).
 
 from __future__ import annotations
 
-import socket
-import struct
 from typing import Any
 
 import redis
@@ -51,35 +49,6 @@ def redis_from_settings(settings: Settings, *, timeout_s: float | None = None) -
     if timeout_s is None:
         timeout_s = (settings.redis_timeout_ms + settings.redis_durability_timeout_ms) / 1000
     return make_redis(settings.need_redis(), timeout_s=timeout_s, cluster=settings.redis_cluster)
-
-
-def kernel_timeouts(conn: redis.connection.AbstractConnection) -> bool:
-    """Hand a connected plain TCP or Unix socket's timeout to the kernel (SO_RCVTIMEO,
-    SO_SNDTIMEO) and make it blocking; returns whether it did.
-
-    A Python socket timeout costs a poll() before every send and every receive: two
-    system calls a take. With the kernel's, a send or receive that times out fails
-    with EAGAIN, which redis-py raises as ConnectionError where it raised TimeoutError:
-    a missing reply is still a lost connection to the caller (hotdeal_order_redis.stock
-    answers `outcome_unknown` for either). TLS sockets keep Python's timeout (their
-    reads may need writes). Only for connections the caller reads with the connection's
-    own timeout: redis-py restores a Python timeout after a read with a custom one."""
-    sock = getattr(conn, "_sock", None)
-    if type(sock) is not socket.socket:
-        return False
-    timeout = sock.gettimeout()
-    if not timeout:
-        return False
-    seconds = int(timeout)
-    # struct timeval: two C longs (tv_sec, tv_usec) on Linux.
-    timeval = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-    except OSError:
-        return False  # Python's timeout, checked first, still holds
-    sock.settimeout(None)
-    return True
 
 
 def is_cluster(client: Client) -> bool:

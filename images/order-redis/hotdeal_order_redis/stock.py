@@ -37,14 +37,7 @@ from hotdeal.model import keys
 from hotdeal.model.records import Sale, iso_ms, parse_index_record
 from hotdeal.model.states import HoldState
 from hotdeal.process import forks
-from hotdeal.redis_client import (
-    Client,
-    is_cluster,
-    kernel_timeouts,
-    node_client,
-    primaries,
-    refresh_topology,
-)
+from hotdeal.redis_client import Client, is_cluster, node_client, primaries, refresh_topology
 from hotdeal.validation import OrderRequest
 from hotdeal_order_redis.seen import SeenMarks
 from hotdeal_order_redis.sold_out import SoldOutMarks
@@ -271,8 +264,6 @@ class RedisStock:
             sock = conn._sock
             known = self._line.run_ids.get(id(conn))
             if known is None or known[0] is not sock:
-                # Once per socket: no poll() before each send and receive of a take.
-                kernel_timeouts(conn)
                 conn.send_command("INFO", "server")
                 known = (sock, _run_id(conn.read_response()))
                 self._line.run_ids[id(conn)] = known

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -71,6 +73,11 @@ def test_each_sync_worker_runs_the_apps_start_hooks(monkeypatch, tmp_path):
     # Imported here, with a directory of its own: the module points
     # PROMETHEUS_MULTIPROC_DIR at one (for the gunicorn master it runs in), and every
     # service this process starts later would share it.
+    # A process whose first import of prometheus_client that is picks multi-process
+    # values; later tests' metrics, with the directory gone, would fail to build theirs.
+    from prometheus_client import values
+
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     from gunicorn.workers.gthread import ThreadWorker
     from gunicorn.workers.sync import SyncWorker
@@ -126,6 +133,54 @@ def test_the_sync_worker_repeats_no_system_call_a_request_does_not_need(monkeypa
     named = sync_worker._Named(Listener())
     assert [named.getsockname() for _ in range(3)] == [("127.0.0.1", 8080)] * 3
     assert named.fileno() == 7 and asked == [1]
+
+
+def test_a_sync_workers_request_asks_config_for_no_setting(monkeypatch):
+    """gunicorn asks its Config for a setting ~24 times a request, each through
+    Config.__getattr__; a sync worker keeps its settings as plain attributes from its
+    start (they never change in a worker's life). A real request, on a real socket."""
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+    from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
+
+    from hotdeal import sync_worker
+
+    cfg = Config()
+    cfg.set("limit_request_fields", 4096)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        body = environ["PATH_INFO"].encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    worker = sync_worker.SyncWorker(0, os.getpid(), [listener], None, 30, cfg, Logger(cfg))
+    worker.wsgi = app
+    monkeypatch.setattr(GunicornSyncWorker, "init_process", lambda self: None)
+    worker.init_process()
+    assert cfg.limit_request_fields == 4096 and cfg.worker_class_str == "sync"
+
+    asked: list[str] = []
+    settings_of = Config.__getattr__
+
+    def counted(self: Config, name: str) -> Any:
+        asked.append(name)
+        return settings_of(self, name)
+
+    monkeypatch.setattr(Config, "__getattr__", counted)
+    buyer = socket.create_connection(listener.getsockname())
+    buyer.sendall(b"GET /order-redis HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n")
+    buyer.shutdown(socket.SHUT_WR)
+    client, addr = listener.accept()
+    worker.handle(listener, client, addr)
+    answer = buyer.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"/order-redis")
+    assert asked == []
+    buyer.close()
+    listener.close()
+    worker.tmp.close()
 
 
 def test_metrics_of_forked_workers_go_to_files_of_their_own(tmp_path):

@@ -26,7 +26,9 @@ it was a Flask route. What else it took, each measured:
   (hotdeal_order_redis.seen), order ids come from a block of random bytes
   (hotdeal.history), no getpid() per take, in our code or prometheus_client's
   (hotdeal.gunicorn_setup), and gunicorn's sync worker less what it repeats per
-  request (hotdeal.sync_worker: 25 -> 17 system calls a take, strace);
+  request (hotdeal.sync_worker: 25 -> 17 system calls a take, strace), its
+  settings read as plain attributes, not through Config.__getattr__ (a fifth of a
+  worker's instructions a take, callgrind);
 - the metric children kept (hotdeal.web);
 - the answer's headers and body leave as one TCP segment (hotdeal.tcp: 14.4 -> 12.3
   segments a take on loopback, counted in /proc/net/snmp), and gunicorn parses no peer

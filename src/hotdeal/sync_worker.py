@@ -54,7 +54,9 @@ class _Named:
 
 def keep_settings(cfg: Config) -> None:
     """Each of `cfg`'s settings as a plain attribute of `cfg`: found before
-    Config.__getattr__ is asked. (Its properties, e.g. worker_class, still win.)"""
+    Config.__getattr__ is asked. (Its properties, e.g. worker_class, still win.) A
+    `cfg.set()` in the worker afterwards would be shadowed: nothing sets one there
+    (gunicorn sets them in the master; a reload builds a new Config)."""
     vars(cfg).update({name: setting.get() for name, setting in cfg.settings.items()})
 
 

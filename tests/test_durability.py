@@ -15,9 +15,13 @@ import redis
 import requests
 
 from hotdeal.durability import online_replicas
+from hotdeal.errors import ApiError
 from hotdeal.model import keys
+from hotdeal.redis_client import make_redis
+from hotdeal.validation import OrderRequest
 from hotdeal_local.proxy import Proxy
 from hotdeal_local.servers import RedisServer, ops
+from hotdeal_order_redis.stock import RedisStock
 
 from .events import (
     SERVERS,
@@ -189,11 +193,6 @@ def test_a_lost_reply_is_unknown_in_time_while_signals_interrupt_the_wait(event)
     kept a stalled take waiting until the stall ended, and gunicorn killed the worker
     at 30 s with an HTML 500 (a helper's find). Here the stall outlasts the signals'
     storm, so a take that waits it out sells, and the test sees it."""
-    from hotdeal.errors import ApiError
-    from hotdeal.redis_client import make_redis
-    from hotdeal.validation import OrderRequest
-    from hotdeal_order_redis.stock import RedisStock
-
     ev = event(stock=5)
     stock = RedisStock(make_redis(ev.env["HOTDEAL_REDIS_URL"], timeout_s=0.3), write="stream")
     stock.warm_up()

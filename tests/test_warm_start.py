@@ -73,8 +73,8 @@ def test_each_sync_worker_runs_the_apps_start_hooks(monkeypatch, tmp_path):
     # Imported here, with a directory of its own: the module points
     # PROMETHEUS_MULTIPROC_DIR at one (for the gunicorn master it runs in), and every
     # service this process starts later would share it.
-    # A process whose first import of prometheus_client that is picks multi-process
-    # values; later tests' metrics, with the directory gone, would fail to build theirs.
+    # If this is the process's first import of prometheus_client, it picks multi-process
+    # values: restored after, or later tests' metrics, the directory gone, fail to build.
     from prometheus_client import values
 
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
